@@ -1,0 +1,186 @@
+"""Benchmark the tensor cache: build rate, and cached epoch vs decode-every-epoch.
+
+Not a test: it prints figures. Default data are the real RSNA samples in
+``../shared/data`` (11,005 100x100 thumbnails and 54 full-resolution radiographs).
+
+    .venv/bin/python bench/bench_cache.py
+    .venv/bin/python bench/bench_cache.py --data ../shared/data/rsna-fullres --size 512
+    .venv/bin/python bench/bench_cache.py --limit 2000 --workers 2
+
+"Epoch" here means producing every image once as normalised float32 tensors in batches
+of 64 (what the training loop consumes). The cache side reads uint8 rows from the
+memmap; the decode side runs imageio + prepare on every file, in this process. Both
+produce the same tensors (checked). The cache pages are usually warm in the OS page cache
+right after a build, as they are on a real second epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from h2a import datasets  # noqa: E402
+from h2a.cache import CachedImageDataset, build_cache  # noqa: E402
+from h2a.config import get_settings  # noqa: E402
+from h2a.preprocess import PreprocessConfig, normalize, prepare_file  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+DEFAULT_SETS = [DATA / "rsna-thumbs-100", DATA / "rsna-fullres"]
+BATCH = 64
+
+
+def limited(ds, limit: int | None):
+    """The first ``limit`` rows as a dataset (own fingerprint, so its own cache)."""
+    if not limit or limit >= len(ds.meta):
+        return ds
+    meta = ds.meta.iloc[:limit].reset_index(drop=True)
+    try:
+        return dataclasses.replace(ds, meta=meta, problems=[], _fingerprint=None)
+    except (TypeError, ValueError):
+        return SimpleNamespace(name=ds.name, root=ds.root, meta=meta,
+                               fingerprint=f"{ds.fingerprint}-first{limit}")
+
+
+def cache_epoch(cache, cfg) -> tuple[float, list[torch.Tensor]]:
+    """One pass over the memmap in batches -> normalised tensors; returns (s, first batch)."""
+    t0 = time.perf_counter()
+    first = []
+    for start in range(0, len(cache), BATCH):
+        x = torch.from_numpy(np.array(cache.images[start:start + BATCH])).unsqueeze(1)
+        y = normalize(x, cfg)
+        if start == 0:
+            first.append(y)
+    return time.perf_counter() - t0, first
+
+
+def loader_epoch(cache, cfg) -> float:
+    """Same through CachedImageDataset + DataLoader (no augmentation, main process)."""
+    data = CachedImageDataset(cache, np.arange(len(cache)))
+    loader = torch.utils.data.DataLoader(data, batch_size=BATCH, shuffle=False, num_workers=0)
+    t0 = time.perf_counter()
+    for batch in loader:
+        normalize(batch["image"], cfg)
+    return time.perf_counter() - t0
+
+
+def decode_epoch(paths: list[str], cfg) -> tuple[float, list[torch.Tensor], int]:
+    """Decode + prepare every file each epoch (single process); returns (s, first batch, n)."""
+    t0 = time.perf_counter()
+    first = []
+    for start in range(0, len(paths), BATCH):
+        arrays = []
+        for p in paths[start:start + BATCH]:
+            try:
+                arrays.append(prepare_file(p, cfg))
+            except Exception:  # noqa: BLE001 - same policy as the cache: a black row
+                arrays.append(np.zeros((cfg.size, cfg.size), np.uint8))
+        x = torch.from_numpy(np.stack(arrays)).unsqueeze(1)
+        y = normalize(x, cfg)
+        if start == 0:
+            first.append(y)
+    return time.perf_counter() - t0, first, len(paths)
+
+
+def bench_headers(ds, tmp: Path, workers: int) -> None:
+    scan = getattr(datasets, "scan_headers", None)
+    if scan is None:
+        print("  header scan:         (h2a.datasets.scan_headers not available; skipped)")
+        return
+    db = tmp / "headers.sqlite"
+    n = int(ds.meta["path"].notna().sum())
+    try:
+        t0 = time.perf_counter()
+        scan(ds, db_path=db, workers=max(workers, 4))
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scan(ds, db_path=db, workers=max(workers, 4))
+        warm = time.perf_counter() - t0
+    except TypeError as exc:  # a different signature than expected: say so, do not crash
+        print(f"  header scan:         skipped ({exc})")
+        return
+    print(f"  header scan:         {n / cold:10.0f} img/s cold ({cold:.2f} s), "
+          f"{n / warm:10.0f} img/s from the header DB ({warm:.2f} s)")
+
+
+def bench_one(root: Path, size: int, limit: int | None, workers: int, keep: Path | None) -> None:
+    t0 = time.perf_counter()
+    ds = limited(datasets.load_dataset(root), limit)
+    load_s = time.perf_counter() - t0
+    has_path = ds.meta["path"].notna()
+    paths = [str(p) for p in ds.meta.loc[has_path, "path"]]
+    n = len(paths)
+    cfg = PreprocessConfig(size=size, flip=False, rotation=0.0, shift=0.0, zoom=0.0)
+    tmp = Path(tempfile.mkdtemp(prefix="h2a-bench-"))
+    cache_root = keep if keep is not None else tmp / "tensors"
+    print(f"\n== {root.name}: {n} images, size {size}, cfg {cfg.resize}/{cfg.contrast} ==")
+    print(f"  load_dataset:        {load_s:.2f} s")
+    try:
+        bench_headers(ds, tmp, workers)
+
+        t0 = time.perf_counter()
+        cache = build_cache(ds, cfg, root=cache_root, workers=workers, force=True)
+        build_s = time.perf_counter() - t0
+        mb = cache.images.nbytes / 2**20
+        print(f"  cache build:         {n / build_s:10.1f} img/s with {workers} worker(s) "
+              f"({build_s:.2f} s, {mb:.0f} MiB, {cache.n_failed} failed)")
+        t0 = time.perf_counter()
+        again = build_cache(ds, cfg, root=cache_root, workers=workers)
+        reopen_s = time.perf_counter() - t0
+        assert not again.built_now
+        print(f"  cache reopen:        {reopen_s * 1000:10.1f} ms (nothing decoded)")
+
+        cache_epoch(cache, cfg)  # warm-up (page cache, allocator)
+        c_s = min(cache_epoch(cache, cfg)[0] for _ in range(3))
+        _, c_first = cache_epoch(cache, cfg)
+        l_s = loader_epoch(cache, cfg)
+        d_s, d_first, _ = decode_epoch(paths, cfg)
+        same = torch.equal(c_first[0], d_first[0])
+        print(f"  epoch from cache:    {n / c_s:10.0f} img/s ({c_s:.3f} s, memmap batches of {BATCH})")
+        print(f"  epoch via Dataset:   {n / l_s:10.0f} img/s ({l_s:.3f} s, DataLoader, 0 workers)")
+        print(f"  epoch decoding PNGs: {n / d_s:10.1f} img/s ({d_s:.2f} s, 1 process)")
+        print(f"  speed-up cache vs decode (1 process):        {d_s / c_s:8.0f}x   (target >= 20x)")
+        print(f"  speed-up cache vs decode ({workers} workers, = build): {build_s / c_s:8.0f}x")
+        print(f"  speed-up DataLoader vs decode (1 process):   {d_s / l_s:8.0f}x")
+        print(f"  first batch identical on both paths: {same}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, action="append",
+                    help="dataset folder (repeatable); default: rsna-thumbs-100 and rsna-fullres")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    ap.add_argument("--workers", type=int, default=None,
+                    help=f"cache build processes (default H2A_WORKERS = {get_settings().workers})")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="build caches under this folder and keep them (default: temp, removed)")
+    args = ap.parse_args(argv)
+    workers = args.workers or get_settings().workers
+    sets = args.data or [p for p in DEFAULT_SETS if p.is_dir()]
+    if not sets:
+        print(f"No data: pass --data (looked for {', '.join(map(str, DEFAULT_SETS))})")
+        return 1
+    import os
+    print(f"H2A tensor-cache benchmark: {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+          f"torch threads {torch.get_num_threads()}")
+    for root in sets:
+        bench_one(root, args.size, args.limit, workers, args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

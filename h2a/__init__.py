@@ -1,0 +1,9 @@
+"""H2A (Hand-to-Age): explore pediatric hand radiographs and bone age.
+
+The core package never imports streamlit; the app layer lives in ``h2a.app``.
+Research use only, not for clinical decisions.
+"""
+
+__version__ = "0.1.0"
+
+RESEARCH_NOTE = "Research use only, not for clinical decisions."

@@ -1,0 +1,181 @@
+"""The app layer's shared state: which dataset is active, cached loads, and the sidebar.
+
+The only h2a module (with the rest of ``h2a/app``) allowed to import streamlit: it wraps
+the core in ``st.cache_*`` so every page shares one loaded dataset and one header scan.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from h2a import RESEARCH_NOTE
+from h2a.config import get_settings
+from h2a.datasets import Dataset, DatasetError, load_dataset, scan_headers
+
+DEMO_CHOICE = "Demo dataset (synthetic)"
+ENV_CHOICE = "H2A_DATA_DIR"
+CUSTOM_CHOICE = "Another folder…"
+
+
+@dataclass
+class ActiveData:
+    """What a page needs about the active dataset; ``error`` set when it cannot load."""
+
+    path: Path | None
+    ds: Dataset | None
+    headers: pd.DataFrame | None
+    error: str | None = None
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """Metadata joined with header facts and a display sex column."""
+        from h2a.stats import sex_label
+
+        meta = self.ds.meta.copy()
+        meta["sex"] = sex_label(meta["male"])
+        return meta.join(self.headers)
+
+
+def progress_callback(bar, label: str):
+    """Adapt a ``st.progress`` element to the core's ProgressFn."""
+
+    def _update(done: int, total: int, message: str = "") -> None:
+        frac = done / total if total else 1.0
+        bar.progress(min(1.0, frac), text=f"{label}: {message} {done}/{total}")
+
+    return _update
+
+
+@st.cache_resource(show_spinner=False)
+def _store() -> dict:
+    """Process-wide memo of loaded datasets keyed by (path, directory mtime token)."""
+    return {}
+
+
+def _token(path: Path) -> tuple:
+    """Changes when label CSVs change, so an edited CSV is reloaded without a restart."""
+    parts = []
+    for csv in sorted(path.glob("*.csv")) + sorted(path.glob("*/*.csv")):
+        try:
+            st_ = csv.stat()
+            parts.append((csv.name, st_.st_size, st_.st_mtime_ns))
+        except OSError:
+            pass
+    return tuple(parts)
+
+
+def load_active(path: Path) -> ActiveData:
+    """Load a dataset and its header facts once per process, with progress the first time."""
+    key = (str(path.resolve()), _token(path))
+    store = _store()
+    if key in store:
+        return store[key]
+    try:
+        ds = load_dataset(path)
+    except DatasetError as exc:
+        return ActiveData(path, None, None, str(exc))
+    bar = st.progress(0.0, text="Reading image headers…")
+    headers = scan_headers(ds, progress=progress_callback(bar, "Reading image headers"))
+    bar.empty()
+    result = ActiveData(path, ds, headers)
+    store[key] = result
+    return result
+
+
+def ensure_demo_with_progress() -> Path:
+    """The embedded demo dataset, generated on first use with a visible progress bar."""
+    from h2a.demo import ensure_demo
+
+    settings = get_settings()
+    bar = st.empty()
+    holder = {"bar": None}
+
+    def _progress(done: int, total: int, message: str = "") -> None:
+        if holder["bar"] is None:
+            holder["bar"] = bar.progress(0.0, text="Generating the synthetic demo dataset (first use only)…")
+        holder["bar"].progress(min(1.0, done / max(total, 1)),
+                               text=f"Generating the synthetic demo dataset (first use only): {done}/{total}")
+
+    path = ensure_demo(n=settings.demo_n, seed=settings.demo_seed, progress=_progress)
+    bar.empty()
+    return path
+
+
+def sidebar_dataset() -> ActiveData:
+    """Sidebar picker for the active dataset; returns it loaded (or with an error)."""
+    settings = get_settings()
+    choices = [DEMO_CHOICE]
+    if settings.data_dir is not None:
+        choices.insert(0, ENV_CHOICE)
+    choices.append(CUSTOM_CHOICE)
+    with st.sidebar:
+        st.subheader("Dataset")
+        choice = st.radio("Source", choices, key="dataset_choice", label_visibility="collapsed",
+                          format_func=lambda c: f"{c} = {settings.data_dir}" if c == ENV_CHOICE else c)
+        path: Path | None
+        if choice == DEMO_CHOICE:
+            path = ensure_demo_with_progress()
+        elif choice == ENV_CHOICE:
+            path = settings.data_dir
+        else:
+            typed = st.text_input("Folder with the label CSV", key="dataset_custom_path",
+                                  placeholder="/data/rsna-bone-age")
+            path = Path(typed).expanduser() if typed.strip() else None
+        if path is None:
+            st.info("Type the path of a dataset folder (RSNA layout).")
+            return ActiveData(None, None, None, "no folder chosen")
+        active = load_active(path)
+        if active.error:
+            st.error(active.error)
+        else:
+            ds = active.ds
+            badge = " · SYNTHETIC" if ds.synthetic else ""
+            st.caption(f"**{ds.name}**{badge}  \n{len(ds.with_images())} images · "
+                       f"{', '.join(ds.splits)} · {len(ds.problems)} problems")
+        st.caption(RESEARCH_NOTE)
+    return active
+
+
+def require_dataset() -> ActiveData:
+    """Sidebar + stop the page with a clear message when no dataset is usable."""
+    active = sidebar_dataset()
+    if active.ds is None:
+        st.warning(f"No usable dataset: {active.error}. Pick another one in the sidebar.")
+        st.stop()
+    if active.ds.synthetic:
+        st.info("You are looking at the **synthetic demo dataset**: generated hand radiographs, "
+                "not real patients. Point H2A at the RSNA data in the sidebar for real figures.",
+                icon=":material/science:")
+    return active
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def thumbnail(path: str, side: int = 192, mtime: float | None = None) -> np.ndarray | str:
+    """A small uint8 view of an image, or the error text for a file that cannot be read."""
+    import cv2
+
+    from h2a import imageio
+
+    try:
+        img = imageio.read_image(path)
+    except imageio.ImageReadError as exc:
+        return str(exc)
+    scale = side / max(img.shape)
+    if scale < 1:
+        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    return imageio.to_uint8(img)
+
+
+def thumb_for(path: str, side: int = 192) -> np.ndarray | str:
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return f"{Path(path).name}: file not found"
+    return thumbnail(path, side, mtime)

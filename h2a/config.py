@@ -1,0 +1,107 @@
+"""Settings from environment variables: the one place that reads ``os.environ``.
+
+Read on every call (cheap) so tests and the app can point H2A at another workspace
+without reloading modules.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path | None
+    workspace: Path
+    models_dir: Path
+    device: str  # "auto", "cpu", "cuda" or "cuda:N"
+    demo_n: int
+    demo_seed: int
+    workers: int
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.workspace / "demo"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.workspace / "cache"
+
+    @property
+    def configs_dir(self) -> Path:
+        return self.workspace / "preprocess-configs"
+
+    @property
+    def header_db(self) -> Path:
+        return self.cache_dir / "headers.sqlite"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.workspace / "jobs"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{(self.workspace / 'mlflow.db').resolve()}"
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def get_settings() -> Settings:
+    """Current settings. Defaults keep everything inside the repo's ignored folders."""
+    ws_env = os.environ.get("H2A_WORKSPACE", "").strip()
+    workspace = Path(ws_env).expanduser() if ws_env else REPO_ROOT / "workspace"
+    models_env = os.environ.get("H2A_MODELS_DIR", "").strip()
+    if models_env:
+        models_dir = Path(models_env).expanduser()
+    elif ws_env:
+        models_dir = workspace / "models"
+    else:
+        models_dir = REPO_ROOT / "models"
+    data_env = os.environ.get("H2A_DATA_DIR", "").strip()
+    return Settings(
+        data_dir=Path(data_env).expanduser() if data_env else None,
+        workspace=workspace,
+        models_dir=models_dir,
+        device=os.environ.get("H2A_DEVICE", "auto").strip() or "auto",
+        demo_n=_int_env("H2A_DEMO_N", 2000),
+        demo_seed=_int_env("H2A_DEMO_SEED", 0),
+        workers=_int_env("H2A_WORKERS", max(1, min(8, os.cpu_count() or 1))),
+    )
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """What torchrun tells a process about its place in a multi-process run."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env() -> DistEnv:
+    """torchrun's RANK / LOCAL_RANK / WORLD_SIZE (a plain run is rank 0 of 1)."""
+    return DistEnv(
+        rank=_int_env("RANK", 0),
+        local_rank=_int_env("LOCAL_RANK", 0),
+        world_size=_int_env("WORLD_SIZE", 1),
+    )

@@ -1,0 +1,42 @@
+"""Which device to compute on, and how to describe it to a user."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from h2a.config import get_settings
+
+
+def resolve_device(setting: str | None = None, local_rank: int = 0) -> torch.device:
+    """'auto' picks the GPU when there is one (the local rank's under torchrun), else CPU."""
+    setting = (setting or get_settings().device or "auto").lower()
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {setting!r} asked for, but no CUDA GPU is visible; use --device cpu")
+        if setting == "cuda":
+            setting = f"cuda:{local_rank % torch.cuda.device_count()}"
+    return torch.device(setting)
+
+
+def describe_device(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3 (cuda:0)' or 'CPU (2 cores)'."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs that support it; None (full precision) on CPU."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    return None

@@ -1,0 +1,15 @@
+"""H2A (Hand-to-Age): the Streamlit entry point. Run: streamlit run streamlit_app.py"""
+
+import streamlit as st
+
+st.set_page_config(page_title="H2A · Hand-to-Age", page_icon=":material/back_hand:", layout="wide")
+
+PAGES = {
+    "Explore": [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/population.py", title="Population statistics", icon=":material/groups:"),
+        st.Page("pages/preprocessing.py", title="Preprocessing preview", icon=":material/tune:"),
+    ],
+}
+
+st.navigation(PAGES).run()

@@ -1,0 +1,64 @@
+"""Shared fixtures: an isolated workspace, a small synthetic dataset, the real RSNA samples."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+THUMBS = SHARED_DATA / "rsna-thumbs-100"
+FULLRES = SHARED_DATA / "rsna-fullres"
+LABELS = SHARED_DATA / "rsna-labels"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def workspace(tmp_path_factory) -> Path:
+    """Every test writes into a throw-away workspace, never into the repo's folders."""
+    ws = tmp_path_factory.mktemp("h2a-workspace")
+    os.environ["H2A_WORKSPACE"] = str(ws)
+    os.environ["H2A_MODELS_DIR"] = str(ws / "models")
+    os.environ.setdefault("H2A_DEMO_N", "240")
+    os.environ.pop("H2A_DATA_DIR", None)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def demo_dir(workspace) -> Path:
+    """A small synthetic dataset, the same one the app's demo choice uses in tests."""
+    from h2a.demo import ensure_demo
+
+    return ensure_demo()
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not present at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def thumbs_dir() -> Path:
+    return _need(THUMBS)
+
+
+@pytest.fixture(scope="session")
+def fullres_dir() -> Path:
+    return _need(FULLRES)
+
+
+@pytest.fixture(scope="session")
+def labels_dir() -> Path:
+    return _need(LABELS)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m h2a`` as a user would, in a subprocess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "h2a", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,94 @@
+"""AppTest: every page renders without an exception on the demo and on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import FULLRES, REPO, THUMBS
+
+PAGES = ["pages/home.py", "pages/population.py", "pages/preprocessing.py"]
+
+
+def _app(monkeypatch, data_dir: Path | None) -> AppTest:
+    if data_dir is None:
+        monkeypatch.delenv("H2A_DATA_DIR", raising=False)
+    else:
+        if not data_dir.exists():
+            pytest.skip(f"real data not present at {data_dir}")
+        monkeypatch.setenv("H2A_DATA_DIR", str(data_dir))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _render(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+@pytest.mark.parametrize("data", ["demo", "thumbs", "fullres"])
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders(monkeypatch, demo_dir, page: str, data: str) -> None:
+    data_dir = {"demo": None, "thumbs": THUMBS, "fullres": FULLRES}[data]
+    at = _render(_app(monkeypatch, data_dir), page)
+    text = " ".join(m.value for m in at.markdown) + " ".join(t.value for t in at.title)
+    if data == "demo":
+        assert any("synthetic" in i.value.lower() for i in at.info), "demo data must be labelled synthetic"
+    if page == "pages/population.py":
+        labels = {m.label: m.value for m in at.metric}
+        assert labels["Images"] != "0"
+        assert len(at.get("plotly_chart")) >= 4
+    if page == "pages/preprocessing.py":
+        assert "Augmented samples" in " ".join(s.value for s in at.subheader)
+        assert len(at.get("imgs")) >= 1
+    assert text
+
+
+def test_population_problems_tab_lists_bad_rows(monkeypatch, tmp_path: Path) -> None:
+    from tests.corpus import make_corpus
+
+    root = tmp_path / "odd"
+    img_dir = root / "boneage-training-dataset"
+    img_dir.mkdir(parents=True)
+    cases = make_corpus(img_dir)
+    rows = ["id,boneage,male"]
+    for i, case in enumerate(cases, 1):
+        stem = Path(case.filename).stem
+        rows.append(f"{stem},{10 * i},{'True' if i % 2 else 'False'}")
+    rows.append("ghost,50,True")
+    rows.append("bad-age,abc,False")
+    (root / "boneage-training-dataset.csv").write_text("\n".join(rows) + "\n")
+    at = _render(_app(monkeypatch, root), "pages/population.py")
+    frames = [df.value for df in at.dataframe]
+    problems = next(f for f in frames if "problem" in f.columns and "item" in f.columns)
+    text = "\n".join(problems["item"] + ": " + problems["problem"])
+    assert "ghost.png not found" in text and "not a number" in text
+    bad = [c for c in cases if not c.expect_ok]
+    for case in bad:
+        if Path(case.filename).suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"):
+            assert case.filename in text, case.filename
+    _render(at, "pages/preprocessing.py")
+
+
+def test_preprocessing_config_saves_by_name(monkeypatch, demo_dir) -> None:
+    from h2a.preprocess import list_configs, load_config
+
+    at = _render(_app(monkeypatch, None), "pages/preprocessing.py")
+    at.radio(key="pp_contrast").set_value("clahe").run()
+    at.select_slider(key="pp_size").set_value(128).run()
+    at.text_input(key="pp_save_name").set_value("clahe-128").run()
+    at.button(key="pp_save").click().run()
+    assert not at.exception
+    assert "clahe-128" in list_configs()
+    cfg = load_config("clahe-128")
+    assert cfg.contrast == "clahe" and cfg.size == 128
+    at.text_input(key="pp_save_name").set_value("../evil").run()
+    at.button(key="pp_save").click().run()
+    assert at.error and "name" in at.error[0].value.lower()

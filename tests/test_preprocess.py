@@ -1,0 +1,294 @@
+"""PreprocessConfig, prepare (geometry + contrast), augmentation, normalisation, saved configs."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from h2a.preprocess import (
+    IMAGENET_GRAY_MEAN,
+    IMAGENET_GRAY_STD,
+    PreprocessConfig,
+    augment_samples,
+    augmentation,
+    list_configs,
+    load_config,
+    normalize,
+    prepare,
+    save_config,
+)
+
+
+def tall_white(h: int = 200, w: int = 100) -> np.ndarray:
+    return np.ones((h, w), dtype=np.float32)
+
+
+def low_contrast(h: int = 240, w: int = 120, seed: int = 0) -> np.ndarray:
+    """A dim, flat image (values 0.40-0.50) with some structure, tall so padding appears."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 0.40 + 0.05 * (yy / h) + 0.03 * (xx / w) + rng.uniform(0, 0.02, (h, w))
+    return img.astype(np.float32)
+
+
+# ---------------------------------------------------------------- geometry
+
+@pytest.mark.parametrize("mode", ["squash", "pad", "crop"])
+@pytest.mark.parametrize("shape", [(200, 100), (100, 200), (37, 53), (2000, 1500), (64, 64)])
+def test_every_resize_mode_gives_a_square_uint8(mode, shape):
+    cfg = PreprocessConfig(size=64, resize=mode)
+    out = prepare(np.random.default_rng(1).random(shape, dtype=np.float32), cfg)
+    assert out.shape == (64, 64) and out.dtype == np.uint8 and out.flags.c_contiguous
+
+
+def test_pad_keeps_aspect_with_black_bars_on_the_sides():
+    out = prepare(tall_white(), PreprocessConfig(size=64, resize="pad"))
+    # 200x100 -> 64x32 content centred: columns 16..47 white, the rest black.
+    assert (out[:, :16] == 0).all() and (out[:, 48:] == 0).all()
+    assert (out[:, 16:48] == 255).all()
+
+
+def test_pad_wide_image_gets_bars_top_and_bottom():
+    out = prepare(tall_white(100, 200), PreprocessConfig(size=64, resize="pad"))
+    assert (out[:16] == 0).all() and (out[48:] == 0).all() and (out[16:48] == 255).all()
+
+
+def test_crop_fills_and_keeps_the_centre():
+    img = tall_white(200, 100)
+    img[:50] = 0.0  # top and bottom quarters black: outside the centred 100x100 square
+    img[150:] = 0.0
+    out = prepare(img, PreprocessConfig(size=64, resize="crop"))
+    assert (out == 255).all()
+    squashed = prepare(img, PreprocessConfig(size=64, resize="squash"))
+    assert (squashed[:10] == 0).all() and (squashed[-10:] == 0).all()
+
+
+def test_squash_fills_everything():
+    assert (prepare(tall_white(), PreprocessConfig(size=64, resize="squash")) == 255).all()
+
+
+def test_prepare_accepts_uint8_and_channel_axis():
+    u8 = (np.arange(64 * 64) % 256).astype(np.uint8).reshape(64, 64)
+    cfg = PreprocessConfig(size=64, resize="squash")
+    assert np.array_equal(prepare(u8, cfg), u8)
+    assert np.array_equal(prepare(u8[:, :, None], cfg), u8)
+    with pytest.raises(ValueError, match="2-D grayscale"):
+        prepare(np.zeros((4, 4, 3), np.float32), cfg)
+
+
+# ---------------------------------------------------------------- contrast
+
+@pytest.mark.parametrize("contrast", ["hist_eq", "clahe"])
+def test_contrast_raises_std_of_low_contrast_image_and_ignores_padding(contrast):
+    img = low_contrast()
+    plain = prepare(img, PreprocessConfig(size=128, resize="pad"))
+    enhanced = prepare(img, PreprocessConfig(size=128, resize="pad", contrast=contrast))
+    # 240x120 -> content 128x64 in columns 32..95
+    content = (slice(None), slice(32, 96))
+    assert (enhanced[:, :32] == 0).all() and (enhanced[:, 96:] == 0).all()
+    # CLAHE is clip-limited (2.0) by design, so it raises contrast less than hist_eq.
+    gain = 3.0 if contrast == "hist_eq" else 1.1
+    assert enhanced[content].std() > gain * plain[content].std()
+    # The enhancement is computed on the content alone, as if there were no padding.
+    inner = np.ascontiguousarray(plain[content])
+    if contrast == "hist_eq":
+        expected = cv2.equalizeHist(inner)
+    else:
+        expected = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(inner)
+    assert np.array_equal(enhanced[content], expected)
+    # ... which differs from equalising the padded square (the bug this design avoids).
+    if contrast == "hist_eq":
+        assert not np.array_equal(cv2.equalizeHist(plain)[content], expected)
+
+
+def test_contrast_applies_in_squash_and_crop_too():
+    img = low_contrast()
+    for mode in ("squash", "crop"):
+        a = prepare(img, PreprocessConfig(size=64, resize=mode))
+        for contrast, gain in (("hist_eq", 3.0), ("clahe", 1.1)):
+            b = prepare(img, PreprocessConfig(size=64, resize=mode, contrast=contrast))
+            assert b.std() > gain * a.std()
+
+
+# ---------------------------------------------------------------- config
+
+def test_cache_key_only_follows_deterministic_fields():
+    base = PreprocessConfig()
+    same = [
+        PreprocessConfig(flip=False, shift=0.0, rotation=0.0, zoom=0.0),
+        PreprocessConfig(normalize="per_image"),
+        PreprocessConfig(clahe_clip=4.0, clahe_grid=4),  # CLAHE params unused without CLAHE
+    ]
+    for cfg in same:
+        assert cfg.cache_key() == base.cache_key()
+    different = [
+        PreprocessConfig(size=128),
+        PreprocessConfig(resize="crop"),
+        PreprocessConfig(contrast="hist_eq"),
+        PreprocessConfig(contrast="clahe"),
+    ]
+    keys = {cfg.cache_key() for cfg in different} | {base.cache_key()}
+    assert len(keys) == len(different) + 1
+    clahe = PreprocessConfig(contrast="clahe")
+    assert PreprocessConfig(contrast="clahe", clahe_clip=3.0).cache_key() != clahe.cache_key()
+    assert PreprocessConfig(contrast="clahe", clahe_grid=4).cache_key() != clahe.cache_key()
+    assert len(base.cache_key()) <= 16
+    # int given for a float field hashes like the float
+    assert PreprocessConfig(contrast="clahe", clahe_clip=2).cache_key() == clahe.cache_key()
+
+
+def test_dict_round_trip_ignores_unknown_keys():
+    cfg = PreprocessConfig(size=320, resize="crop", contrast="clahe", clahe_clip=3.5,
+                           normalize="per_image", flip=False, zoom=0.2)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    d["future_field"] = 1
+    assert PreprocessConfig.from_dict(d) == cfg
+    assert PreprocessConfig.from_dict({"size": 128.0}).size == 128
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"size": 0}, "size must be an integer"),
+        ({"size": "256"}, "size must be an integer"),
+        ({"size": 100.5}, "size must be an integer"),
+        ({"resize": "stretch"}, "resize must be one of squash, pad, crop"),
+        ({"contrast": "gamma"}, "contrast must be one of none, hist_eq, clahe"),
+        ({"clahe_clip": 0}, "clahe_clip must be"),
+        ({"clahe_grid": 0}, "clahe_grid must be"),
+        ({"normalize": "zscore"}, "normalize must be one of imagenet, per_image"),
+        ({"flip": "yes"}, "flip must be true or false"),
+        ({"shift": 0.9}, "shift must be a fraction"),
+        ({"rotation": -5}, "rotation must be from 0 to 180"),
+        ({"zoom": 1.5}, "zoom must be a fraction"),
+        ({"zoom": float("nan")}, "zoom must be a fraction"),
+    ],
+)
+def test_from_dict_rejects_bad_values_clearly(bad, message):
+    with pytest.raises(ValueError, match=message):
+        PreprocessConfig.from_dict(bad)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ValueError) as info:
+        PreprocessConfig.from_dict({"resize": "x", "contrast": "y"})
+    assert "resize" in str(info.value) and "contrast" in str(info.value)
+
+
+def test_from_dict_needs_a_mapping():
+    with pytest.raises(ValueError, match="mapping"):
+        PreprocessConfig.from_dict([1, 2])
+
+
+# ---------------------------------------------------------------- normalisation
+
+def test_normalize_imagenet_matches_the_formula():
+    x = torch.full((2, 1, 8, 8), 128, dtype=torch.uint8)
+    y = normalize(x, PreprocessConfig(normalize="imagenet"))
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert torch.allclose(y, torch.full_like(y, (128 / 255 - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD))
+    single = normalize(x[0], PreprocessConfig())
+    assert single.shape == (1, 8, 8)
+
+
+def test_normalize_per_image_gives_zero_mean_unit_std_per_sample():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8, generator=g)
+    x[1] = x[1] // 4  # a darker sample must be normalised on its own stats
+    y = normalize(x, PreprocessConfig(normalize="per_image"))
+    for i in range(3):
+        assert abs(y[i].mean().item()) < 1e-5
+        assert abs(y[i].std(unbiased=False).item() - 1) < 1e-4
+    flat = normalize(torch.full((1, 8, 8), 7, dtype=torch.uint8), PreprocessConfig(normalize="per_image"))
+    assert torch.isfinite(flat).all() and (flat == 0).all()
+
+
+# ---------------------------------------------------------------- augmentation
+
+def test_augmentation_none_when_everything_is_off():
+    assert augmentation(PreprocessConfig(flip=False, shift=0, rotation=0, zoom=0)) is None
+    assert augmentation(PreprocessConfig(flip=True, shift=0, rotation=0, zoom=0)) is not None
+
+
+def test_augmentation_keeps_shape_and_dtype_for_single_and_batch():
+    tf = augmentation(PreprocessConfig(size=32))
+    one = torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8)
+    batch = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    for x in (one, batch):
+        y = tf(x)
+        assert y.shape == x.shape and y.dtype == torch.uint8
+
+
+def test_augment_samples_deterministic_by_seed_and_varied():
+    img = prepare(low_contrast(), PreprocessConfig(size=64, contrast="hist_eq"))
+    cfg = PreprocessConfig(size=64)
+    a = augment_samples(img, cfg, n=6, seed=7)
+    b = augment_samples(img, cfg, n=6, seed=7)
+    c = augment_samples(img, cfg, n=6, seed=8)
+    assert len(a) == 6 and all(x.shape == (64, 64) and x.dtype == np.uint8 for x in a)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    distinct = {x.tobytes() for x in a}
+    assert len(distinct) == 6
+    assert all(not np.array_equal(x, img) for x in a)
+
+
+def test_augment_samples_does_not_consume_global_rng():
+    img = np.zeros((32, 32), np.uint8)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    augment_samples(img, PreprocessConfig(size=32), n=4, seed=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_augment_samples_without_augmentation_returns_copies():
+    img = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    out = augment_samples(img, PreprocessConfig(size=16, flip=False, shift=0, rotation=0, zoom=0), n=3)
+    assert len(out) == 3 and all(np.array_equal(o, img) for o in out)
+
+
+# ---------------------------------------------------------------- saved configs
+
+def test_save_load_list_round_trip(tmp_path):
+    cfg = PreprocessConfig(size=384, contrast="clahe", clahe_grid=4, normalize="per_image")
+    path = save_config("hands_v2-clahe", cfg, directory=tmp_path)
+    assert path == tmp_path / "hands_v2-clahe.json" and path.is_file()
+    save_config("baseline", PreprocessConfig(), directory=tmp_path)
+    assert list_configs(tmp_path) == ["baseline", "hands_v2-clahe"]
+    assert load_config("hands_v2-clahe", directory=tmp_path) == cfg
+    save_config("baseline", PreprocessConfig(size=128), directory=tmp_path)  # overwrite
+    assert load_config("baseline", directory=tmp_path).size == 128
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_default_directory_comes_from_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("H2A_WORKSPACE", str(tmp_path / "ws"))
+    save_config("default", PreprocessConfig(size=96))
+    assert (tmp_path / "ws" / "preprocess-configs" / "default.json").is_file()
+    assert list_configs() == ["default"] and load_config("default").size == 96
+
+
+@pytest.mark.parametrize("name", ["", "../evil", "a b", "x.json", "naïve", "a/b", "x" * 65])
+def test_bad_names_rejected(tmp_path, name):
+    with pytest.raises(ValueError, match="letters, digits"):
+        save_config(name, PreprocessConfig(), directory=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loading_a_missing_or_broken_config_is_clear(tmp_path):
+    save_config("one", PreprocessConfig(), directory=tmp_path)
+    with pytest.raises(FileNotFoundError, match="No preprocessing config named 'two'.*one"):
+        load_config("two", directory=tmp_path)
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json: not valid JSON"):
+        load_config("broken", directory=tmp_path)
+    (tmp_path / "badvalue.json").write_text('{"resize": "stretch"}')
+    with pytest.raises(ValueError, match="resize must be one of"):
+        load_config("badvalue", directory=tmp_path)
+    assert list_configs(tmp_path) == ["badvalue", "broken", "one"]
+    assert list_configs(tmp_path / "nothing-here") == []
