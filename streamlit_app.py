@@ -10,6 +10,10 @@ PAGES = {
         st.Page("pages/population.py", title="Population statistics", icon=":material/groups:"),
         st.Page("pages/preprocessing.py", title="Preprocessing preview", icon=":material/tune:"),
     ],
+    "Models": [
+        st.Page("pages/training.py", title="Bone-age training", icon=":material/model_training:"),
+        st.Page("pages/evaluation.py", title="Bone-age evaluation", icon=":material/query_stats:"),
+    ],
 }
 
 st.navigation(PAGES).run()

@@ -46,6 +46,10 @@ _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 
 
+class CacheError(RuntimeError):
+    """A cache cannot be built (no disk space, a worker died); the message says why."""
+
+
 @dataclass
 class TensorCache:
     """An opened cache. ``images`` is a read-only memmap; rows align with ``ids``."""
@@ -254,11 +258,11 @@ def _run_in_workers(tasks: list[tuple], workers: int, collect: Callable[[Any], N
             except BrokenPipeError:
                 raise failure(proc, errfile) from None
 
-    def failure(proc: subprocess.Popen, errfile: Any) -> RuntimeError:
+    def failure(proc: subprocess.Popen, errfile: Any) -> CacheError:
         code = proc.wait()
         errfile.seek(0)
         tail = errfile.read().decode(errors="replace").strip().splitlines()[-15:]
-        return RuntimeError(
+        return CacheError(
             f"An image preprocessing worker stopped unexpectedly (exit code {code}):\n"
             + "\n".join(tail)
         )
@@ -339,6 +343,14 @@ def build_cache(
     parent = final.parent
     parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(parent)
+    need = n * size * size
+    free = shutil.disk_usage(parent).free
+    if need > free - (256 << 20):  # keep a little room for everything else
+        raise CacheError(
+            f"Not enough disk space for the tensor cache: {n} images at {size}x{size} need "
+            f"{need / 2**30:.2f} GiB in {parent}, only {free / 2**30:.2f} GiB free. "
+            "Free some space, choose a smaller image size, or set H2A_WORKSPACE elsewhere."
+        )
     tag = f"{final.name}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = parent / f"{_TMP_PREFIX}{tag}"
     tmp.mkdir()
@@ -376,14 +388,16 @@ def build_cache(
             json.dump(index, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        _publish(tmp, final, tag)
+        if not force and _open_dir(final, cfg, fingerprint) is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build finished first: keep it
+        else:
+            _publish(tmp, final, tag)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     cache = _open_dir(final, cfg, fingerprint)
     if cache is None:  # pragma: no cover - would mean the rename target vanished
-        raise RuntimeError(f"Tensor cache {final} could not be opened right after building it")
-    # Another process may have published the same cache first; either copy is equal.
+        raise CacheError(f"Tensor cache {final} could not be opened right after building it")
     cache.built_now = True
     report(progress, n, n, f"tensor cache built ({n - int((~ok).sum())}/{n} images ok)")
     return cache
@@ -473,5 +487,5 @@ class CachedImageDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "TensorCache", "cache_dir_for", "build_cache", "open_cache", "CachedImageDataset",
+    "CacheError", "TensorCache", "cache_dir_for", "build_cache", "open_cache", "CachedImageDataset",
 ]

@@ -30,9 +30,11 @@ def grad_cam(model: H2AModel, x: Tensor, sex: Tensor | None = None, *,
     """Grad-CAM for each image in ``x`` -> (B, H, W) float32 in [0, 1] at the input size.
 
     ``x`` is (B, C, H, W) or (C, H, W), preprocessed exactly as for prediction. The model
-    is evaluated in eval mode (BN running statistics, no dropout) and restored to its
-    previous mode; no hooks, gradients or ``requires_grad`` flags are left behind, and it
-    works inside the caller's ``torch.no_grad()`` / ``torch.inference_mode()``.
+    is evaluated in eval mode (BN running statistics, no dropout; a model in train mode is
+    switched for the call and switched back). No hooks are used, parameter ``.grad`` and
+    ``requires_grad`` are untouched, and it works inside the caller's ``torch.no_grad()``
+    or ``torch.inference_mode()``. Thread-safe on an eval-mode model (e.g. one cached by
+    ``st.cache_resource``).
     Each map is scaled by its own maximum; a map with no positive evidence is all zeros.
     """
     if x.ndim == 3:
@@ -44,15 +46,14 @@ def grad_cam(model: H2AModel, x: Tensor, sex: Tensor | None = None, *,
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     height, width = x.shape[-2:]
 
-    captured: list[Tensor] = []
-
-    def keep_output(_module: torch.nn.Module, _inputs: object, output: Tensor) -> None:
-        captured.append(output)
-
+    # No hooks: the feature map comes from model.feature_map (by contract the output of
+    # cam_target_layer) and the score from the same pooling + head that forward() uses.
+    # Hooks would be shared state, and Streamlit sessions call one cached model from
+    # several threads at once. An eval-mode model is not mutated at all.
     was_training = model.training
-    handle = model.cam_target_layer.register_forward_hook(keep_output)
     try:
-        model.eval()
+        if was_training:
+            model.eval()
         with torch.inference_mode(False), torch.enable_grad():
             # fresh (non-inference) leaf that requires grad, so the graph exists even when
             # every parameter is frozen; the caller's tensor is untouched
@@ -60,10 +61,8 @@ def grad_cam(model: H2AModel, x: Tensor, sex: Tensor | None = None, *,
             sex_in = None
             if sex is not None:
                 sex_in = torch.as_tensor(sex).detach().to(device=device).clone()
-            out = model(inp, sex_in)
-            if not captured:
-                raise RuntimeError("the CAM target layer did not run in the forward pass")
-            acts = captured[-1]
+            acts = model.feature_map(inp)
+            out = model.forward_head(torch.flatten(model.pool(acts), 1), sex_in)
             score = -out.sum() if negative else out.sum()  # samples are independent in eval
             (grads,) = torch.autograd.grad(score, acts)
         with torch.no_grad():
@@ -75,8 +74,8 @@ def grad_cam(model: H2AModel, x: Tensor, sex: Tensor | None = None, *,
             peak = cam.flatten(1).amax(dim=1).view(-1, 1, 1)
             cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam))
     finally:
-        handle.remove()
-        model.train(was_training)
+        if was_training:
+            model.train()
     return cam.cpu().numpy().astype(np.float32, copy=False)
 
 

@@ -376,8 +376,8 @@ def render_hand(age_months: float, male: bool, seed: int,
     # --- forearm: radius and ulna with their distal epiphyses ---
     fore_len = 1.4
     for kind, x, y_end, r_prox, r_dist, tilt in (
-        ("radius", 0.053, 0.0, 0.05, 0.084, 14.0),
-        ("ulna", -0.091, -0.02, 0.036, 0.046, 0.0),
+        ("radius", 0.053, 0.0, 0.042, 0.076, 14.0),
+        ("ulna", -0.091, -0.02, 0.032, 0.042, 0.0),
     ):
         grow, wf, bend, fuse = epi_state(kind)
         c_e = 0.012 + 0.02 * (1.0 - _ramp(m, 0.0, 190.0))
@@ -387,7 +387,7 @@ def render_hand(age_months: float, male: bool, seed: int,
         rsf = slim * (0.85 + 0.15 * _ramp(m, 0.0, 170.0))
         parts: list = [_Tube(F.pt(x - 0.012, y_end - fore_len), F.pt(x, shaft_end),
                              r_prox * u * rsf, r_dist * u * rsf, waist=0.0, cort_mid=cort_mid,
-                             cort_end=0.08, flat=2.0, flare_pow=6.0, dens_med=0.2)]
+                             cort_end=0.08, flat=2.0, flare_pow=6.0, dens_med=0.12)]
         if grow:
             eh = eh_max * grow
             c = F.pt(x, y_end - c_e - eh / 2.0)
@@ -404,13 +404,13 @@ def render_hand(age_months: float, male: bool, seed: int,
             continue
         full = max(_CARPAL_FULL * float(time_jit[7]), on + 40.0)
         g = float(np.clip((m - on) / (full - on), 0.0, 1.0)) ** 0.6  # fast early growth
-        sz = (0.36 + 0.64 * g) * slim ** 0.5 * 1.2
+        sz = (0.36 + 0.64 * g) * slim ** 0.5 * 1.3
         r_ = math.sqrt(ca * cb)
         a_ = (r_ + (ca - r_) * g) * sz  # round nucleus -> adult shape
         b_ = (r_ + (cb - r_) * g) * sz
         c = F.pt(cx, cy)
-        _draw_group(bone, [_Blob(c, a_ * u, b_ * u, F.ang(cang), h=0.75 * math.sqrt(a_ * b_) * u,
-                                 p=2.0 + 1.3 * g, cort=0.2 + 0.08 * g, dens_med=0.45)], scale_cm)
+        _draw_group(bone, [_Blob(c, a_ * u, b_ * u, F.ang(cang), h=0.5 * math.sqrt(a_ * b_) * u,
+                                 p=2.0 + 0.9 * g, cort=0.16 + 0.06 * g, dens_med=0.5)], scale_cm)
 
     # --- rays: metacarpals and phalanges ---
     tips: list[np.ndarray] = []
@@ -479,7 +479,7 @@ def render_hand(age_months: float, male: bool, seed: int,
     # --- X-ray formation: attenuation -> film brightness, then the nuisance ---
     tex = np.random.default_rng(texture_seed).standard_normal((H, W), dtype=np.float32)
     tex = cv2.GaussianBlur(tex, (0, 0), 1.1)
-    bone *= 1.0 + 0.25 * tex  # trabecular mottling
+    bone *= 1.0 + 0.15 * tex  # trabecular mottling
     att = (0.1 * soft_gain * t_soft + 1.4 * bone) * (L_cm / 19.0) ** 0.25
     att = cv2.GaussianBlur(att, (0, 0), blur_sd)
     img = 1.0 - np.exp(-att)

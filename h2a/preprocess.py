@@ -320,16 +320,18 @@ def normalize(x: "torch.Tensor", cfg: PreprocessConfig) -> "torch.Tensor":
     is what crosses the DataLoader. Float input is taken as already in [0,1]."""
     import torch
 
-    if x.dtype == torch.uint8:
-        xf = x.to(torch.float32).div_(255.0)
-    else:
-        xf = x.to(torch.float32)
+    is_u8 = x.dtype == torch.uint8
+    xf = x.to(torch.float32)
+    if xf.data_ptr() == x.data_ptr():
+        xf = xf.clone()  # float input: never modify the caller's tensor in place
     if cfg.normalize == "imagenet":
-        return (xf - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD
+        # In place, one allocation: ((x / 255) - mean) / std == x * a - b
+        scale = 1.0 / ((255.0 if is_u8 else 1.0) * IMAGENET_GRAY_STD)
+        return xf.mul_(scale).sub_(IMAGENET_GRAY_MEAN / IMAGENET_GRAY_STD)
+    # per image: scale-free, so uint8 needs no division by 255 (only a scaled epsilon)
     dims = tuple(range(1, xf.ndim)) if xf.ndim == 4 else tuple(range(xf.ndim))
-    mean = xf.mean(dim=dims, keepdim=True)
-    std = xf.std(dim=dims, keepdim=True, unbiased=False).clamp_min(1e-6)
-    return (xf - mean) / std
+    std, mean = torch.std_mean(xf, dim=dims, keepdim=True, correction=0)
+    return xf.sub_(mean).div_(std.clamp_min(1e-6 * (255.0 if is_u8 else 1.0)))
 
 
 def augment_samples(u8: np.ndarray, cfg: PreprocessConfig, n: int = 8,

@@ -55,6 +55,8 @@ from h2a.runs import (
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "step", "exponential", "plateau", "cyclic", "none")
 LOSSES = ("l1", "mse", "huber")
+# A loss this many times the first batch's (median of the last three batches) is divergence.
+DIVERGENCE_FACTOR = 100.0
 
 
 class TrainingError(RuntimeError):
@@ -496,6 +498,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
     t0 = time.monotonic() - elapsed_before
     budget = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     first_loss: float | None = None
+    recent: list[float] = []
     stop_reason = ""
     epoch = start_epoch - 1
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -520,7 +523,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
             value = float(loss.detach())
             if first_loss is None:
                 first_loss = max(value, 1e-3)
-            if not math.isfinite(value) or value > 1e4 * first_loss:
+            recent = (recent + [value])[-3:]
+            if not math.isfinite(value) or sorted(recent)[len(recent) // 2] > DIVERGENCE_FACTOR * first_loss:
                 raise TrainingDiverged(
                     f"training diverged at epoch {epoch}, batch {b}: loss {value:.4g} "
                     f"(first batch {first_loss:.4g}). The learning rate {cfg.lr:g} is probably too high; "

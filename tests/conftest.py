@@ -62,3 +62,18 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "h2a", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_dir, workspace) -> Path:
+    """A small finished bone-age run (tiny_cnn, 64 px) on the demo data, shared by tests."""
+    from h2a.preprocess import PreprocessConfig
+    from h2a.training import TrainConfig, train
+
+    out = workspace / "models" / "tiny-boneage"
+    if not (out / "metadata.json").exists():
+        cfg = TrainConfig(data=str(demo_dir), out=str(out), arch="tiny_cnn", pretrained=False,
+                          preprocess=PreprocessConfig(size=64).to_dict(), epochs=12, batch_size=32,
+                          lr=3e-3, workers=0, seed=0)
+        train(cfg, log=lambda m: None)
+    return out

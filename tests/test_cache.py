@@ -306,3 +306,13 @@ def test_a_crashing_worker_fails_clearly_and_leaves_no_half_cache(ds, tmp_path, 
         build_cache(ds, cfg, root=tmp_path, workers=2)
     assert list(tmp_path.iterdir()) == []
     assert open_cache(ds, cfg, root=tmp_path) is None
+
+
+def test_not_enough_disk_space_is_said_before_decoding(ds, tmp_path, monkeypatch):
+    import h2a.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage",
+                        lambda p: SimpleNamespace(total=10**9, used=10**9, free=1000))
+    with pytest.raises(cache_mod.CacheError, match="Not enough disk space.*smaller image size"):
+        build_cache(ds, PreprocessConfig(size=512), root=tmp_path)
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -113,6 +113,18 @@ def test_cam_batch_eval_state_and_no_leftovers(trained):
     np.testing.assert_allclose(again[0], cam[0], atol=1e-5)
 
 
+def test_cam_concurrent_calls_on_one_model(trained):
+    """Streamlit sessions share one cached model across threads: results must not mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scenes = [_scene((1, 2), (3, 0)), _scene((2, 0), (0, 3)), _scene((3, 3), (1, 1))] * 3
+    serial = [grad_cam(trained, s) for s in scenes]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        parallel = list(pool.map(lambda s: grad_cam(trained, s), scenes))
+    for a, b in zip(serial, parallel):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_cam_with_sex_input_and_frozen_model():
     torch.manual_seed(0)
     model = create_model("tiny_cnn", "boneage", use_sex=True).eval()
@@ -157,3 +169,14 @@ def test_overlay_shapes_and_types():
         overlay(gray, cam, colormap="rainbow-unicorn")
     with pytest.raises(ValueError, match="alpha"):
         overlay(gray, cam, alpha=1.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cam_on_cuda_under_autocast():
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", "boneage").cuda().eval()
+    x = torch.randn(2, 1, 64, 64)  # a CPU tensor is moved to the model's device
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        cam = grad_cam(model, x, torch.tensor([1.0, 0.0]))
+    assert cam.shape == (2, 64, 64) and cam.dtype == np.float32
+    assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1

@@ -77,7 +77,15 @@ def test_forward_backward(name: str, task: str, use_sex: bool, in_chans: int):
     assert feats.shape == (B, model.num_features)
     assert fmap.ndim == 4 and fmap.shape[:2] == (B, model.num_features)
     assert torch.isfinite(feats).all() and again.shape == (B,)
-    assert isinstance(model.cam_target_layer, torch.nn.Module)
+    # feature_map is, by contract, the output of cam_target_layer (what Grad-CAM explains)
+    seen: list[torch.Tensor] = []
+    handle = model.cam_target_layer.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        with torch.no_grad():
+            model(x, sex)
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and torch.equal(seen[0], fmap)
     # rebuilding from the saved config gives the same state dict layout
     clone = create_model(**model.config)
     clone.load_state_dict(model.state_dict(), strict=True)

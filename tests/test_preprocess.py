@@ -292,3 +292,15 @@ def test_loading_a_missing_or_broken_config_is_clear(tmp_path):
         load_config("badvalue", directory=tmp_path)
     assert list_configs(tmp_path) == ["badvalue", "broken", "one"]
     assert list_configs(tmp_path / "nothing-here") == []
+
+
+def test_normalize_leaves_a_float_input_untouched():
+    x = torch.rand(2, 1, 8, 8)
+    before = x.clone()
+    for mode in ("imagenet", "per_image"):
+        y = normalize(x, PreprocessConfig(normalize=mode))
+        assert torch.equal(x, before) and y.data_ptr() != x.data_ptr()
+    u8 = (x * 255).round().to(torch.uint8)
+    a = normalize(u8, PreprocessConfig(normalize="per_image"))
+    b = normalize(u8.float() / 255, PreprocessConfig(normalize="per_image"))
+    assert torch.allclose(a, b, atol=1e-4)
