@@ -357,7 +357,7 @@ def _header_facts(path: str) -> dict:
     from h2a import imageio
 
     try:
-        info = imageio.read_header(path)
+        info = imageio.scan_file(path)
     except imageio.ImageReadError as exc:
         return {"error": str(exc)}
     return {

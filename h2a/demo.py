@@ -11,7 +11,9 @@ superellipse "blob" with a cortical shell, projected as X-ray path length. Carpa
 centres appear in their textbook order; epiphyses appear as small discs, widen to the
 shaft, cap it and fuse (distal phalanges first, radius last). All maturation timings
 follow the label (bone age) directly with small per-image jitter; sex shows through
-size (boys larger, mostly after 13 y of bone age) and slimmer bones in girls.
+size (boys larger, mostly after 13 y of bone age), girls' slimmer bones and narrower
+hands. Nuisance: rotation, shift, spread fingers, exposure/gamma, film noise, a
+collimation border and an 'L' side marker, varying image sizes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
 import uuid
@@ -237,22 +238,27 @@ def _draw_group(canvas: np.ndarray, parts: list, scale: float) -> None:
 
 
 class _Frame:
-    """Hand-length units (x toward thumb, y distal) -> image pixels (y down)."""
+    """Hand-length units (x toward thumb, y distal) -> image pixels (y down).
 
-    def __init__(self, origin: tuple[float, float], px_per_unit: float, angle_deg: float):
+    ``breadth`` stretches x only: hand breadth relative to length differs by sex.
+    """
+
+    def __init__(self, origin: tuple[float, float], px_per_unit: float, angle_deg: float,
+                 breadth: float = 1.0):
         self.o = np.array(origin, float)
         self.s = px_per_unit
+        self.bx = breadth
         a = math.radians(angle_deg)
         self.c, self.sn = math.cos(a), math.sin(a)
 
     def pt(self, x: float, y: float) -> np.ndarray:
-        yy = -y
-        return self.o + self.s * np.array([self.c * x - self.sn * yy, self.sn * x + self.c * yy])
+        xx, yy = x * self.bx, -y
+        return self.o + self.s * np.array([self.c * xx - self.sn * yy, self.sn * xx + self.c * yy])
 
     def ang(self, deg_from_x: float) -> float:
         """Image-frame angle of a hand-frame direction given in degrees from +x."""
         a = math.radians(deg_from_x)
-        dx, dy = math.cos(a), -math.sin(a)
+        dx, dy = math.cos(a) * self.bx, -math.sin(a)
         return math.atan2(self.sn * dx + self.c * dy, self.c * dx - self.sn * dy)
 
 
@@ -277,21 +283,20 @@ def render_hand(age_months: float, male: bool, seed: int,
         H, W = int(size[0]), int(size[1])
     m = max(m_label + rng.normal(0.0, 2.0), 0.0)  # individual maturity noise (months)
     size_jit = math.exp(rng.normal(0.0, 0.04))
-    slim = (1.0 if male else 0.92) * math.exp(rng.normal(0.0, 0.035))
+    slim = (1.0 if male else 0.92) * math.exp(rng.normal(0.0, 0.035))  # girls: slimmer bones
+    breadth = (1.0 if male else 0.95) * math.exp(rng.normal(0.0, 0.025))  # and narrower hands
     scale_jit = math.exp(rng.normal(0.0, 0.05))
-    rot = rng.normal(0.0, 6.0)
+    rot = rng.normal(0.0, 8.0)
     shift = rng.normal(0.0, 0.02, 2)
     spread = rng.uniform(0.55, 1.2)
     finger_jit = rng.normal(0.0, 2.5, 5)
     time_jit = np.exp(rng.normal(0.0, 0.04, 64))  # per-feature timing variation
-    contrast = rng.uniform(0.8, 1.15)
-    gamma = math.exp(rng.normal(0.0, 0.12))
-    bg = rng.uniform(0.0, 0.14)
+    contrast = rng.uniform(0.7, 1.1)
+    gamma = math.exp(rng.normal(0.0, 0.18))
+    bg = rng.uniform(0.0, 0.12) + (rng.uniform(0.1, 0.3) if rng.random() < 0.12 else 0.0)  # washed out
     noise_sd = rng.uniform(0.008, 0.025)
     blur_sd = rng.uniform(0.45, 0.9)
-    marker = rng.random() < 0.55
-    marker_right = rng.random() < 0.5
-    marker_box = rng.random() < 0.4
+    marker = rng.random() < 0.7
     collim = rng.random() < 0.3
     collim_level = rng.uniform(0.12, 0.28)
     collim_in = rng.uniform(0.015, 0.05, 4)
@@ -302,12 +307,11 @@ def render_hand(age_months: float, male: bool, seed: int,
 
     # --- scale: hand length in cm -> pixels; big hands fill more of the film ---
     L_cm = hand_length_cm(m_label, male) * size_jit
-    h_frac = 0.68 * (L_cm / 19.0) ** 0.6 * scale_jit
+    h_frac = 0.7 * (L_cm / 19.0) ** 0.6 * scale_jit
     hand_px = h_frac * H
-    ppc = hand_px / L_cm  # pixels per cm
-    tip_y = H * (0.5 - 0.64 * h_frac + shift[1])
+    tip_y = H * (0.53 - 0.64 * h_frac + shift[1])
     origin = (W * (0.5 + shift[0]) - 0.12 * hand_px, tip_y + hand_px)
-    F = _Frame(origin, hand_px, rot)
+    F = _Frame(origin, hand_px, rot, breadth)
     u = hand_px  # px per hand unit
 
     bone = np.zeros((H, W), np.float32)
@@ -321,7 +325,6 @@ def render_hand(age_months: float, male: bool, seed: int,
     dens = 0.75 + 0.25 * _ramp(m, 0.0, 210.0)
     cort_mid = 0.22 + 0.16 * _ramp(m, 0.0, 200.0)
     cart = 0.06 - 0.045 * _ramp(m, 0.0, 190.0)  # unossified end fraction (joint space)
-    rs = slim
     # Thickness in 'adult cm' (hand units x 19): mimics per-image windowing, so a baby's
     # small hand is not just a faint ghost; density and cortex carry the maturity signal.
     scale_cm = dens * 19.0 / u
@@ -352,7 +355,7 @@ def render_hand(age_months: float, male: bool, seed: int,
             shaft_gap = c_end + eh_max + phys - fuse * 0.9 * eh_max
             if grow:
                 eh = eh_max * grow
-                r_end = (r0 if epi_end == "prox" else r1) * rs
+                r_end = (r0 if epi_end == "prox" else r1) * slim
                 off = c_end + eh_max - eh / 2.0  # the nucleus grows toward the joint
                 cpos = off if epi_end == "prox" else length - off
                 c = F.pt(*(p0 + direction * cpos))
@@ -369,7 +372,7 @@ def render_hand(age_months: float, male: bool, seed: int,
                 s1 = length - shaft_gap
         a = F.pt(*(p0 + direction * s0))
         b = F.pt(*(p0 + direction * s1))
-        parts.insert(0, _Tube(a, b, r0 * u * rs * 1.12, r1 * u * rs * 1.12, waist=waist,
+        parts.insert(0, _Tube(a, b, r0 * u * slim * 1.12, r1 * u * slim * 1.12, waist=waist,
                               cort_mid=cort_mid, cort_end=0.1, flat=1.8))
         _draw_group(bone, parts, scale_cm)
 
@@ -398,6 +401,7 @@ def render_hand(age_months: float, male: bool, seed: int,
         _draw_group(bone, parts, scale_cm)
 
     # --- carpals: appear in order, grow from round dots to packed angular bones ---
+    carpals: list = []
     for name, (onset, cx, cy, ca, cb, cang) in _CARPALS.items():
         on = tj(onset)
         if m < on:
@@ -408,9 +412,10 @@ def render_hand(age_months: float, male: bool, seed: int,
         r_ = math.sqrt(ca * cb)
         a_ = (r_ + (ca - r_) * g) * sz  # round nucleus -> adult shape
         b_ = (r_ + (cb - r_) * g) * sz
-        c = F.pt(cx, cy)
-        _draw_group(bone, [_Blob(c, a_ * u, b_ * u, F.ang(cang), h=0.5 * math.sqrt(a_ * b_) * u,
-                                 p=2.0 + 0.9 * g, cort=0.16 + 0.06 * g, dens_med=0.5)], scale_cm)
+        carpals.append(_Blob(F.pt(cx, cy), a_ * u, b_ * u, F.ang(cang), h=0.45 * math.sqrt(a_ * b_) * u,
+                             p=2.0 + 0.9 * g, cort=0.16 + 0.06 * g, dens_med=0.5))
+    if carpals:  # one group: packed neighbours meet without bright additive seams
+        _draw_group(bone, carpals, scale_cm)
 
     # --- rays: metacarpals and phalanges ---
     tips: list[np.ndarray] = []
@@ -480,7 +485,7 @@ def render_hand(age_months: float, male: bool, seed: int,
     tex = np.random.default_rng(texture_seed).standard_normal((H, W), dtype=np.float32)
     tex = cv2.GaussianBlur(tex, (0, 0), 1.1)
     bone *= 1.0 + 0.15 * tex  # trabecular mottling
-    att = (0.1 * soft_gain * t_soft + 1.4 * bone) * (L_cm / 19.0) ** 0.25
+    att = (0.1 * soft_gain * t_soft + 1.05 * bone) * (L_cm / 19.0) ** 0.25
     att = cv2.GaussianBlur(att, (0, 0), blur_sd)
     img = 1.0 - np.exp(-att)
     yy = np.linspace(-1.0, 1.0, H, dtype=np.float32)[:, None]
@@ -493,7 +498,7 @@ def render_hand(age_months: float, male: bool, seed: int,
         outside[y0:y1, x0:x1] = False
         img = np.where(outside, np.maximum(img, collim_level), img)
     if marker:
-        _draw_marker(img, rng, marker_right, marker_box)
+        _draw_marker(img, rng)
     img = np.clip(img, 0.0, 1.0) ** gamma
     noise = rng.standard_normal((H, W), dtype=np.float32)
     noise = cv2.GaussianBlur(noise, (0, 0), 0.7)
@@ -501,25 +506,37 @@ def render_hand(age_months: float, male: bool, seed: int,
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _draw_marker(img: np.ndarray, rng: np.random.Generator, right: bool, box: bool) -> None:
-    """A lead 'L' side marker in a top corner, as on most RSNA films."""
+def _draw_marker(img: np.ndarray, rng: np.random.Generator) -> None:
+    """A lead 'L' side marker (sometimes with technologist initials), as on RSNA films.
+
+    WHY: real films carry these bright labels in varying places; a model (and the
+    clustering page) should learn to ignore them, so the demo has them too.
+    """
     H, W = img.shape
     s = H / 320.0
-    size = rng.uniform(0.6, 1.0) * s
-    (tw, th), _ = cv2.getTextSize("L", cv2.FONT_HERSHEY_SIMPLEX, size, max(1, int(2 * s)))
-    x = int(W * rng.uniform(0.03, 0.09))
-    if right:
-        x = W - x - tw
-    y = int(H * rng.uniform(0.04, 0.1)) + th
-    level = float(rng.uniform(0.85, 1.0))
-    if box:
+    size = rng.uniform(0.6, 1.2) * s
+    thick = max(1, int(round(rng.uniform(1.5, 3.0) * s)))
+    initials = "".join(chr(65 + int(k)) for k in rng.integers(0, 26, 3))[: int(rng.integers(0, 4))]
+    small = size * 0.45
+    (tw, th), _ = cv2.getTextSize("L", cv2.FONT_HERSHEY_SIMPLEX, size, thick)
+    (iw, ih), _ = cv2.getTextSize(initials or "X", cv2.FONT_HERSHEY_SIMPLEX, small, 1)
+    bw, bh = max(tw, iw if initials else 0), th + (ih + 4 if initials else 0)
+    anchor = int(rng.integers(0, 6))  # corners or the middle of a side
+    fx = rng.uniform(0.03, 0.08)
+    fy = rng.uniform(0.03, 0.08)
+    x = int(W * fx) if anchor % 2 == 0 else W - int(W * fx) - bw
+    y = (int(H * fy), H - int(H * fy) - bh, int(H * rng.uniform(0.35, 0.6)))[anchor // 2]
+    level = float(rng.uniform(0.8, 1.0))
+    if rng.random() < 0.4:
         pad = int(4 * s) + 1
-        cv2.rectangle(img, (x - pad, y - th - pad), (x + tw + pad, y + pad), float(rng.uniform(0.25, 0.45)), -1)
+        cv2.rectangle(img, (x - pad, y - pad), (x + bw + pad, y + bh + pad), float(rng.uniform(0.0, 0.4)), -1)
     mask = np.zeros(img.shape, np.uint8)  # putText draws on 8-bit images only
-    cv2.putText(mask, "L", (x, y), cv2.FONT_HERSHEY_SIMPLEX, size, 255, max(1, int(2 * s)), cv2.LINE_AA)
-    a = mask.astype(np.float32) / 255.0
-    img *= 1.0 - a
-    img += a * level
+    cv2.putText(mask, "L", (x, y + th), cv2.FONT_HERSHEY_SIMPLEX, size, 255, thick, cv2.LINE_AA)
+    if initials:
+        cv2.putText(mask, initials, (x, y + th + ih + 4), cv2.FONT_HERSHEY_SIMPLEX, small, 255, 1, cv2.LINE_AA)
+    alpha = mask.astype(np.float32) / 255.0
+    img *= 1.0 - alpha
+    img += alpha * level
 
 
 # ----------------------------------------------------------------------------------
@@ -527,18 +544,26 @@ def _draw_marker(img: np.ndarray, rng: np.random.Generator, right: bool, box: bo
 # ----------------------------------------------------------------------------------
 
 
-def _sample_labels(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bone ages (int months) and sex distributed like RSNA 2017 training labels.
+# Bone-age quantiles (months) per sex of the RSNA 2017 training labels (aggregate
+# statistics only): girls mean ~118 sd ~38, boys mean ~135 sd ~42, both left-skewed.
+_Q_LEVELS = np.array([0, 1, 2.5, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 100]) / 100.0
+_Q_GIRLS = np.array([6, 24, 36, 50, 69, 82, 94, 106, 120, 132, 144, 150, 162, 180, 186, 192, 216], float)
+_Q_BOYS = np.array([1, 24, 36, 54, 72, 96, 120, 138, 150, 156, 162, 168, 180, 192, 204, 216, 228], float)
+MALE_FRACTION = 0.54
 
-    Beta fits per sex to RSNA: girls mean ~118 sd ~38, boys mean ~135 sd ~42 (left-skewed),
-    about 54% boys.
+
+def _sample_labels(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bone ages (int months) and sex distributed like the RSNA 2017 training labels.
+
+    Inverse-CDF sampling from per-sex quantiles; exactly round(0.54 n) boys so small
+    demo sets are not lopsided by chance.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB0]))
-    male = rng.random(n) < 0.54
-    a = np.where(male, 3.57, 4.12)
-    b = np.where(male, 2.45, 3.89)
-    x = rng.beta(a, b)
-    ages = np.clip(np.rint(1 + x * (MAX_BONE_AGE - 1)), 1, MAX_BONE_AGE).astype(int)
+    male = np.zeros(n, bool)
+    male[rng.permutation(n)[: int(round(MALE_FRACTION * n))]] = True
+    u = rng.random(n)
+    ages = np.where(male, np.interp(u, _Q_LEVELS, _Q_BOYS), np.interp(u, _Q_LEVELS, _Q_GIRLS))
+    ages = np.clip(np.rint(ages), 1, MAX_BONE_AGE).astype(int)
     return ages, male
 
 
@@ -572,17 +597,112 @@ def _complete(out: Path, params: dict) -> bool:
     return _read_marker(out) == params
 
 
-def _render_job(job: tuple[str, int, int, bool, int]) -> int:
-    """Worker: render and write one PNG. Module-level so spawn can pickle it."""
-    path, image_id, age, male, img_seed = job
+def _jobs(root: Path, n: int, seed: int, val_fraction: float) -> list[tuple[str, int, int, bool, int, bool]]:
+    """Every image as (path, id, bone age, male, image seed, is_validation).
+
+    A pure function of (n, seed, val_fraction) so worker processes rebuild the same list
+    instead of receiving it, and the output cannot depend on how work is split.
+    """
+    ages, male = _sample_labels(n, seed)
+    n_val = int(round(n * val_fraction))
+    perm = np.random.default_rng(np.random.SeedSequence([seed, 0x5A])).permutation(n)
+    is_val = np.zeros(n, bool)
+    is_val[perm[:n_val]] = True
+    out = []
+    for k in range(n):
+        i = k + 1
+        folder = VAL_DIR if is_val[k] else TRAIN_DIR
+        out.append((str(Path(root) / folder / f"{i}.png"), i, int(ages[k]), bool(male[k]),
+                    _image_seed(seed, i), bool(is_val[k])))
+    return out
+
+
+def _render_job(job: tuple[str, int, int, bool, int, bool]) -> None:
+    path, _image_id, age, male, img_seed, _val = job
     img = render_hand(float(age), bool(male), img_seed)
     if not cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, 3]):
         raise OSError(f"could not write {path}")
-    return image_id
 
 
-def _worker_init() -> None:
+def _worker_main(spec_json: str | None = None) -> None:
+    """Entry point of a worker subprocess: render every ``shards``-th image.
+
+    WHY plain subprocesses, not multiprocessing: spawn/forkserver re-import the caller's
+    ``__main__`` (a Streamlit page or an unguarded script would re-run), and fork from a
+    threaded host (Streamlit) can deadlock inside OpenCV. A fresh interpreter running only
+    this function has neither problem. One line per finished image goes to stdout.
+    """
+    import sys
+
+    spec = json.loads(spec_json if spec_json is not None else sys.argv[1])
     cv2.setNumThreads(1)
+    jobs = _jobs(Path(spec["root"]), spec["n"], spec["seed"], spec["val_fraction"])
+    for job in jobs[spec["shard"]::spec["shards"]]:
+        _render_job(job)
+        sys.stdout.write(f"{job[1]}\n")
+        sys.stdout.flush()
+
+
+def _run_workers(root: Path, n: int, seed: int, val_fraction: float, nw: int,
+                 progress: ProgressFn | None) -> None:
+    """Render in ``nw`` worker subprocesses; progress is reported from the caller's thread."""
+    import queue
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"
+    lines: queue.Queue[str | None] = queue.Queue()
+    procs: list[subprocess.Popen] = []
+    errs: list = []
+    readers: list[threading.Thread] = []
+
+    def pump(stream) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    try:
+        for k in range(nw):
+            spec = json.dumps({"root": str(root), "n": n, "seed": seed, "val_fraction": val_fraction,
+                               "shard": k, "shards": nw})
+            err = tempfile.TemporaryFile()
+            errs.append(err)
+            p = subprocess.Popen([sys.executable, "-c", "from h2a.demo import _worker_main; _worker_main()", spec],
+                                 stdout=subprocess.PIPE, stderr=err, env=env, text=True, cwd=pkg_root)
+            procs.append(p)
+            t = threading.Thread(target=pump, args=(p.stdout,), daemon=True)
+            t.start()
+            readers.append(t)
+        done, finished = 0, 0
+        while finished < nw:
+            item = lines.get()
+            if item is None:
+                finished += 1
+                continue
+            done += 1
+            report(progress, done, n, "rendering synthetic hands")
+        for k, p in enumerate(procs):
+            if p.wait() != 0:
+                errs[k].seek(0)
+                tail = errs[k].read().decode("utf-8", "replace")[-2000:]
+                raise RuntimeError(f"demo worker {k} failed (exit {p.returncode}):\n{tail}")
+        if done != n:
+            raise RuntimeError(f"demo workers rendered {done} of {n} images")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+        for err in errs:
+            err.close()
 
 
 def generate_demo(out: Path, n: int = 2000, seed: int = 0, *, progress: ProgressFn | None = None,
@@ -594,6 +714,7 @@ def generate_demo(out: Path, n: int = 2000, seed: int = 0, *, progress: Progress
     Output depends only on (n, seed, val_fraction), never on ``workers``.
     """
     out = Path(out)
+    n = int(n)
     if n < 1:
         raise ValueError("n must be at least 1")
     if not 0.0 <= val_fraction < 1.0:
@@ -602,8 +723,8 @@ def generate_demo(out: Path, n: int = 2000, seed: int = 0, *, progress: Progress
     if _complete(out, params):
         report(progress, n, n, "synthetic demo dataset already present")
         return out
-    if out.exists() and any(out.iterdir()) and not is_synthetic(out):
-        raise FileExistsError(f"{out} exists and is not a synthetic demo dataset; refusing to overwrite")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_synthetic(out))):
+        raise FileExistsError(f"{out} exists and is not a synthetic demo dataset; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -614,7 +735,7 @@ def generate_demo(out: Path, n: int = 2000, seed: int = 0, *, progress: Progress
                 shutil.rmtree(tmp, ignore_errors=True)
                 return out
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
+            os.replace(out, old)  # an empty dir or an older synthetic version
             shutil.rmtree(old, ignore_errors=True)
         try:
             os.replace(tmp, out)
@@ -631,12 +752,7 @@ def generate_demo(out: Path, n: int = 2000, seed: int = 0, *, progress: Progress
 
 def _generate_into(root: Path, n: int, seed: int, val_fraction: float, params: dict,
                    progress: ProgressFn | None, workers: int | None) -> None:
-    ages, male = _sample_labels(n, seed)
-    ids = np.arange(1, n + 1)
-    n_val = int(round(n * val_fraction))
-    perm = np.random.default_rng(np.random.SeedSequence([seed, 0x5A])).permutation(n)
-    is_val = np.zeros(n, bool)
-    is_val[perm[:n_val]] = True
+    jobs = _jobs(root, n, seed, val_fraction)
     (root / TRAIN_DIR).mkdir()
     (root / VAL_DIR).mkdir()
 
@@ -645,34 +761,26 @@ def _generate_into(root: Path, n: int, seed: int, val_fraction: float, params: d
 
     train_rows = ["id,boneage,male"]
     val_rows = ["Image ID,male,Bone Age (months)"]
-    jobs = []
-    for k in range(n):
-        i, a, s = int(ids[k]), int(ages[k]), bool(male[k])
-        folder = VAL_DIR if is_val[k] else TRAIN_DIR
-        if is_val[k]:
+    for _path, i, a, s, _seed, val in jobs:
+        if val:
             val_rows.append(f"{i},{tf(s)},{a}")
         else:
             train_rows.append(f"{i},{a},{tf(s)}")
-        jobs.append((str(root / folder / f"{i}.png"), i, a, s, _image_seed(seed, i)))
     (root / TRAIN_CSV).write_text("\n".join(train_rows) + "\n", encoding="utf-8", newline="\n")
     (root / VAL_CSV).write_text("\n".join(val_rows) + "\n", encoding="utf-8", newline="\n")
 
-    nw = get_settings().workers if workers is None else int(workers)
-    nw = max(1, min(nw, n // 50 + 1))
+    if workers is None:  # a worker costs ~0.5 s to start: not worth it for tiny sets
+        nw = min(get_settings().workers, os.cpu_count() or 1, n // 100 + 1)
+    else:
+        nw = min(int(workers), n)
+    nw = max(nw, 1)
     report(progress, 0, n, "rendering synthetic hands")
-    done = 0
     if nw == 1:
-        for job in jobs:
+        for done, job in enumerate(jobs, 1):
             _render_job(job)
-            done += 1
             report(progress, done, n, "rendering synthetic hands")
     else:
-        # spawn: safe inside threaded hosts (Streamlit) where fork could deadlock
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(nw, initializer=_worker_init) as pool:
-            for _ in pool.imap_unordered(_render_job, jobs, chunksize=8):
-                done += 1
-                report(progress, done, n, "rendering synthetic hands")
+        _run_workers(root, n, seed, val_fraction, nw, progress)
     note = (
         "SYNTHETIC DATA - NOT REAL PATIENTS.\n"
         "These hand radiographs were drawn procedurally by h2a.demo (numpy + OpenCV) for\n"

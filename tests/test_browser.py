@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(demo_dir):
+def server(demo_dir, tiny_run):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (bash scripts/setup.sh --browser)")
     port = _free_port()
@@ -78,7 +78,8 @@ def _wait_idle(page, timeout: float = 180) -> None:
     raise AssertionError("page still running after timeout")
 
 
-@pytest.mark.parametrize("path, min_charts", [("", 0), ("population", 2), ("preprocessing", 2)])
+@pytest.mark.parametrize("path, min_charts", [("", 0), ("population", 2), ("preprocessing", 2), ("training", 1),
+                                              ("evaluation", 4)])
 def test_page_in_chromium(server, browser, path: str, min_charts: int) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []

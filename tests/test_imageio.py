@@ -327,3 +327,19 @@ def test_real_rsna_files_decode() -> None:
         assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
         assert img.max() > 0.5  # a radiograph has bright bone
         assert inspect(path)["ok"] is True
+
+
+def test_check_integrity_catches_truncation_without_decoding(tmp_path) -> None:
+    """The header scan's cheap check: truncated PNG/JPEG/DICOM fail, whole files pass."""
+    from h2a.imageio import CorruptImageError, check_integrity
+    from tests.corpus import make_corpus
+
+    cases = make_corpus(tmp_path)
+    for case in cases:
+        path = tmp_path / case.filename
+        truncated = case.filename.startswith("truncated")
+        if truncated:
+            with pytest.raises(CorruptImageError):
+                check_integrity(path)
+        elif case.expect_ok:
+            check_integrity(path)

@@ -19,6 +19,16 @@ from h2a.models import (
 B = 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core box, OpenMP threads spinning against other
+    processes make these small convolutions 10x slower than a single thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _size(name: str) -> int:
     return max(64, model_info(name).min_size + 21)  # inception_v3 needs >= 75 px -> 96
 

@@ -1,0 +1,70 @@
+"""AppTest of the training and evaluation pages: start a tiny run, watch it, evaluate it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from h2a.config import get_settings
+from h2a.runs import read_json
+from tests.conftest import REPO
+
+
+def _page(page: str) -> AppTest:
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+    at.run()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_training_page_starts_a_run_and_shows_progress(demo_dir, monkeypatch) -> None:
+    monkeypatch.delenv("H2A_DATA_DIR", raising=False)
+    at = _page("pages/training.py")
+    assert any("CPU" in w.value for w in at.warning)  # the device is named, with the speed warning
+    at.selectbox(key="boneage_arch").set_value("tiny_cnn")
+    at.text_input(key="boneage_name").set_value("page-run")
+    at.checkbox(key="boneage_pretrained").uncheck()
+    at.select_slider(key="boneage_size").set_value(64)
+    at.number_input(key="boneage_epochs").set_value(2)
+    next(b for b in at.button if b.label == "Start training").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    run_dir = get_settings().models_dir / "page-run"
+    assert (run_dir / "config.json").exists() and (run_dir / "job.json").exists()
+    deadline = time.time() + 300
+    seen_running = False
+    while time.time() < deadline:
+        status = (read_json(run_dir / "progress.json") or {}).get("status")
+        seen_running |= status in ("running", "caching")
+        if status in ("finished", "failed", "diverged", "stopped"):
+            break
+        time.sleep(1)
+    assert status == "finished", (run_dir / "log.txt").read_text()[-2000:]
+    at.run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "page-run" in text and "finished" in text
+    bars = [p.value for p in at.get("progress")]
+    assert bars and bars[0] == 100  # epoch bar complete
+    assert len(at.get("plotly_chart")) >= 1  # live curves
+    table = at.dataframe[-1].value
+    assert "page-run" in set(table["run"])
+
+
+def test_evaluation_page_on_a_finished_run(tiny_run: Path, demo_dir, monkeypatch) -> None:
+    monkeypatch.delenv("H2A_DATA_DIR", raising=False)
+    at = _page("pages/evaluation.py")
+    assert not at.error, [e.value for e in at.error]
+    at.multiselect(key="eval_runs").set_value(["tiny-boneage"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = at.dataframe[0].value
+    assert metrics.loc[0, "run"] == "tiny-boneage" and metrics.loc[0, "MAE (mo)"] > 0
+    assert len(at.get("plotly_chart")) >= 4  # scatter, Bland-Altman, by sex, by age
+    assert len(at.get("image")) >= 2  # worst cases and CAM overlays
+    at.radio(key="eval_source").set_value("active").run()
+    assert not at.exception
+    assert at.dataframe[0].value.loc[0, "n"] == 240
