@@ -283,8 +283,10 @@ def render_hand(age_months: float, male: bool, seed: int,
         H, W = int(size[0]), int(size[1])
     m = max(m_label + rng.normal(0.0, 2.0), 0.0)  # individual maturity noise (months)
     size_jit = math.exp(rng.normal(0.0, 0.04))
-    slim = (1.0 if male else 0.92) * math.exp(rng.normal(0.0, 0.035))  # girls: slimmer bones
-    breadth = (1.0 if male else 0.95) * math.exp(rng.normal(0.0, 0.025))  # and narrower hands
+    # girls: slimmer bones and narrower hands, more so after puberty
+    puberty = _ramp(m_label, 96.0, 168.0)
+    slim = (1.0 if male else 0.96 - 0.04 * puberty) * math.exp(rng.normal(0.0, 0.035))
+    breadth = (1.0 if male else 0.975 - 0.025 * puberty) * math.exp(rng.normal(0.0, 0.025))
     scale_jit = math.exp(rng.normal(0.0, 0.05))
     rot = rng.normal(0.0, 8.0)
     shift = rng.normal(0.0, 0.02, 2)
@@ -293,7 +295,7 @@ def render_hand(age_months: float, male: bool, seed: int,
     time_jit = np.exp(rng.normal(0.0, 0.04, 64))  # per-feature timing variation
     contrast = rng.uniform(0.7, 1.1)
     gamma = math.exp(rng.normal(0.0, 0.18))
-    bg = rng.uniform(0.0, 0.12) + (rng.uniform(0.1, 0.3) if rng.random() < 0.12 else 0.0)  # washed out
+    bg = rng.uniform(0.0, 0.12) + (rng.uniform(0.08, 0.22) if rng.random() < 0.12 else 0.0)  # washed out
     noise_sd = rng.uniform(0.008, 0.025)
     blur_sd = rng.uniform(0.45, 0.9)
     marker = rng.random() < 0.7
@@ -442,8 +444,9 @@ def render_hand(age_months: float, male: bool, seed: int,
             tubular(q, pdir, ln, r0, r1, "prox", kind, waist=0.42 if last else 0.27)
             q = q + pdir * (ln + 0.004)
         tips.append(q)
-        if thumb and m > tj(150.0):  # adductor sesamoid at the thumb MCP joint (puberty)
-            g = _ramp(m, tj(150.0), 200.0)
+        ses_on = tj(150.0) if thumb else 0.0
+        if thumb and m > ses_on:  # adductor sesamoid at the thumb MCP joint (puberty)
+            g = _ramp(m, ses_on, 200.0)
             c = F.pt(*(head + np.array([-0.022, 0.0])))
             r = (0.007 + 0.009 * g) * u
             _draw_group(bone, [_Blob(c, r, r, 0.0, h=0.8 * r, cort=0.3)], scale_cm)

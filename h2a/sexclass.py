@@ -125,3 +125,25 @@ def summary(metrics: dict, ci: dict) -> str:
     if lo is not None and lo <= 0.5:
         text += " The interval includes 0.5, so on this data the model may be guessing."
     return text
+
+
+def by_age_band(preds: pd.DataFrame, n_boot: int = 300, seed: int = 0, width: int = 24) -> pd.DataFrame:
+    """Per 2-year bone-age band: n, share male, accuracy, AUC with a bootstrap interval.
+
+    ``preds`` is a sex predictions frame (``male``, ``p_male``, ``correct``, ``boneage``).
+    """
+    from h2a.evaluation import _band_order, age_band_labels
+
+    df = preds[np.isfinite(preds["boneage"].to_numpy(dtype=float))]
+    if df.empty:
+        return pd.DataFrame(columns=["band", "n", "share_male", "accuracy", "auc", "auc_low", "auc_high"])
+    bands = age_band_labels(df["boneage"].to_numpy(dtype=float), width)
+    rows = []
+    for b in _band_order(bands):
+        sub = df[bands == b]
+        y = sub["male"].astype(int).to_numpy()
+        ci = bootstrap_auc(y, sub["p_male"].to_numpy(), n=n_boot, seed=seed)
+        rows.append({"band": b, "n": len(sub), "share_male": float(y.mean()),
+                     "accuracy": float(sub["correct"].mean()), "auc": ci["auc"],
+                     "auc_low": ci["low"], "auc_high": ci["high"]})
+    return pd.DataFrame(rows)

@@ -41,6 +41,7 @@ with tab_age:
         fig = px.violin(labelled, x="sex", y="boneage", color="sex", box=True, points=False,
                         color_discrete_map=SEX_COLORS, labels={"boneage": "bone age (months)"},
                         title="Bone age by sex")
+        fig.update_traces(spanmode="hard")  # no density drawn below 0 or above the oldest child
         right.plotly_chart(style(fig), width="stretch")
         st.markdown("**Images per 12-month bone-age bin and sex**")
         st.dataframe(age_bin_table(ds.meta), hide_index=True, width="stretch")

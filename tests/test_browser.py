@@ -68,11 +68,13 @@ def browser():
 
 def _wait_idle(page, timeout: float = 180) -> None:
     """Wait until the script run finished (no 'Running…' status widget)."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout * 1000)
+    page.wait_for_selector('[data-testid="stMain"] h1', timeout=timeout * 1000)
     deadline = time.time() + timeout
     time.sleep(1.0)
     while time.time() < deadline:
         if page.locator('[data-testid="stStatusWidget"]').count() == 0:
+            page.wait_for_function(
+                "Array.from(document.images).every(i => i.complete)", timeout=60_000)
             return
         time.sleep(0.5)
     raise AssertionError("page still running after timeout")
@@ -81,7 +83,7 @@ def _wait_idle(page, timeout: float = 180) -> None:
 @pytest.mark.parametrize("path, min_charts", [("", 0), ("population", 2), ("preprocessing", 2), ("training", 1),
                                               ("evaluation", 4)])
 def test_page_in_chromium(server, browser, path: str, min_charts: int) -> None:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 2600})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{server}/{path}")

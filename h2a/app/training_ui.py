@@ -129,10 +129,11 @@ def curves(history: list[dict], task: str, title: str = "") -> go.Figure:
             fig.add_scatter(x=hist["epoch"], y=hist["val_loss"], name="validation loss", row=1, col=1)
         key = "val_mae" if task == "boneage" else "val_auc"
         if key in hist:
-            fig.add_scatter(x=hist["epoch"], y=hist[key], name=key.replace("_", " "), row=1, col=2)
+            fig.add_scatter(x=hist["epoch"], y=hist[key], name="validation " + key[4:].upper(), row=1, col=2)
     fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title=title)
-    return style(fig, height=320)
+    style(fig, height=340)
+    fig.update_layout(title=title, legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="center", x=0.5))
+    return fig
 
 
 def show_run(run_dir: Path, task: str) -> None:

@@ -1,0 +1,127 @@
+"""Training throughput per model and image size on the current device, and the share of
+step time spent waiting for data when batches come from the tensor cache.
+
+    .venv/bin/python bench/bench_train.py --data ../shared/data/rsna-thumbs-100 \
+        --models tiny_cnn efficientnet_lite0 resnet18 --sizes 128 --steps 8
+
+Prints one line per (model, size): images/s of a full training step on random tensors
+(compute only), images/s through the real DataLoader path, and data-wait share
+(target < 10% with the cache). On CUDA the step runs with bf16 autocast and
+channels_last, as the engine does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from h2a.cache import CachedImageDataset, build_cache  # noqa: E402
+from h2a.datasets import load_dataset  # noqa: E402
+from h2a.device import amp_dtype, describe_device, resolve_device  # noqa: E402
+from h2a.evaluation import input_norm, to_input  # noqa: E402
+from h2a.models import create_model  # noqa: E402
+from h2a.preprocess import PreprocessConfig, augmentation  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(arch: str, size: int, data: Path | None, steps: int, batch: int, workers: int, device: torch.device,
+          cpu_bf16: bool) -> dict:
+    model = create_model(arch, "boneage", pretrained=False).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    adtype = amp_dtype(device) or (torch.bfloat16 if cpu_bf16 else None)
+    cfg = PreprocessConfig(size=size)
+    norm = input_norm(arch, cfg)
+
+    def step(u8: torch.Tensor, sex: torch.Tensor, y: torch.Tensor) -> None:
+        x = to_input(u8.to(device, non_blocking=True), norm)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(device.type, dtype=adtype) if adtype is not None else nullcontext()
+        with ctx:
+            out = model(x, sex.to(device))
+        loss = (out.float() - y.to(device)).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    u8 = torch.randint(0, 255, (batch, 1, size, size), dtype=torch.uint8)
+    sex, y = torch.ones(batch), torch.zeros(batch)
+    step(u8, sex, y)  # warm-up (cudnn autotune, allocator)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(u8, sex, y)
+    _sync(device)
+    compute = batch * steps / (time.perf_counter() - t0)
+    result = {"arch": arch, "size": size, "compute_img_s": compute}
+    if data is not None:
+        ds = load_dataset(data)
+        cache = build_cache(ds, cfg)
+        rows = np.flatnonzero(cache.ok)[: batch * (steps + 1)]
+        dset = CachedImageDataset(cache, rows, targets=np.zeros(len(rows)), sex=np.ones(len(rows)),
+                                  transform=augmentation(cfg))
+        loader = DataLoader(dset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                            pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        it = iter(loader)
+        b = next(it)
+        step(b["image"], b["sex"], b["target"])
+        _sync(device)
+        wait = 0.0
+        n = 0
+        t0 = time.perf_counter()
+        t_fetch = time.perf_counter()
+        for b in it:
+            wait += time.perf_counter() - t_fetch
+            step(b["image"], b["sex"], b["target"])
+            _sync(device)
+            n += len(b["image"])
+            t_fetch = time.perf_counter()
+        total = time.perf_counter() - t0
+        result.update(loader_img_s=n / total, data_wait_share=wait / total)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=None, help="dataset folder for the DataLoader measurement")
+    p.add_argument("--models", nargs="+", default=["tiny_cnn", "efficientnet_lite0", "resnet18"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[128])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default=None)
+    p.add_argument("--cpu-bf16", action="store_true", help="also autocast to bf16 on CPU (AMX machines)")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True
+    print(f"device: {describe_device(device)}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+          f"batch {args.batch_size}; DataLoader workers {args.workers}")
+    base = None
+    for arch in args.models:
+        for size in args.sizes:
+            r = bench(arch, size, args.data, args.steps, args.batch_size, args.workers, device, args.cpu_bf16)
+            base = base or r["compute_img_s"]
+            line = (f"{arch:<20} {size:>4} px  compute {r['compute_img_s']:8.1f} img/s "
+                    f"(x{r['compute_img_s'] / base:5.2f} vs first)")
+            if "loader_img_s" in r:
+                line += f"  with cache+DataLoader {r['loader_img_s']:8.1f} img/s  data wait {100 * r['data_wait_share']:4.1f}%"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

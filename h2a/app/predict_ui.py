@@ -1,0 +1,273 @@
+"""App-layer helpers for the predict page: the cached predictor and predictions, the
+result view (numbers, image next to the heat map, clinical chart, PDF), the batch table,
+and the offer to train a quick demo model when no bone-age run exists yet.
+
+Compute lives in ``h2a.predict`` / ``h2a.clinical`` / ``h2a.report``; this module only
+caches it and draws it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from h2a import RESEARCH_NOTE
+from h2a.app.charts import style
+from h2a.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, months_to_text, reference_band
+from h2a.config import get_settings
+from h2a.predict import PredictionResult, Predictor, header_facts
+from h2a.runs import FINAL_STATES, MODEL, RunSummary, list_runs
+
+SEXES = ["female", "male"]
+OOD_WORDS = "looks unlike the model's training images"
+
+
+# ---------------------------------------------------------------- runs and the cached predictor
+
+def bone_age_runs() -> list[RunSummary]:
+    """Finished bone-age runs, best validated (lowest MAE) first."""
+    done = [r for r in list_runs(task="boneage") if r.has_model]
+    return sorted(done, key=lambda r: (r.headline is None, r.headline if r.headline is not None else 0.0))
+
+
+def run_label(r: RunSummary) -> str:
+    mae = f"val MAE {r.headline:.1f} mo" if r.headline is not None else "no validation MAE"
+    return f"{r.name} · {r.arch} · {mae}"
+
+
+def run_key(paths: list[Path]) -> tuple[tuple[str, int], ...]:
+    """Cache key: run folders + model.pt mtimes (a retrained run gets a fresh predictor)."""
+    out = []
+    for p in paths:
+        try:
+            out.append((str(p), (Path(p) / MODEL).stat().st_mtime_ns))
+        except OSError:
+            out.append((str(p), 0))
+    return tuple(out)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _predictor(key: tuple[tuple[str, int], ...]) -> Predictor:
+    predictor = Predictor([k[0] for k in key])
+    predictor.prepare_ood()
+    predictor.warmup()
+    return predictor
+
+
+def get_predictor(paths: list[Path]) -> Predictor:
+    """The loaded run(s), once per server (cached); the first load shows a spinner."""
+    with st.spinner("Loading the model and its training-data reference (once per run)…"):
+        return _predictor(run_key(paths))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _predict(key: tuple, digest: str, name: str, sex: str | None, dob: date | None, exam_date: date | None,
+             age_months: float | None, tta: int, _data: bytes) -> PredictionResult:
+    return _predictor(key).predict_image(_data, name=name, sex=sex, dob=dob, exam_date=exam_date,
+                                         age_months=age_months, tta=tta, cam=True)
+
+
+def predict(paths: list[Path], data: bytes, name: str, *, sex: str | None, dob: date | None,
+            exam_date: date | None, age_months: float | None, tta: int) -> PredictionResult:
+    """One file's result, cached by (runs, file bytes, inputs): widget reruns are free."""
+    key = run_key(paths)
+    get_predictor(paths)
+    return _predict(key, digest(data), name, sex, dob, exam_date, age_months, int(tta), data)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def prefill(digest_: str, name: str, _data: bytes) -> dict:
+    """Sex and dates a DICOM header offers (non-identifying facts only)."""
+    return header_facts(_data, name)
+
+
+# ---------------------------------------------------------------- no model yet
+
+DEMO_PRESETS = {
+    "Quick: tiny CNN, 96 px, 8 epochs (about a minute on a CPU)":
+        dict(arch="tiny_cnn", pretrained=False, size=96, epochs=8, lr=3e-3),
+    "Better: EfficientNet-Lite0 with ImageNet weights, 128 px, 6 epochs (several minutes on a CPU)":
+        dict(arch="efficientnet_lite0", pretrained=True, size=128, epochs=6, lr=1e-3),
+}
+
+
+def offer_demo_training() -> None:
+    """Say that no bone-age model exists and offer to train one in the background."""
+    from h2a.app.state import sidebar_dataset
+    from h2a.app.training_ui import show_run
+    from h2a.jobs import JobError, start_training
+    from h2a.preprocess import PreprocessConfig
+    from h2a.training import TrainConfig
+
+    settings = get_settings()
+    running = [r for r in list_runs(task="boneage") if r.status not in FINAL_STATES + ("stopped", "unknown")]
+    current = st.session_state.get("predict_demo_run")
+    st.warning("There is no trained bone-age model yet, so nothing can be predicted. Train a quick model "
+               "below (it runs in the background; you can leave this page), or use the training page.",
+               icon=":material/model_training:")
+    active = sidebar_dataset()
+    if current is None and not running:
+        if active.ds is None:
+            st.info("Pick a dataset in the sidebar to train on.")
+            return
+        preset = st.radio("Quick model", list(DEMO_PRESETS), key="predict_demo_preset")
+        where = "the synthetic demo dataset" if active.ds.synthetic else f"**{active.ds.name}**"
+        st.caption(f"Trains on {where} ({len(active.ds.labelled()):,} labelled images)."
+                   + (" A model trained on synthetic images is only a demonstration: its numbers mean "
+                      "nothing for real radiographs." if active.ds.synthetic else ""))
+        if st.button("Train a quick model in the background", type="primary", key="predict_demo_train"):
+            p = DEMO_PRESETS[preset]
+            name = f"quick-{p['arch'].replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+            cfg = TrainConfig(data=str(active.ds.root), out=str(settings.models_dir / name), task="boneage",
+                              arch=p["arch"], pretrained=p["pretrained"],
+                              preprocess=PreprocessConfig(size=p["size"]).to_dict(), epochs=p["epochs"],
+                              batch_size=32, lr=p["lr"], workers=min(2, settings.workers))
+            try:
+                current = str(start_training(cfg))
+            except (JobError, ValueError, RuntimeError) as exc:
+                st.error(str(exc))
+                return
+            st.session_state["predict_demo_run"] = current
+    target = Path(current) if current else running[0].path
+    st.subheader("Training")
+    show_run(target, "boneage")
+
+
+# ---------------------------------------------------------------- one result
+
+def bone_age_chart(res: PredictionResult) -> go.Figure:
+    """BA vs CA in years: CA +/- 2 SD band (what the SDS rule uses), GP mean, BA = CA, the patient."""
+    a = res.assessment
+    male = res.sex == "male"
+    band = reference_band(male)
+    ca = band["ca"] / 12
+    fig = go.Figure()
+    fig.add_scatter(x=ca, y=band["high"] / 12, mode="lines", line=dict(width=0), showlegend=False,
+                    hoverinfo="skip")
+    fig.add_scatter(x=ca, y=band["low"] / 12, mode="lines", line=dict(width=0), fill="tonexty",
+                    fillcolor="rgba(90,170,90,0.25)", name=f"normal limits: CA ± 2 SD ({'boys' if male else 'girls'})")
+    fig.add_scatter(x=ca, y=band["mean"] / 12, mode="lines", line=dict(color="#2b7a2b", width=2),
+                    name="Greulich-Pyle mean skeletal age")
+    top = max(19.0, a.ca_months / 12 + 1, res.interval_months[1] / 12 + 0.5)
+    fig.add_scatter(x=[0, top], y=[0, top], mode="lines", line=dict(color="#999", dash="dash", width=1),
+                    name="bone age = chronological age")
+    lo, hi = res.interval_months
+    ba = res.bone_age_months
+    fig.add_scatter(x=[a.ca_months / 12], y=[ba / 12], mode="markers", name="this image (95% interval)",
+                    marker=dict(color="#c81e1e", size=12),
+                    error_y=dict(type="data", symmetric=False, array=[(hi - ba) / 12], arrayminus=[(ba - lo) / 12],
+                                 color="#c81e1e", thickness=2),
+                    hovertemplate=f"CA {a.ca_months / 12:.1f} y<br>BA {ba / 12:.1f} y<br>SDS {a.sds:+.2f}<extra></extra>")
+    fig.update_xaxes(title_text="chronological age (years)", range=[0, top])
+    fig.update_yaxes(title_text="bone age (years)", range=[0, top + 1])
+    return style(fig, height=420)
+
+
+def _numbers_frame(res: PredictionResult) -> pd.DataFrame:
+    a = res.assessment
+    rows = [("Sex", f"{res.sex} ({'from the DICOM header' if res.sex_source == 'dicom' else 'entered'})")]
+    if a is not None:
+        rows += [
+            ("Chronological age", f"{a.ca_months:.1f} months ({months_to_text(a.ca_months)}), {res.chronological_age_source}"),
+            ("Bone age - chronological age", f"{a.ba_minus_ca_months:+.1f} months ({a.ba_minus_ca_years:+.2f} years)"),
+            ("GP mean skeletal age at this age", f"{a.reference_mean_months:.1f} months"),
+            ("GP SD at this age", f"{a.reference_sd_months:.2f} months"),
+            ("SDS", f"{a.sds:+.2f}"),
+            ("Classification", a.classification),
+        ]
+    rows.append(("Interval", f"mean ± 1.96 × max(TTA SD {res.tta_sd_months:.2f}, validation RMSE "
+                             f"{res.rmse_months:.2f} months) from {res.tta} augmented copies" if res.rmse_months
+                 else f"mean ± 1.96 × TTA SD {res.tta_sd_months:.2f} months from {res.tta} augmented copies"))
+    return pd.DataFrame(rows, columns=["", "value"])
+
+
+def show_result(res: PredictionResult, key: str) -> None:
+    """Everything about one file: warnings first, the numbers, image and heat map, context, PDF."""
+    from h2a.cam import overlay
+    from h2a.report import pdf_report
+
+    if not res.ok:
+        st.error(f"**{res.file}**: {res.error}", icon=":material/error:")
+        return
+    for w in res.warnings:
+        st.warning(w, icon=":material/warning:")
+    a = res.assessment
+    lo, hi = res.interval_months
+    c = st.columns(4)
+    c[0].metric("Bone age", f"{res.bone_age_months:.1f} months", help="mean of the test-time augmented predictions")
+    c[1].metric("In years", months_to_text(res.bone_age_months))
+    c[2].metric("95% interval", f"{lo:.0f} – {hi:.0f} months",
+                help="from the test-time augmentation spread, never narrower than the run's validation RMSE")
+    if a is not None:
+        c[3].metric("SDS", f"{a.sds:+.2f}", a.classification, delta_color="off")
+    else:
+        c[3].metric("SDS", "–", help="enter a date of birth and exam date (or the age) for the SDS")
+
+    left, right = st.columns(2)
+    with left:
+        st.image(res.image, caption=f"{res.file} · {res.original_size[0]} x {res.original_size[1]} px",
+                 width="stretch")
+    with right:
+        alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
+        if res.cam is not None:
+            st.image(overlay(res.image, res.cam, alpha), width="stretch",
+                     caption="Grad-CAM: regions that push the estimate older"
+                             + (" (mean over the ensemble)" if len(res.model_runs) > 1 else ""))
+
+    st.subheader("Clinical context")
+    if a is not None:
+        cc = st.columns([3, 2])
+        cc[0].plotly_chart(bone_age_chart(res), width="stretch", key=f"chart-{key}")
+        with cc[1]:
+            cls = a.classification
+            (st.success if cls == "within normal limits" else st.info)(
+                f"**{cls.capitalize()}**: SDS {a.sds:+.2f}, bone age {a.ba_minus_ca_months:+.1f} months "
+                f"({a.ba_minus_ca_years:+.2f} y) from chronological age.")
+            st.dataframe(_numbers_frame(res), hide_index=True, width="stretch")
+    else:
+        st.info("No chronological age: enter the date of birth and exam date (or the age at the exam) to "
+                "compare the bone age with the Greulich-Pyle reference.")
+        st.dataframe(_numbers_frame(res), hide_index=True, width="stretch")
+    st.caption(f"{REFERENCE_STATEMENT} {REFERENCE_LIMITS} {RESEARCH_NOTE}")
+    info = "; ".join(f"{m['run']} ({m['arch']}, {m['image_size']} px, val MAE "
+                     f"{m['val_mae']:.1f} mo{', SYNTHETIC training data' if m['synthetic'] else ''})"
+                     for m in res.model_info)
+    st.caption(f"Model: {info}. Timing: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res.timings.items()))
+
+    c1, c2 = st.columns([2, 1])
+    label = c1.text_input("Label to print on the PDF (optional)", key=f"label-{key}",
+                          placeholder="e.g. a study code; avoid names",
+                          help="Only what you type here appears on the report; no DICOM identifiers are used.")
+    c2.download_button("Download PDF report", data=lambda: pdf_report(res, patient_label=label, alpha=alpha),
+                       file_name=f"{Path(res.file).stem}-bone-age.pdf", mime="application/pdf",
+                       key=f"pdf-{key}", on_click="ignore", icon=":material/picture_as_pdf:")
+
+
+def results_frame(results: list[PredictionResult]) -> pd.DataFrame:
+    """The batch table: one row per file, the error in place of numbers for a failed one."""
+    rows = []
+    for r in results:
+        a = r.assessment
+        rows.append({
+            "file": r.file,
+            "sex": r.sex,
+            "age (mo)": round(r.chronological_age_months, 1) if r.chronological_age_months is not None else None,
+            "bone age (mo)": round(r.bone_age_months, 1) if r.ok else None,
+            "95% interval": f"{r.interval_months[0]:.0f}–{r.interval_months[1]:.0f}" if r.ok else None,
+            "SDS": round(a.sds, 2) if a else None,
+            "class": a.classification if a else None,
+            "warnings": len([w for w in r.warnings]) if r.ok else None,
+            "OOD": ("yes" if any(OOD_WORDS in w for w in r.warnings) else "no") if r.ok else None,
+            "error": r.error,
+        })
+    return pd.DataFrame(rows)
