@@ -551,16 +551,19 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
                           data_wait_share=wait / max(1e-9, time.monotonic() - ep_start))
             if main and (run_dir / CANCEL).exists():
                 stop_reason = "cancelled by the user"
-                break
-            if budget and elapsed > budget:
+            elif budget and elapsed > budget:
                 stop_reason = f"time budget of {cfg.time_budget_min:g} min reached"
+            if env.enabled:
+                # Every rank must leave the epoch at the same step, or DDP's collectives hang.
+                flag = torch.tensor([2.0 if stop_reason.startswith("cancelled") else 1.0 if stop_reason else 0.0],
+                                    device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item() > 0 and not stop_reason:
+                    stop_reason = "cancelled by the user" if flag.item() > 1 else \
+                        f"time budget of {cfg.time_budget_min:g} min reached"
+            if stop_reason:
                 break
             t_fetch = time.monotonic()
-        if env.enabled:
-            flag = torch.tensor([1.0 if stop_reason else 0.0], device=device if device.type == "cuda" else "cpu")
-            dist.all_reduce(flag)
-            if flag.item() > 0 and not stop_reason:
-                stop_reason = "stopped by another process"
         # ---- validation (rank 0) and checkpoint
         record = {"epoch": epoch, "train_loss": running / max(seen, 1), "lr": opt.param_groups[0]["lr"],
                   "time_s": time.monotonic() - ep_start, "data_wait_share": wait / max(1e-9, time.monotonic() - ep_start)}
@@ -599,11 +602,15 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
             log(f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, {shown} "
                 f"({record['time_s']:.0f} s, data wait {100 * record['data_wait_share']:.0f}%)")
             writer.update(force=True, history=history, epoch=epoch, batch=steps_per_epoch)
-        sched.step_epoch(val_loss if math.isfinite(val_loss) else 0.0)
-        if cfg.patience and stale >= cfg.patience and not stop_reason:
-            stop_reason = f"early stopping: no improvement for {cfg.patience} epochs"
+        early = bool(cfg.patience and stale >= cfg.patience)
         if env.enabled:
-            dist.barrier()
+            # Only rank 0 validates: share its loss (plateau LR) and its early-stopping verdict.
+            shared = torch.tensor([val_loss if main else 0.0, 1.0 if early else 0.0], device=device)
+            dist.broadcast(shared, src=0)
+            val_loss, early = float(shared[0]), bool(shared[1] > 0)
+        sched.step_epoch(val_loss if math.isfinite(val_loss) else 0.0)
+        if early and not stop_reason:
+            stop_reason = f"early stopping: no improvement for {cfg.patience} epochs"
         if stop_reason:
             break
     if stop_reason:

@@ -123,7 +123,9 @@ def test_cluster_command_json_and_csv(demo_dir, tmp_path, capsys) -> None:
     for key in ("n", "k", "ari_sex", "nmi_sex", "purity_sex", "silhouette", "clusters", "full", "boneage_eta2",
                 "umap_spearman_boneage", "embedding", "sweep_full"):
         assert key in out, key
-    assert out["k"] == 2 and out["n"] == len(list((demo_dir / "boneage-training-dataset").glob("*.png")))
+    from h2a.datasets import load_dataset
+
+    assert out["k"] == 2 and out["n"] == len(load_dataset(demo_dir).with_images())
     assert out["synthetic"] is True and out["embedding"]["source"] == "pretrained:efficientnet_lite0"
     assert -1 <= out["ari_sex"] <= 1 and 0 <= out["nmi_sex"] <= 1 and 0.5 <= out["purity_sex"] <= 1
     assert sum(c["size"] for c in out["clusters"]) == out["n"] == sum(c["size"] for c in out["full"]["clusters"])

@@ -165,3 +165,18 @@ def test_torchrun_two_processes_on_cpu(demo_dir: Path, workspace: Path) -> None:
     n_train = meta["split_sizes"]["train"]
     assert prog["batches"] == (n_train // 2) // 16
     assert proc.stdout.count("epoch 1/2") == 1  # only rank 0 logs
+
+
+def test_torchrun_stops_every_rank_together(demo_dir: Path, workspace: Path) -> None:
+    """A time budget that runs out mid-epoch must stop both ranks at the same step (no hang)."""
+    out = workspace / "models" / "ddp-budget"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "h2a", "train",
+           "--data", str(demo_dir), "--out", str(out), "--arch", "tiny_cnn", "--no-pretrained", "--image-size", "48",
+           "--epochs", "50", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--time-budget", "0.05",
+           "--patience", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = read_json(out / "metadata.json")
+    assert meta["stop_reason"].startswith(("time budget", "early stopping"))
+    assert len(meta["history"]) < 50
