@@ -138,6 +138,8 @@ def offer_demo_training() -> None:
                 st.error(str(exc))
                 return
             st.session_state["predict_demo_run"] = current
+        else:
+            return
     target = Path(current) if current else running[0].path
     st.subheader("Training")
     show_run(target, "boneage")
