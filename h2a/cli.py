@@ -184,10 +184,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout-fraction", type=float, default=0.0,
                    help="share set aside first and never trained or tuned on (evaluate with --split holdout)")
     p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0 = off)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights (e.g. 0.998)")
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="autocast: auto = bf16 on GPU only; bf16 also on CPUs with AMX/AVX512-BF16")
     add_preprocess_options(p)
     g = p.add_argument_group("augmentation")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None)
@@ -230,7 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, optimizer=args.optimizer, scheduler=args.scheduler, loss=args.loss,
         init_from=args.init_from, freeze=args.freeze, split=args.split, val_fraction=args.val_fraction,
         holdout_fraction=args.holdout_fraction, patience=args.patience, seed=args.seed, workers=args.workers,
-        device=args.device or get_settings().device, max_train_images=args.max_train_images,
+        device=args.device or get_settings().device, amp=args.amp, ema=args.ema, max_train_images=args.max_train_images,
     )
     try:
         meta = train(cfg, log=log)

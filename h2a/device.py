@@ -33,10 +33,15 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPUs that support it; None (full precision) on CPU."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
+    """Autocast dtype: 'auto' = bf16 on GPUs (fp16 on old ones), full precision on CPU;
+    'bf16' also on CPU (fast only where oneDNN has AMX/AVX512-BF16); 'off' = never."""
+    if mode == "off":
+        return None
     if device.type == "cuda":
-        return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mode == "bf16":
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise RuntimeError("--amp bf16 on CPU needs a processor with bf16 support (AVX512-BF16 or AMX)")
+        return torch.bfloat16
     return None

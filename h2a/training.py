@@ -97,6 +97,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     device: str = "auto"
+    amp: str = "auto"  # "auto" (bf16 on GPU), "bf16" (also on CPU), "off"
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     max_train_images: int | None = None
 
     def validate(self) -> None:
@@ -106,13 +108,16 @@ class TrainConfig:
             self.use_sex = False
         for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
                                      ("scheduler", self.scheduler, SCHEDULERS), ("loss", self.loss, LOSSES),
-                                     ("split", self.split, ("stratified", "dataset"))):
+                                     ("split", self.split, ("stratified", "dataset")),
+                                     ("amp", self.amp, ("auto", "bf16", "off"))):
             if value not in allowed:
                 raise TrainingError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise TrainingError("epochs and batch size must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingError(f"learning rate must be a positive number, not {self.lr}")
+        if not 0.0 <= self.ema < 1.0:
+            raise TrainingError(f"ema decay must be in [0, 1), not {self.ema}")
         if not 0 <= self.holdout_fraction < 0.9 or not 0 < self.val_fraction < 0.9:
             raise TrainingError("val_fraction must be in (0, 0.9) and holdout_fraction in [0, 0.9)")
         try:
@@ -313,6 +318,20 @@ class Schedule:
             self.torch_sched.load_state_dict(merged)
 
 
+def make_ema(model: nn.Module, decay: float):
+    """Exponential moving average of the weights (and BN buffers), with timm-style warm-up
+    so early epochs are not dominated by the random-ish start. None when decay is 0."""
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        return averaged * d + current * (1.0 - d)
+
+    return AveragedModel(model, avg_fn=avg, use_buffers=True)
+
+
 def freeze_first(model: nn.Module, n: int) -> int:
     """Freeze the first ``n`` top-level blocks of the backbone (fine-tuning); returns how many."""
     if n <= 0:
@@ -466,6 +485,11 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
     if env.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    ema = make_ema(model, cfg.ema)
+    if ema is not None and ckpt is not None and "ema" in ckpt:
+        ema.load_state_dict(ckpt["ema"])
+    # What is validated and saved: the weight average when there is one.
+    eval_model = ema.module if ema is not None else model
     train_set = CachedImageDataset(cache, tr_rows, targets=tr_target, sex=tr_male, transform=augmentation(pcfg))
     sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True) if env.enabled else None
     g = torch.Generator().manual_seed(cfg.seed)
@@ -477,7 +501,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
     sched = Schedule(cfg, opt, steps_per_epoch)
     loss_fn = _loss_fn(cfg)
     norm = input_norm(cfg.arch, pcfg)
-    adtype = amp_dtype(device)
+    adtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=adtype == torch.float16)
     start_epoch, step, best, best_epoch, stale = 1, 0, math.inf, 0, 0
     elapsed_before = 0.0
@@ -536,6 +560,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             elapsed = time.monotonic() - t0
             sched.step_batch(step, elapsed)
@@ -569,7 +595,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
                   "time_s": time.monotonic() - ep_start, "data_wait_share": wait / max(1e-9, time.monotonic() - ep_start)}
         val_loss = math.nan
         if main:
-            raw = predict_arrays(model, cache.take(va_rows), va_male, norm, device, batch_size=max(64, cfg.batch_size))
+            raw = predict_arrays(eval_model, cache.take(va_rows), va_male, norm, device,
+                                 batch_size=max(64, cfg.batch_size))
             with torch.no_grad():
                 val_loss = float(loss_fn(torch.from_numpy(raw), torch.from_numpy((va_y - t_mean) / t_std)))
             record["val_loss"] = val_loss
@@ -586,7 +613,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
             improved = score < best
             if improved:
                 best, best_epoch, stale = score, epoch, 0
-                atomic_torch_save(run_dir / MODEL, model.state_dict())
+                atomic_torch_save(run_dir / MODEL, eval_model.state_dict())
             else:
                 stale += 1
             history.append(record)
@@ -597,6 +624,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
                 "elapsed": time.monotonic() - t0, "history": history, "splits": splits,
                 "target_mean": t_mean, "target_std": t_std, "rng": torch.get_rng_state(),
                 "mlflow_run_id": tracker.run_id,
+                **({"ema": ema.state_dict()} if ema is not None else {}),
             })
             shown = f"val MAE {record['val_mae']:.2f} mo" if cfg.task == "boneage" else f"val AUC {record['val_auc']:.3f}"
             log(f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, {shown} "

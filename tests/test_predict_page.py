@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -174,6 +175,13 @@ def test_no_model_offers_to_train_instead_of_failing(monkeypatch, tmp_path, demo
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
+SHOTS = REPO / ".h2a-screenshots"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.mark.browser
@@ -181,8 +189,6 @@ def test_upload_in_chromium_shows_bone_age(tiny_run, demo_png) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed")
     from playwright.sync_api import sync_playwright
-
-    from tests.test_browser import SHOTS, _free_port
 
     port = _free_port()
     script, path = ("streamlit_app.py", "predict") if _registered() else (PAGE, "")

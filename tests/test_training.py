@@ -180,3 +180,16 @@ def test_torchrun_stops_every_rank_together(demo_dir: Path, workspace: Path) -> 
     meta = read_json(out / "metadata.json")
     assert meta["stop_reason"].startswith(("time budget", "early stopping"))
     assert len(meta["history"]) < 50
+
+
+def test_ema_weights_are_what_is_saved(demo_dir: Path, workspace: Path) -> None:
+    import torch
+
+    out = workspace / "models" / "ema"
+    meta = train(_cfg(demo_dir, out, epochs=2, ema=0.9), log=lambda m: None)
+    saved = torch.load(out / "model.pt", weights_only=True)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    key = next(k for k in saved if k.endswith("weight") and saved[k].ndim == 4)
+    assert not torch.equal(saved[key], ckpt["model"][key])  # the average, not the last step
+    assert "ema" in ckpt and meta["train_config"]["ema"] == 0.9
+    assert meta["metrics"]["n"] > 0
