@@ -13,6 +13,7 @@ PAGES = {
     "Models": [
         st.Page("pages/training.py", title="Bone-age training", icon=":material/model_training:"),
         st.Page("pages/evaluation.py", title="Bone-age evaluation", icon=":material/query_stats:"),
+        st.Page("pages/predict.py", title="Predict bone age", icon=":material/radiology:"),
     ],
 }
 

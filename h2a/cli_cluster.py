@@ -104,7 +104,7 @@ def _print_text(s: dict) -> None:
     emb = s["embedding"]
     w(f"{s['n']} images of {s['dataset']}{' (SYNTHETIC)' if s['synthetic'] else ''}; embeddings "
       f"{emb['source']} ({emb['dim']}-d{', reused' if emb['from_cache'] else ''}); k={s['k']}\n")
-    for label, sc in (("UMAP map", s), (f"full embedding, {s['full']['space']}", s["full"])):
+    for label, sc in (("UMAP map", s), (s["full"]["space"], s["full"])):
         w(f"{label}: ARI vs sex {_fmt(sc['ari_sex'])}, NMI {_fmt(sc['nmi_sex'])}, purity {_fmt(sc['purity_sex'])} "
           f"(one big cluster: {_fmt(sc['purity_baseline'])}), silhouette {_fmt(sc['silhouette'])}, "
           f"bone-age variance explained {_fmt(sc['boneage_eta2'])}\n")

@@ -266,7 +266,7 @@ class EmbeddingClusterer(BaseEstimator):
             out["umap_spearman_male"] = axis_correlations(self.embedding_, male)
         full = cluster_scores(self.labels_full_, male, boneage)
         full["silhouette"] = silhouette(self.features_, self.labels_full_, self.random_state)
-        full["space"] = f"full ({self.features_.shape[1]}-d{', PCA' if self.pca_ is not None else ''})"
+        full["space"] = f"full embedding ({self.features_.shape[1]}-d{' after PCA' if self.pca_ is not None else ''})"
         out["full"] = full
         from sklearn.metrics import adjusted_rand_score
 

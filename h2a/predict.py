@@ -41,7 +41,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -53,7 +56,7 @@ import torch
 
 from h2a import RESEARCH_NOTE, __version__
 from h2a.clinical import (
-    REFERENCE_LIMITS, REFERENCE_NAME, REFERENCE_STATEMENT, Assessment, assess, chronological_age_months,
+    REFERENCE_LIMITS, REFERENCE_NAME, Assessment, assess, chronological_age_months,
     parse_date,
 )
 from h2a.evaluation import LoadedRun, load_run, to_input
@@ -63,7 +66,7 @@ from h2a.progress import ProgressFn, report
 from h2a.runs import MODEL, atomic_write_bytes, best_run, resolve_run
 
 __all__ = [
-    "NoModelError", "SexNeededError", "PredictionResult", "OODReference", "Predictor", "predict_files",
+    "cpu_threads", "NoModelError", "SexNeededError", "PredictionResult", "OODReference", "Predictor", "predict_files",
     "normalize_sex", "resolve_sex", "resolve_age", "header_facts", "image_checks", "cam_to_image",
     "SEX_NEEDED",
 ]
@@ -269,6 +272,36 @@ def cam_to_image(cam: np.ndarray, shape: tuple[int, int], cfg: PreprocessConfig)
     return out
 
 
+@contextmanager
+def cpu_threads(device: torch.device, threads: int | None):
+    """Intra-op threads for the duration of a prediction on the CPU.
+
+    ``threads`` None = adaptive: one thread when the machine is already busy (1-minute
+    load average >= its CPU count), else torch's default. On a loaded 2-core machine two
+    OpenMP threads wait at every operator's barrier for whichever one was descheduled:
+    measured here, EfficientNet-Lite0 at 256 px took 2.4 s per image with 2 threads and
+    0.17 s with 1. The previous setting is restored afterwards.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    want = threads
+    if want is None:
+        try:
+            busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
+        except OSError:
+            busy = False
+        want = 1 if busy else before
+    if want != before:
+        torch.set_num_threads(max(1, int(want)))
+    try:
+        yield
+    finally:
+        if want != before:
+            torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- out-of-distribution
 
 @dataclass
@@ -351,6 +384,13 @@ def _embed(run: LoadedRun, images: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(feats) if feats else np.zeros((0, run.model.num_features), np.float32)
 
 
+def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances between rows of a (n, D) and b (m, D) / sqrt(D), without an (n, m, D) array."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    sq = (a64 * a64).sum(1)[:, None] + (b64 * b64).sum(1)[None, :] - 2.0 * a64 @ b64.T
+    return np.sqrt(np.maximum(sq, 0.0)) / np.sqrt(a.shape[1])
+
+
 def _knn_mean(dist: np.ndarray, k: int) -> np.ndarray:
     k = min(k, dist.shape[1])
     return np.sort(dist, axis=1)[:, :k].mean(axis=1)
@@ -366,17 +406,17 @@ def build_ood_reference(run: LoadedRun, n_train: int = OOD_TRAIN, n_val: int = O
     sd = train.std(axis=0)
     sd = np.maximum(sd, 0.1 * float(np.median(sd)) + 1e-6).astype(np.float32)
     z = ((train - mu) / sd).astype(np.float32)
-    root_d = np.sqrt(z.shape[1])
-    pair = np.sqrt(np.maximum(((z[:, None, :] - z[None, :, :]) ** 2).sum(-1), 0)) / root_d
+    pair = _dist(z, z)
     np.fill_diagonal(pair, np.inf)
     loo = _knn_mean(pair, OOD_K)
     ref_q = float(np.quantile(loo, 0.99))
     val_d = np.zeros(0, np.float32)
     if len(val_u8):
         zv = (_embed(run, val_u8) - mu) / sd
-        val_d = _knn_mean(np.sqrt(((zv[:, None, :] - z[None, :, :]) ** 2).sum(-1)) / root_d, OOD_K)
+        val_d = _knn_mean(_dist(zv, z), OOD_K)
         ref_q = max(ref_q, float(np.quantile(val_d, 0.99)))
-    return OODReference(z, mu.astype(np.float32), sd, OOD_MARGIN * ref_q, val_d.astype(np.float32))
+    threshold = max(OOD_MARGIN * ref_q, 1e-6)  # identical training embeddings must not divide by zero
+    return OODReference(z, mu.astype(np.float32), sd, threshold, val_d.astype(np.float32))
 
 
 def load_ood_reference(run: LoadedRun, *, build: bool = True) -> OODReference | None:
@@ -394,8 +434,7 @@ def load_ood_reference(run: LoadedRun, *, build: bool = True) -> OODReference | 
         return None
     try:
         ref = build_ood_reference(run)
-    except (OSError, ValueError, KeyError) as exc:  # dataset moved / unreadable: no embedding check
-        _ = exc
+    except (OSError, ValueError, KeyError):  # dataset moved or unreadable: no embedding check
         return None
     if ref is None:
         return None
@@ -519,12 +558,13 @@ def _model_summary(run: LoadedRun) -> dict:
 class Predictor:
     """Loads bone-age run(s) once; ``predict_image`` answers for one file.
 
-    Several runs form an ensemble (mean of their TTA means). Thread-safe enough for
-    Streamlit's cache_resource: predictions never mutate the models.
+    Several runs form an ensemble (mean of their TTA means). Safe to share between
+    Streamlit sessions (``st.cache_resource``): predictions never change the models and
+    run one at a time under a lock.
     """
 
     def __init__(self, model: str | Path | Sequence[str | Path] | None = None, *,
-                 device: torch.device | None = None, ood: bool = True) -> None:
+                 device: torch.device | None = None, ood: bool = True, threads: int | None = None) -> None:
         self.paths = resolve_runs(model)
         self.runs: list[LoadedRun] = []
         for p in self.paths:
@@ -533,7 +573,11 @@ class Predictor:
                 raise ValueError(f"{p.name} is a {run.task} model, not a bone-age model")
             self.runs.append(run)
         self.ood = ood
+        self.threads = threads  # CPU intra-op threads per prediction; None = adaptive (see cpu_threads)
         self._ood_refs: dict[Path, OODReference | None] = {}
+        # Grad-CAM hooks the shared model for one forward pass: concurrent page sessions
+        # must not interleave there, so predictions on one Predictor run one at a time.
+        self._lock = threading.Lock()
         self.summaries = [_model_summary(r) for r in self.runs]
 
     @property
@@ -543,13 +587,17 @@ class Predictor:
     def ood_reference(self, run: LoadedRun) -> OODReference | None:
         if not self.ood:
             return None
-        if run.path not in self._ood_refs:
+        if run.path not in self._ood_refs:  # computed under the caller's lock or before serving
             self._ood_refs[run.path] = load_ood_reference(run)
         return self._ood_refs[run.path]
 
     def warmup(self) -> None:
         """One dummy TTA batch and CAM per run: the first real image is then as fast as the rest
         (the first convolution on a CPU pays for kernel selection and thread start-up)."""
+        with self._lock, cpu_threads(self.runs[0].device, self.threads):
+            self._warmup()
+
+    def _warmup(self) -> None:
         for run in self.runs:
             s = run.preprocess.size
             blank = np.zeros((s, s), np.uint8)
@@ -558,8 +606,9 @@ class Predictor:
 
     def prepare_ood(self) -> None:
         """Build (or load) every run's OOD reference now (the page shows a spinner)."""
-        for run in self.runs:
-            self.ood_reference(run)
+        with self._lock, cpu_threads(self.runs[0].device, self.threads):
+            for run in self.runs:
+                self.ood_reference(run)
 
     # -- stages (also timed by bench/bench_predict.py) ------------------------
     @staticmethod
@@ -594,9 +643,10 @@ class Predictor:
         shown = name or (str(source) if isinstance(source, (str, Path)) else "upload")
         res = PredictionResult(file=shown, model_runs=self.names, model_info=self.summaries)
         try:
-            self._predict(res, source, shown, sex, dob, exam_date, age_months, tta, cam)
+            with self._lock, cpu_threads(self.runs[0].device, self.threads):
+                self._predict(res, source, shown, sex, dob, exam_date, age_months, tta, cam)
         except ImageReadError as exc:
-            res.error = exc.problem  # the record names the file already
+            res.error = str(exc)  # "name: problem", as everywhere else in H2A
         except (SexNeededError, ValueError) as exc:
             res.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch

@@ -21,7 +21,7 @@ from fpdf import FPDF
 from PIL import Image
 
 from h2a import RESEARCH_NOTE, __version__
-from h2a.clinical import REFERENCE_LIMITS, REFERENCE_NAME, REFERENCE_STATEMENT, months_to_text, reference_band
+from h2a.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, months_to_text, reference_band
 from h2a.runs import atomic_write_bytes
 
 __all__ = ["pdf_report", "write_report", "batch_csv", "CSV_COLUMNS"]

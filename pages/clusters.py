@@ -71,15 +71,16 @@ cols[1].metric("ARI vs sex (full)", _f(full["ari_sex"]), help="k-means on the fu
 cols[2].metric("NMI vs sex (map / full)", f"{_f(scores['nmi_sex'])} / {_f(full['nmi_sex'])}")
 cols[3].metric("Purity (map / full)", f"{_f(scores['purity_sex'])} / {_f(full['purity_sex'])}",
                help=f"one big cluster would score {_f(scores['purity_baseline'])}")
-cols[4].metric("Bone-age variance explained (map / full)", f"{_f(scores['boneage_eta2'])} / {_f(full['boneage_eta2'])}")
+cols[4].metric("Age variance explained", f"{_f(scores['boneage_eta2'])} / {_f(full['boneage_eta2'])}",
+               help="share of the bone-age variance explained by the clusters (eta squared), map / full")
 rho = scores.get("umap_spearman_boneage") or [None, None]
 ari = max(abs(scores["ari_sex"] or 0), abs(full["ari_sex"] or 0))
-eta = max(scores["boneage_eta2"] or 0, full["boneage_eta2"] or 0)
 verdict = ("hardly at all" if ari < 0.05 else "a little" if ari < 0.2 else "partly" if ari < 0.5 else "largely")
 st.info(f"With k = {k}, the clusters follow sex **{verdict}** (ARI {_f(scores['ari_sex'])} on the map, "
         f"{_f(full['ari_sex'])} on the full embedding; purity {_f(scores['purity_sex'])} against "
-        f"{_f(scores['purity_baseline'])} for one big cluster). They explain {100 * eta:.0f}% of the bone-age "
-        f"variance, and the map's axes correlate with bone age at Spearman {_f(rho[0], '+.2f')} and "
+        f"{_f(scores['purity_baseline'])} for one big cluster). They explain "
+        f"{100 * (scores['boneage_eta2'] or 0):.0f}% (map) and {100 * (full['boneage_eta2'] or 0):.0f}% (full) of the "
+        f"bone-age variance, and the map's axes correlate with bone age at Spearman {_f(rho[0], '+.2f')} and "
         f"{_f(rho[1], '+.2f')}. Silhouette {_f(scores['silhouette'])} (map) / {_f(full['silhouette'])} (full)."
         + (" This is synthetic demo data." if ds.synthetic else ""), icon=":material/insights:")
 
@@ -107,18 +108,20 @@ st.subheader("Cluster composition")
 left, right = st.columns(2)
 left.markdown("**k-means on the 2-D map**")
 left.dataframe(composition_table(scores), hide_index=True, width="stretch")
-right.markdown(f"**k-means on the full embedding** ({full['space']})")
+right.markdown(f"**k-means on the {full['space']}**")
 right.dataframe(composition_table(full), hide_index=True, width="stretch")
 long = frame.melt(id_vars=["boneage", "sex"], value_vars=["cluster", "cluster_full"], var_name="space",
                   value_name="k-means cluster")
 long["space"] = long["space"].map({"cluster": "map", "cluster_full": "full embedding"})
 long["k-means cluster"] = long["k-means cluster"].astype(str)
 left, right = st.columns(2)
+order = {"space": ["map", "full embedding"]}
 fig = px.box(long, x="k-means cluster", y="boneage", color="space", title="Bone age by cluster",
-             labels={"boneage": "bone age (months)"})
+             labels={"boneage": "bone age (months)"}, category_orders=order)
 left.plotly_chart(style(fig), width="stretch")
 share = long.groupby(["space", "k-means cluster"])["sex"].apply(lambda s: 100 * (s == "male").mean()).reset_index(name="% male")
-fig = px.bar(share, x="k-means cluster", y="% male", color="space", barmode="group", title="Share male by cluster")
+fig = px.bar(share, x="k-means cluster", y="% male", color="space", barmode="group", title="Share male by cluster",
+             category_orders=order)
 fig.add_hline(y=100 * float(np.nanmean(frame["male"])), line_dash="dash", line_color="#888",
               annotation_text="whole dataset")
 right.plotly_chart(style(fig), width="stretch")

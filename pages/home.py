@@ -3,7 +3,7 @@
 import streamlit as st
 
 from h2a import RESEARCH_NOTE, __version__
-from h2a.app.state import require_dataset
+from h2a.app.state import require_dataset, thumb_for
 
 active = require_dataset()
 ds = active.ds
@@ -13,23 +13,49 @@ st.markdown(
     "An open tool for exploring pediatric hand radiographs and bone age in the layout of the "
     "**RSNA Pediatric Bone Age Challenge 2017** (or your own data in that layout)."
 )
+meta = ds.meta
 cols = st.columns(4)
 cols[0].metric("Images", f"{len(ds.with_images()):,}")
-cols[1].metric("Labelled rows", f"{int(ds.meta['boneage'].notna().sum()):,}")
-cols[2].metric("Splits", ", ".join(ds.splits))
+cols[1].metric("Boys / girls", f"{int((meta['male'] == True).sum()):,} / {int((meta['male'] == False).sum()):,}")  # noqa: E712
+cols[2].metric("Splits", len(ds.splits), help=", ".join(ds.splits))
 cols[3].metric("Problems", len(ds.problems))
 
-st.subheader("Pages")
-st.page_link("pages/population.py", label="Population statistics: bone age by sex, splits, resolutions, gallery",
-             icon=":material/groups:")
-st.page_link("pages/preprocessing.py", label="Preprocessing preview: resize, crop, contrast, normalisation, augmentation",
-             icon=":material/tune:")
+# One image per age band: what the dataset looks like at a glance.
+labelled = ds.labelled()
+if len(labelled):
+    picks = []
+    for lo in (0, 36, 72, 108, 144, 180):
+        band = labelled[(labelled["boneage"] >= lo) & (labelled["boneage"] < lo + 36)]
+        if len(band):
+            picks.append(band.sample(1, random_state=0).iloc[0])
+    strip = st.columns(max(1, len(picks)))
+    for col, row in zip(strip, picks):
+        thumb = thumb_for(row["path"], 160)
+        if not isinstance(thumb, str):
+            col.image(thumb, caption=f"{row['boneage']:.0f} months · {'boy' if row['male'] else 'girl'}", width="stretch")
+
+st.subheader("What you can ask")
+LINKS = [
+    ("pages/population.py", "Population statistics: bone age by sex, splits, resolutions, intensities, gallery, problems",
+     ":material/groups:"),
+    ("pages/preprocessing.py", "Preprocessing preview: resize, crop, contrast, normalisation, augmentation; saved configs",
+     ":material/tune:"),
+    ("pages/training.py", "Bone-age training: background runs with live progress, on the GPU when there is one",
+     ":material/model_training:"),
+    ("pages/evaluation.py", "Bone-age evaluation: MAE by sex and age, Bland-Altman, worst cases, Grad-CAM, run comparison",
+     ":material/query_stats:"),
+    ("pages/predict.py", "Predict bone age: upload PNG/JPEG/DICOM, bone age with interval, heatmap, SDS vs Greulich-Pyle, PDF",
+     ":material/radiology:"),
+]
+for page, label, icon in LINKS:
+    st.page_link(page, label=label, icon=icon)
 
 st.subheader("Command line")
 st.code(
     f"python -m h2a stats --data {ds.root} --json\n"
-    f"python -m h2a inspect FILE.png FILE.dcm\n"
-    f"python -m h2a cache --data {ds.root} --image-size 256 --contrast clahe",
-    language="bash",
+    "python -m h2a inspect FILE.png FILE.dcm\n"
+    f"python -m h2a train --data {ds.root} --out models/my-run --arch efficientnet_lite0 --image-size 128\n"
+    "python -m h2a evaluate --model models/my-run --json",
+    language="bash", wrap_lines=True,
 )
 st.caption(f"H2A {__version__}. {RESEARCH_NOTE} RSNA data: Halabi et al., Radiology 2019;290(2):498-503.")

@@ -113,13 +113,13 @@ fig.add_bar(x=bands["band"], y=bands["auc"], name="AUC", customdata=bands[["n"]]
             hovertemplate="%{x}: AUC %{y:.2f} (n %{customdata[0]})<extra></extra>")
 fig.add_scatter(x=bands["band"], y=bands["accuracy"], name="accuracy", mode="lines+markers")
 fig.add_hline(y=0.5, line_dash="dash", line_color="#aaa")
-fig.update_layout(title="AUC (95% bootstrap bars) and accuracy by 2-year bone-age band", yaxis_range=[0, 1.05],
-                  xaxis_title="bone age", yaxis_title="")
+fig.update_layout(title="AUC (95% bootstrap bars) and accuracy by bone age", yaxis_range=[0, 1.05],
+                  xaxis_title="2-year bone-age band", yaxis_title="")
 left.plotly_chart(style(fig), width="stretch")
 cal = calibration_bins(y, p)
 ece = expected_calibration_error(y, p)
 fig = px.scatter(cal, x="mean_predicted", y="share_male", size="n", hover_data=["bin", "n"],
-                 title=f"Calibration (reliability diagram), expected calibration error {ece:.3f}",
+                 title=f"Calibration: expected calibration error {ece:.3f}",
                  labels={"mean_predicted": "mean predicted P(male)", "share_male": "observed share male"})
 fig.add_trace(go.Scatter(x=cal["mean_predicted"], y=cal["share_male"], mode="lines", showlegend=False,
                          line=dict(color="#4fa3d9")))

@@ -89,7 +89,7 @@ def test_separated_blobs_labelled_by_sex_give_ari_one_and_the_map_is_cached(work
         assert sc["ari_sex"] == pytest.approx(1.0, abs=1e-6) and sc["purity_sex"] == 1.0
         assert sc["silhouette"] > 0.5
         assert sc["boneage_eta2"] > 0.9
-    assert s["full"]["space"].startswith("full (5-d")
+    assert s["full"]["space"] == "full embedding (5-d after PCA)"
     assert adjusted_rand_score(est.labels_, est.labels_full_) == pytest.approx(1.0)
     assert max(abs(r) for r in s["umap_spearman_boneage"]) > 0.5  # the map separates the blobs (and ages)
     assert s["umap_from_cache"] is False

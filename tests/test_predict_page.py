@@ -88,7 +88,7 @@ def test_png_upload_predicts_with_chart_heatmap_and_pdf(tiny_run, upload_files) 
     _submit(at)
     assert not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
-    assert re.fullmatch(r"\d+\.\d months", metrics["Bone age"])
+    assert re.fullmatch(r"\d+\.\d", metrics["Bone age (months)"])
     assert re.fullmatch(r"[+-]\d\.\d\d", metrics["SDS"])
     assert len(at.get("image")) == 2  # the radiograph next to the heat map
     assert at.slider[0].label == "Heat-map opacity"
@@ -99,7 +99,7 @@ def test_png_upload_predicts_with_chart_heatmap_and_pdf(tiny_run, upload_files) 
     assert "Greulich" in text
     # moving the slider re-draws without recomputing or losing the result
     at.slider[0].set_value(0.8).run()
-    assert {m.label: m.value for m in at.metric}["Bone age"] == metrics["Bone age"]
+    assert {m.label: m.value for m in at.metric}["Bone age (months)"] == metrics["Bone age (months)"]
 
 
 def test_dicom_prefills_sex_and_dates(tiny_run, upload_files) -> None:
@@ -113,7 +113,7 @@ def test_dicom_prefills_sex_and_dates(tiny_run, upload_files) -> None:
     frame = at.dataframe[0].value
     values = dict(zip(frame.iloc[:, 0], frame["value"]))
     assert values["Sex"] == "female (from the DICOM header)"
-    assert "DICOM dates" in values["Chronological age"]
+    assert values["Age from"] == "DICOM dates"
     assert values["Classification"] in ("delayed", "within normal limits", "advanced")
     text = _text(at)
     for ident in (PATIENT_NAME, "Doe", PATIENT_ID, "ACC-987654"):
@@ -220,7 +220,7 @@ def test_upload_in_chromium_shows_bone_age(tiny_run, demo_png) -> None:
             page.get_by_role("button", name="Estimate bone age").click()
             value = page.locator('[data-testid="stMetricValue"]').first
             value.wait_for(timeout=180_000)
-            assert re.fullmatch(r"\d+\.\d months", value.inner_text().strip())
+            assert re.fullmatch(r"\d+\.\d", value.inner_text().strip())
             page.wait_for_selector('[data-testid="stImage"] img', timeout=60_000)
             assert page.locator('[data-testid="stException"]').count() == 0
             assert "Traceback" not in page.inner_text("body")

@@ -21,6 +21,11 @@ from h2a.app.charts import SEX_COLORS, style
 from h2a.app.state import progress_callback, thumb_for
 
 SOURCE_PRETRAINED = "pretrained"
+# Distinct hues for clusters (the theme's default palette has neighbouring blues), and
+# none of them the sex colours, so a cluster is never mistaken for a sex.
+CLUSTER_COLORS = ["#f5a623", "#7ed321", "#9b59b6", "#1abc9c", "#e74c3c", "#f8e71c", "#8b572a", "#50e3c2",
+                  "#bd10e0", "#4a4a4a", "#b8e986", "#d0021b", "#417505", "#f78fb3", "#3dc1d3", "#596275",
+                  "#e15f41", "#c44569", "#f19066", "#786fa6"]
 
 
 # ---------------------------------------------------------------- embeddings
@@ -110,6 +115,7 @@ def cluster_map(frame: pd.DataFrame, color: str, title: str) -> go.Figure:
         kwargs = dict(color="boneage", color_continuous_scale="Viridis", labels={"boneage": "bone age (mo)"})
     else:
         kwargs = dict(color=color, category_orders={color: sorted(df[color].unique(), key=int)},
+                      color_discrete_sequence=CLUSTER_COLORS,
                       labels={"cluster": "cluster (map)", "cluster_full": "cluster (full)"})
     fig = px.scatter(df, x="umap_x", y="umap_y", custom_data=["id"], hover_name="id",
                      hover_data={"umap_x": False, "umap_y": False, "sex": True, "bone age (months)": True,
@@ -159,9 +165,9 @@ def composition_table(scores: dict) -> pd.DataFrame:
     for c in scores["clusters"]:
         rows.append({"cluster": c["cluster"], "images": c["size"],
                      "% male": None if c["share_male"] is None else round(100 * c["share_male"], 1),
-                     "bone age mean (mo)": None if c["boneage_mean"] is None else round(c["boneage_mean"], 1),
-                     "bone age sd": None if c["boneage_sd"] is None else round(c["boneage_sd"], 1),
-                     "bone age range (mo)": "" if c["boneage_min"] is None
+                     "age mean (mo)": None if c["boneage_mean"] is None else round(c["boneage_mean"], 1),
+                     "age sd": None if c["boneage_sd"] is None else round(c["boneage_sd"], 1),
+                     "age range": "" if c["boneage_min"] is None
                      else f"{c['boneage_min']:.0f}-{c['boneage_max']:.0f}"})
     return pd.DataFrame(rows)
 

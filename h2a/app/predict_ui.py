@@ -180,16 +180,19 @@ def _numbers_frame(res: PredictionResult) -> pd.DataFrame:
     rows = [("Sex", f"{res.sex} ({'from the DICOM header' if res.sex_source == 'dicom' else 'entered'})")]
     if a is not None:
         rows += [
-            ("Chronological age", f"{a.ca_months:.1f} months ({months_to_text(a.ca_months)}), {res.chronological_age_source}"),
-            ("Bone age - chronological age", f"{a.ba_minus_ca_months:+.1f} months ({a.ba_minus_ca_years:+.2f} years)"),
-            ("GP mean skeletal age at this age", f"{a.reference_mean_months:.1f} months"),
-            ("GP SD at this age", f"{a.reference_sd_months:.2f} months"),
+            ("Chronological age", f"{a.ca_months:.1f} mo ({months_to_text(a.ca_months)})"),
+            ("Age from", str(res.chronological_age_source)),
+            ("BA - CA", f"{a.ba_minus_ca_months:+.1f} mo ({a.ba_minus_ca_years:+.2f} y)"),
+            ("GP mean at this age", f"{a.reference_mean_months:.1f} mo"),
+            ("GP SD at this age", f"{a.reference_sd_months:.2f} mo"),
             ("SDS", f"{a.sds:+.2f}"),
             ("Classification", a.classification),
         ]
-    rows.append(("Interval", f"mean ± 1.96 × max(TTA SD {res.tta_sd_months:.2f}, validation RMSE "
-                             f"{res.rmse_months:.2f} months) from {res.tta} augmented copies" if res.rmse_months
-                 else f"mean ± 1.96 × TTA SD {res.tta_sd_months:.2f} months from {res.tta} augmented copies"))
+    rows.append(("TTA SD", f"{res.tta_sd_months:.2f} mo ({res.tta} copies)"))
+    if res.rmse_months is not None:
+        rows.append(("Validation RMSE", f"{res.rmse_months:.2f} mo"))
+    rows.append(("Interval from", "TTA spread" if res.interval_source == "tta"
+                 else "validation RMSE (wider than the TTA spread)"))
     return pd.DataFrame(rows, columns=["", "value"])
 
 
@@ -206,44 +209,52 @@ def show_result(res: PredictionResult, key: str) -> None:
     a = res.assessment
     lo, hi = res.interval_months
     c = st.columns(4)
-    c[0].metric("Bone age", f"{res.bone_age_months:.1f} months", help="mean of the test-time augmented predictions")
-    c[1].metric("In years", months_to_text(res.bone_age_months))
-    c[2].metric("95% interval", f"{lo:.0f} – {hi:.0f} months",
+    c[0].metric("Bone age (months)", f"{res.bone_age_months:.1f}", help="mean of the test-time augmented predictions")
+    years, months = divmod(int(round(res.bone_age_months)), 12)
+    c[1].metric("Bone age (years)", f"{years} y {months} mo")
+    c[2].metric("95% interval (months)", f"{lo:.0f}–{hi:.0f}",
                 help="from the test-time augmentation spread, never narrower than the run's validation RMSE")
     if a is not None:
-        c[3].metric("SDS", f"{a.sds:+.2f}", a.classification, delta_color="off")
+        c[3].metric("SDS", f"{a.sds:+.2f}", a.classification, delta_color="off",
+                    help="(bone age - chronological age) / Greulich-Pyle SD at that age and sex")
     else:
         c[3].metric("SDS", "–", help="enter a date of birth and exam date (or the age) for the SDS")
 
-    left, right = st.columns(2)
+    left, mid, right = st.columns([1, 1, 1.15])
     with left:
         st.image(res.image, caption=f"{res.file} · {res.original_size[0]} x {res.original_size[1]} px",
                  width="stretch")
-    with right:
-        alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
+    with mid:
         if res.cam is not None:
+            alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
             st.image(overlay(res.image, res.cam, alpha), width="stretch",
                      caption="Grad-CAM: regions that push the estimate older"
                              + (" (mean over the ensemble)" if len(res.model_runs) > 1 else ""))
+        else:
+            alpha = 0.45
+    with right:
+        st.markdown("**Clinical context**")
+        if a is not None:
+            cls = a.classification
+            (st.success if cls == "within normal limits" else st.info)(
+                f"**{cls.capitalize()}**: SDS {a.sds:+.2f}; bone age {a.ba_minus_ca_months:+.1f} months "
+                f"({a.ba_minus_ca_years:+.2f} y) from chronological age.")
+        else:
+            st.info("No chronological age: enter the date of birth and exam date (or the age at the exam) to "
+                    "compare the bone age with the Greulich-Pyle reference.")
+        numbers = _numbers_frame(res)
+        st.dataframe(numbers, hide_index=True, width="stretch", height=35 * (len(numbers) + 1) + 3)
 
-    st.subheader("Clinical context")
     if a is not None:
         cc = st.columns([3, 2])
         cc[0].plotly_chart(bone_age_chart(res), width="stretch", key=f"chart-{key}")
-        with cc[1]:
-            cls = a.classification
-            (st.success if cls == "within normal limits" else st.info)(
-                f"**{cls.capitalize()}**: SDS {a.sds:+.2f}, bone age {a.ba_minus_ca_months:+.1f} months "
-                f"({a.ba_minus_ca_years:+.2f} y) from chronological age.")
-            st.dataframe(_numbers_frame(res), hide_index=True, width="stretch")
+        cc[1].caption(f"{REFERENCE_STATEMENT} {REFERENCE_LIMITS} The band is chronological age ± 2 SD, the "
+                      f"limits the classification uses; the line is the atlas's mean skeletal age. {RESEARCH_NOTE}")
     else:
-        st.info("No chronological age: enter the date of birth and exam date (or the age at the exam) to "
-                "compare the bone age with the Greulich-Pyle reference.")
-        st.dataframe(_numbers_frame(res), hide_index=True, width="stretch")
-    st.caption(f"{REFERENCE_STATEMENT} {REFERENCE_LIMITS} {RESEARCH_NOTE}")
+        st.caption(f"{REFERENCE_STATEMENT} {REFERENCE_LIMITS} {RESEARCH_NOTE}")
     info = "; ".join(f"{m['run']} ({m['arch']}, {m['image_size']} px, val MAE "
-                     f"{m['val_mae']:.1f} mo{', SYNTHETIC training data' if m['synthetic'] else ''})"
-                     for m in res.model_info)
+                     f"{m['val_mae'] if m['val_mae'] is None else round(m['val_mae'], 1)} mo"
+                     f"{', SYNTHETIC training data' if m['synthetic'] else ''})" for m in res.model_info)
     st.caption(f"Model: {info}. Timing: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res.timings.items()))
 
     c1, c2 = st.columns([2, 1])

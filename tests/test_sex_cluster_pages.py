@@ -1,0 +1,74 @@
+"""AppTest for the sex and clusters pages on the demo data: no exception, the charts and
+tables are there, a rerun comes from cache, parameters take effect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import REPO
+from tests.test_sex import make_sex_run
+
+
+def _open(page: str, monkeypatch) -> AppTest:
+    """The page inside the app when streamlit_app.py registers it, else the page file alone."""
+    monkeypatch.delenv("H2A_DATA_DIR", raising=False)
+    if page in (REPO / "streamlit_app.py").read_text():
+        at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+        at.run()
+        at.switch_page(page)
+    else:
+        at = AppTest.from_file(str(REPO / page), default_timeout=300)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_sex_page_with_a_finished_run(demo_dir: Path, workspace: Path, monkeypatch) -> None:
+    make_sex_run(demo_dir, workspace)
+    at = _open("pages/sex.py", monkeypatch)
+    assert at.title[0].value == "Sex from the image"
+    assert any("synthetic" in i.value.lower() for i in at.info)
+    labels = [m.label for m in at.metric]
+    for label in ("ROC-AUC", "95% interval", "Accuracy", "Balanced accuracy"):
+        assert label in labels, labels
+    assert at.radio(key="sex_source").value == "holdout"  # the held-out split is preferred when the run has one
+    text = _text(at)
+    assert "tells boys from girls" in text and "bootstrap interval" in text
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 6, len(charts)  # ROC, confusion, age bands, calibration, histogram, curves
+    assert len(at.get("image")) >= 2  # confident right and wrong cases with CAM overlays
+    at.radio(key="sex_source").set_value("validation").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "validation" in at.radio(key="sex_source").value
+
+
+def test_clusters_page_computes_then_reuses(demo_dir: Path, monkeypatch) -> None:
+    at = _open("pages/clusters.py", monkeypatch)
+    assert at.title[0].value == "Clusters of CNN embeddings"
+    labels = [m.label for m in at.metric]
+    assert "ARI vs sex (map)" in labels and "ARI vs sex (full)" in labels
+    assert len(at.get("plotly_chart")) >= 4  # map, bone age by cluster, share male, k sweep
+    tables = [df.value for df in at.dataframe]
+    assert len(tables) == 2 and all(len(t) == 2 and "% male" in t.columns for t in tables)
+    assert sum(tables[0]["images"]) == sum(tables[1]["images"]) > 100
+    assert "Download coordinates and clusters (CSV)" in [b.label for b in at.get("download_button")]
+    assert "clusters follow sex" in _text(at)
+    assert "Selected images (0)" in [s.value for s in at.subheader]
+
+    at.run()  # a rerun with the same inputs: from cache, no recomputation
+    assert "reused from the on-disk cache" in _text(at)
+
+    at.radio(key="cl_color").set_value("boneage").run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.number_input(key="cl_k").set_value(3)
+    at.button[0].click().run()  # the form's Compute button
+    assert not at.exception, [e.value for e in at.exception]
+    assert all(len(df.value) == 3 for df in at.dataframe)
