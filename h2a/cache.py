@@ -37,6 +37,7 @@ import torch
 
 from h2a.config import get_settings
 from h2a.preprocess import PreprocessConfig, _prepare_chunk
+from h2a.processes import pid_alive
 from h2a.progress import ProgressFn, report
 
 CACHE_FORMAT = 1
@@ -175,23 +176,13 @@ def open_cache(ds: Any, cfg: PreprocessConfig, root: Path | None = None) -> Tens
     return _open_dir(cache_dir_for(ds, cfg, root), cfg, ds.fingerprint)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_stale(parent: Path) -> None:
     """Remove temp/trash dirs left by builds whose process is gone (killed, crashed)."""
     for p in parent.iterdir():
         if not p.is_dir() or not p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
             continue
         m = re.search(r"-p(\d+)-[0-9a-f]+$", p.name)
-        if m and _pid_alive(int(m.group(1))) and int(m.group(1)) != os.getpid():
+        if m and pid_alive(int(m.group(1))) and int(m.group(1)) != os.getpid():
             continue
         if m and int(m.group(1)) == os.getpid() and p.name.startswith(_TMP_PREFIX):
             continue  # a build in another thread of this process

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from h2a.config import get_settings
+from h2a.processes import pid_alive
 
 CONFIG = "config.json"
 PROGRESS = "progress.json"
@@ -124,26 +125,11 @@ def run_status(run_dir: Path) -> dict:
         pid = prog.get("pid")
         job = read_json(run_dir / "job.json") or {}
         pid = job.get("pid", pid)
-        if pid and not _alive(int(pid)):
+        if pid and not pid_alive(int(pid)):
             prog["status"] = "stopped"
             prog["message"] = prog.get("message") or "the training process ended without finishing (killed?); start it again to resume"
     prog.setdefault("status", status)
     return prog
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child (finished, not yet reaped) counts as ended.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def summarize(run_dir: Path) -> RunSummary:

@@ -332,17 +332,32 @@ def make_ema(model: nn.Module, decay: float):
     return AveragedModel(model, avg_fn=avg, use_buffers=True)
 
 
+def backbone_units(model: nn.Module) -> list[nn.Module]:
+    """The backbone as an ordered list of trainable units (stem, each residual/MBConv
+    block, head conv): containers of blocks are opened, parameter-free layers skipped."""
+    def has_conv(m: nn.Module) -> bool:
+        return any(isinstance(x, nn.Conv2d) for x in m.modules())
+
+    units: list[nn.Module] = []
+    for child in model.backbone.children():
+        inner = list(child.children())
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and sum(has_conv(c) for c in inner) >= 2:
+            units.extend(c for c in inner if has_conv(c))
+        elif has_conv(child):
+            units.append(child)
+    return units
+
+
 def freeze_first(model: nn.Module, n: int) -> int:
-    """Freeze the first ``n`` top-level blocks of the backbone (fine-tuning); returns how many."""
+    """Freeze the first ``n`` backbone units (fine-tuning: early layers are generic and,
+    at high resolution, the most expensive to back-propagate); returns how many."""
     if n <= 0:
         return 0
-    blocks = list(model.backbone.children())
-    if len(blocks) == 1 and len(list(blocks[0].children())) > 1:
-        blocks = list(blocks[0].children())
-    for block in blocks[:n]:
-        for p in block.parameters():
+    units = backbone_units(model)
+    for unit in units[:n]:
+        for p in unit.parameters():
             p.requires_grad_(False)
-    return min(n, len(blocks))
+    return min(n, len(units))
 
 
 def warm_start(model: nn.Module, source: str | Path) -> tuple[int, int]:

@@ -88,7 +88,7 @@ st.info(f"With k = {k}, the clusters follow sex **{verdict}** (ARI {_f(scores['a
 color = st.radio("Colour the map by", ["cluster", "cluster_full", "sex", "boneage"], horizontal=True, key="cl_color",
                  format_func={"cluster": "cluster (k-means on the map)", "cluster_full": "cluster (k-means on the full "
                               "embedding)", "sex": "sex", "boneage": "bone age"}.get)
-fig = cluster_map(frame, color, f"UMAP map of {len(frame):,} images (click a point, or drag a box / lasso)")
+fig = cluster_map(frame, color, f"UMAP map of {len(frame):,} images (click a point; box or lasso select in the toolbar)")
 event = st.plotly_chart(fig, width="stretch", key="cl_map", on_select="rerun",
                         selection_mode=("points", "box", "lasso"))
 picked = selected_ids(event)

@@ -35,6 +35,18 @@ def demo_dir(workspace) -> Path:
     return ensure_demo()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for modules of many tiny convolutions: on a busy 2-core box,
+    OpenMP threads spinning against other processes make them ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not present at {path}")

@@ -12,14 +12,8 @@ from h2a.models import create_model
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, OpenMP threads spinning against other
-    processes make these small convolutions 10x slower than a single thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SQ = 16  # square side = one cell of tiny_cnn's 4x4 feature map
 BRIGHT, DARK = 2.0, -2.0
 

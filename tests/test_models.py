@@ -19,14 +19,7 @@ from h2a.models import (
 B = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, OpenMP threads spinning against other
-    processes make these small convolutions 10x slower than a single thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _size(name: str) -> int:

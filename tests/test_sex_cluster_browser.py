@@ -106,14 +106,25 @@ def test_clusters_map_hover_and_box_select_in_chromium(server, browser) -> None:
     tip = chart.locator(".hoverlayer .hovertext").first.text_content()
     assert "sex=" in tip and "bone age" in tip, tip
 
-    # box select by dragging across the whole plot area: the selected images appear below
+    # click one point: its radiograph appears below the map
+    points.nth(3).hover(force=True)
+    page.mouse.down()
+    page.mouse.up()
+    page.wait_for_selector("text=Selected images (1)", timeout=120_000)
+    _wait_idle(page)
+    page.wait_for_selector('[data-testid="stImage"] img', timeout=60_000)
+    assert len(page.locator('[data-testid="stImageCaption"]').all_inner_texts()) == 1
+
+    # box select from the toolbar, dragged across the whole plot area: the group's images appear
+    chart.hover()
+    chart.locator('a[data-title="Box Select"]').click()
     box = chart.locator(".nsewdrag").first.bounding_box()
     page.mouse.move(box["x"] + 5, box["y"] + 5)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
     page.mouse.move(box["x"] + box["width"] - 5, box["y"] + box["height"] - 5, steps=5)
     page.mouse.up()
-    page.wait_for_selector("text=/Selected images \\((?!0\\))\\d+\\)/", timeout=120_000)
+    page.wait_for_selector("text=/Selected images \\((?![01]\\))\\d+\\)/", timeout=120_000)
     _wait_idle(page)
     page.wait_for_selector('[data-testid="stImage"] img', timeout=60_000)
     captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
@@ -132,7 +143,8 @@ def test_sex_page_in_chromium(server, browser) -> None:
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server["sex"])
     _wait_idle(page)
-    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000, state="attached")
+    page.locator(".js-plotly-plot", has_text="ROC curve").first.wait_for(timeout=60_000)
     assert page.locator(".js-plotly-plot").count() >= 5
     body = page.inner_text("body")
     assert "tells boys from girls" in body and "Traceback" not in body

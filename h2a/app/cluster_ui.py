@@ -122,7 +122,9 @@ def cluster_map(frame: pd.DataFrame, color: str, title: str) -> go.Figure:
                                  "cluster": True, "cluster_full": True, "boneage": False}, title=title,
                      opacity=0.75, **kwargs)
     fig.update_traces(marker=dict(size=6 if len(df) < 2000 else 4))
-    fig.update_layout(xaxis_title="UMAP 1", yaxis_title="UMAP 2", dragmode="select")
+    # no dragmode: Streamlit then pans on drag and selects the clicked point; box and lasso
+    # come from the toolbar
+    fig.update_layout(xaxis_title="UMAP 1", yaxis_title="UMAP 2")
     return style(fig, height=560)
 
 
