@@ -15,6 +15,10 @@ PAGES = {
         st.Page("pages/evaluation.py", title="Bone-age evaluation", icon=":material/query_stats:"),
         st.Page("pages/predict.py", title="Predict bone age", icon=":material/radiology:"),
     ],
+    "Questions": [
+        st.Page("pages/sex.py", title="Sex from the image", icon=":material/wc:"),
+        st.Page("pages/clusters.py", title="Clusters of embeddings", icon=":material/scatter_plot:"),
+    ],
 }
 
 st.navigation(PAGES).run()

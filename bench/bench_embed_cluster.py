@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=512, help="images in the timed throughput sample")
     ap.add_argument("--device", default=None)
     ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                    help="bf16 autocast also on a CPU with AMX (auto: only on a GPU)")
     ap.add_argument("--skip-full", action="store_true", help="only the throughput sample, no full embedding/UMAP")
     args = ap.parse_args()
 
@@ -75,15 +77,17 @@ def main() -> int:
         model = model.to(memory_format=torch.channels_last)
     rows = np.flatnonzero(cache.ok)[: args.sample]
     images = cache.take(rows)
-    embed_arrays(model, images[: args.batch_size], src.norm, device, batch_size=args.batch_size)  # warm-up
+    # warm-up batch (one-time oneDNN/CUDA setup is not throughput)
+    embed_arrays(model, images[: args.batch_size], src.norm, device, batch_size=args.batch_size, amp=args.amp)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    embed_arrays(model, images, src.norm, device, batch_size=args.batch_size)
+    embed_arrays(model, images, src.norm, device, batch_size=args.batch_size, amp=args.amp)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
-    out["embed_sample"] = {"n": len(images), "seconds": round(dt, 2), "images_per_s": round(len(images) / dt, 1)}
+    out["embed_sample"] = {"n": len(images), "seconds": round(dt, 2), "images_per_s": round(len(images) / dt, 1),
+                           "amp": args.amp}
     print(f"embedding throughput: {len(images) / dt:.1f} images/s ({len(images)} images at {args.size} px, "
           f"batch {args.batch_size}, {out['device']})", flush=True)
     if args.skip_full:
@@ -93,7 +97,7 @@ def main() -> int:
     # ---- the whole dataset through compute_embeddings (stored on disk)
     t = time.perf_counter()
     emb = compute_embeddings(ds, "pretrained", preprocess=pcfg, batch_size=args.batch_size, device=device,
-                             progress=StderrProgress("embed"))
+                             progress=StderrProgress("embed"), amp=args.amp)
     dt = time.perf_counter() - t
     out["embed_full"] = {"n": len(emb), "dim": emb.dim, "seconds": round(dt, 1), "from_cache": emb.from_cache,
                          "images_per_s_when_computed": emb.info.get("images_per_s")}
@@ -122,8 +126,8 @@ def main() -> int:
     out["scores_k"] = {**{k: s[k] for k in keep}, "umap_spearman_boneage": s["umap_spearman_boneage"],
                        "clusters": s["clusters"], "full": {k: s["full"][k] for k in keep + ("clusters",)}}
     out["sweep"] = sw.to_dict(orient="records")
-    print(f"UMAP + k-means on {len(emb)} x {emb.dim} embeddings: " + ", ".join(f"{k} {v} s" for k, v in timings.items()),
-          flush=True)
+    print(f"UMAP + k-means on {len(emb)} x {emb.dim} embeddings: "
+          + ", ".join(f"{k} {v} s" for k, v in timings.items()), flush=True)
     for label, sc in (("map", s), ("full", s["full"])):
         print(f"k={args.k} vs sex ({label}): ARI {sc['ari_sex']:.3f}, NMI {sc['nmi_sex']:.3f}, purity "
               f"{sc['purity_sex']:.3f} (baseline {sc['purity_baseline']:.3f}), silhouette {sc['silhouette']:.3f}, "

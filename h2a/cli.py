@@ -243,7 +243,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main_rank and meta:
         m = meta["metrics"]
         headline = (f"validation MAE {m['mae']:.2f} months (predicting the mean: {m['mae_baseline_mean']:.2f})"
-                    if cfg.task == "boneage" else f"validation AUC {m['auc']:.3f}, accuracy {m['accuracy']:.3f}")
+                    if cfg.task == "boneage" else
+                    f"validation AUC {m['auc']:.3f}" if m["auc"] is not None else "validation AUC n/a (one sex only)")
         print(f"run {meta['name']} finished ({meta['stop_reason']}): {headline}; saved in {args.out}")
     return 0
 
@@ -367,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model architectures")
     p.set_defaults(func=cmd_models)
 
+    from h2a.cli_cluster import add_cluster_parser  # imports h2a.cli: keep inside the function
+
+    add_cluster_parser(sub)
     return parser
 
 

@@ -32,6 +32,8 @@ def add_cluster_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="embedding precision: auto = bf16 on a GPU, float32 on a CPU; bf16 also on a CPU with AMX")
     p.add_argument("--out", default=None, metavar="FILE.csv", help="write coordinates and cluster assignments")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_preprocess_options(p)
@@ -65,7 +67,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     progress = StderrProgress("cluster")
     try:
         emb = compute_embeddings(ds, source, arch=args.arch, preprocess=pcfg, batch_size=args.batch_size,
-                                 device=args.device, progress=progress)
+                                 device=args.device, progress=progress, amp=args.amp)
     except (FileNotFoundError, PretrainedWeightsUnavailable, RuntimeError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     if len(emb) <= args.k:
@@ -109,7 +111,8 @@ def _print_text(s: dict) -> None:
           f"(one big cluster: {_fmt(sc['purity_baseline'])}), silhouette {_fmt(sc['silhouette'])}, "
           f"bone-age variance explained {_fmt(sc['boneage_eta2'])}\n")
         for c in sc["clusters"]:
-            w(f"  cluster {c['cluster']}: {c['size']} images, {_fmt(c['share_male'] and 100 * c['share_male'], '.0f')}% "
+            share = None if c["share_male"] is None else 100 * c["share_male"]
+            w(f"  cluster {c['cluster']}: {c['size']} images, {_fmt(share, '.0f')}% "
               f"male, bone age {_fmt(c['boneage_mean'], '.0f')} mo ({_fmt(c['boneage_min'], '.0f')}-"
               f"{_fmt(c['boneage_max'], '.0f')})\n")
     rho = s.get("umap_spearman_boneage") or [None, None]

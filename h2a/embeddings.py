@@ -144,9 +144,12 @@ def resolve_source(source: str | Path, *, arch: str = "efficientnet_lite0",
 
 
 def embedding_key(identity: str, fingerprint: str, pcfg: PreprocessConfig,
-                  norm: tuple[float, float] | None | str) -> str:
-    blob = json.dumps({"v": EMBED_VERSION, "model": identity, "data": fingerprint, "pp": pcfg.cache_key(),
-                       "size": pcfg.size, "norm": norm}, sort_keys=True)
+                  norm: tuple[float, float] | None | str, precision: str = "fp32") -> str:
+    parts = {"v": EMBED_VERSION, "model": identity, "data": fingerprint, "pp": pcfg.cache_key(),
+             "size": pcfg.size, "norm": norm}
+    if precision != "fp32":  # float32 keys stay what they were before precision was a choice
+        parts["precision"] = precision
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -199,8 +202,11 @@ def _save(path: Path, X: np.ndarray, meta: pd.DataFrame, index: dict) -> None:
 @torch.inference_mode()
 def embed_arrays(model, images: np.ndarray, norm: tuple[float, float] | None, device: torch.device, *,
                  batch_size: int = 64, progress: ProgressFn | None = None, offset: int = 0,
-                 total: int | None = None) -> np.ndarray:
-    """forward_features of uint8 images (N, H, W) -> float32 (N, D), in batches."""
+                 total: int | None = None, amp: str = "auto") -> np.ndarray:
+    """forward_features of uint8 images (N, H, W) -> float32 (N, D), in batches.
+
+    ``amp``: 'auto' (bf16 autocast on a GPU, float32 on a CPU), 'bf16' (also on a CPU with
+    AMX/AVX512-BF16) or 'off'."""
     from h2a.device import amp_dtype
     from h2a.evaluation import to_input
 
@@ -208,7 +214,7 @@ def embed_arrays(model, images: np.ndarray, norm: tuple[float, float] | None, de
     n = len(images)
     total = total or n
     cuda = device.type == "cuda"
-    adtype = amp_dtype(device)
+    adtype = amp_dtype(device, amp)
     ctx = (lambda: torch.autocast(device.type, dtype=adtype)) if adtype is not None else nullcontext
     out: np.ndarray | None = None
     for start in range(0, n, batch_size):
@@ -238,15 +244,17 @@ def compute_embeddings(
     progress: ProgressFn | None = None,
     force: bool = False,
     root: Path | None = None,
+    amp: str = "auto",
 ) -> Embeddings:
     """Embeddings of every decodable image of ``ds`` (reused from disk when present).
 
     ``source``: 'pretrained' (ImageNet ``arch``) or a run dir/name (its own architecture
     and, unless ``preprocess`` is given, its own preprocessing). ``device`` None = the
-    configured device (GPU when present).
+    configured device (GPU when present). ``amp`` as in ``embed_arrays``; the precision is
+    part of the storage key (bf16 vectors are close to, not equal to, float32 ones).
     """
     from h2a.cache import build_cache
-    from h2a.device import describe_device, resolve_device
+    from h2a.device import amp_dtype, describe_device, resolve_device
 
     identity, label, run_dir = _source_identity(source, arch)
     pcfg = preprocess or (_run_preprocess(run_dir) if run_dir is not None else PreprocessConfig(size=128))
@@ -257,7 +265,9 @@ def compute_embeddings(
     from h2a.evaluation import input_norm
 
     norm = input_norm(arch, pcfg)
-    key = embedding_key(identity, ds.fingerprint, pcfg, norm)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(device, amp), "fp32")
+    key = embedding_key(identity, ds.fingerprint, pcfg, norm, precision)
     path = embedding_dir(ds.name, key, root)
     if not force:
         found = load_embeddings(path)
@@ -265,7 +275,6 @@ def compute_embeddings(
             report(progress, len(found), len(found), "embeddings reused from disk")
             return found
 
-    device = device if isinstance(device, torch.device) else resolve_device(device)
     src = resolve_source(source, arch=arch, preprocess=pcfg, device=device)
     model = src.model.to(device)
     if device.type == "cuda":
@@ -283,14 +292,14 @@ def compute_embeddings(
     for a in range(0, len(rows), chunk):
         images = cache.take(rows[a:a + chunk])
         parts.append(embed_arrays(model, images, src.norm, device, batch_size=batch_size,
-                                  progress=progress, offset=a, total=len(rows)))
+                                  progress=progress, offset=a, total=len(rows), amp=amp))
     X = np.concatenate(parts) if parts else np.zeros((0, model.num_features), np.float32)
     seconds = time.perf_counter() - t0
     index = {
         "version": EMBED_VERSION, "key": key, "source": label, "identity": identity, "arch": arch,
         "dataset": ds.name, "fingerprint": ds.fingerprint, "preprocess": pcfg.to_dict(), "norm": norm,
         "n": int(len(rows)), "dim": int(X.shape[1]), "n_failed_images": int((~cache.ok).sum()),
-        "device": describe_device(device), "seconds": round(seconds, 3),
+        "device": describe_device(device), "precision": precision, "seconds": round(seconds, 3),
         "images_per_s": round(len(rows) / seconds, 2) if seconds > 0 else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

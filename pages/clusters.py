@@ -2,7 +2,6 @@
 or by something else?"""
 
 import numpy as np
-import pandas as pd
 import plotly.express as px
 import streamlit as st
 from plotly.subplots import make_subplots
@@ -60,13 +59,17 @@ full = scores["full"]
 
 
 def _f(v, spec=".2f"):
-    return "n/a" if v is None else format(v, spec)
+    if v is None:
+        return "n/a"
+    text = format(v, spec)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
 
 
 # ------------------------------------------------------------------ scores
 st.subheader("Do the clusters follow sex?")
 cols = st.columns(5)
-cols[0].metric("ARI vs sex (map)", _f(scores["ari_sex"]), help="adjusted Rand index: 0 = chance, 1 = the clusters are the sexes")
+cols[0].metric("ARI vs sex (map)", _f(scores["ari_sex"]),
+               help="adjusted Rand index: 0 = chance, 1 = the clusters are the sexes")
 cols[1].metric("ARI vs sex (full)", _f(full["ari_sex"]), help="k-means on the full standardised/PCA embedding")
 cols[2].metric("NMI vs sex (map / full)", f"{_f(scores['nmi_sex'])} / {_f(full['nmi_sex'])}")
 cols[3].metric("Purity (map / full)", f"{_f(scores['purity_sex'])} / {_f(full['purity_sex'])}",
@@ -88,7 +91,8 @@ st.info(f"With k = {k}, the clusters follow sex **{verdict}** (ARI {_f(scores['a
 color = st.radio("Colour the map by", ["cluster", "cluster_full", "sex", "boneage"], horizontal=True, key="cl_color",
                  format_func={"cluster": "cluster (k-means on the map)", "cluster_full": "cluster (k-means on the full "
                               "embedding)", "sex": "sex", "boneage": "bone age"}.get)
-fig = cluster_map(frame, color, f"UMAP map of {len(frame):,} images (click a point; box or lasso select in the toolbar)")
+fig = cluster_map(frame, color,
+                  f"UMAP map of {len(frame):,} images (click a point; box or lasso select in the toolbar)")
 event = st.plotly_chart(fig, width="stretch", key="cl_map", on_select="rerun",
                         selection_mode=("points", "box", "lasso"))
 picked = selected_ids(event)
@@ -101,7 +105,8 @@ if picked:
                f"{sel['boneage'].mean():.0f} mo on average ({sel['boneage'].min():.0f}-{sel['boneage'].max():.0f})")
     image_grid(picked, paths, info)
 else:
-    st.caption("Click a point to see its radiograph, or drag a box or lasso on the map to see a group.")
+    st.caption("Click a point to see its radiograph, or pick box or lasso select in the map's toolbar and "
+               "draw around a group.")
 
 # ------------------------------------------------------------------ composition
 st.subheader("Cluster composition")
@@ -119,11 +124,13 @@ order = {"space": ["map", "full embedding"]}
 fig = px.box(long, x="k-means cluster", y="boneage", color="space", title="Bone age by cluster",
              labels={"boneage": "bone age (months)"}, category_orders=order)
 left.plotly_chart(style(fig), width="stretch")
-share = long.groupby(["space", "k-means cluster"])["sex"].apply(lambda s: 100 * (s == "male").mean()).reset_index(name="% male")
+share = (long[long["sex"] != "unknown"].groupby(["space", "k-means cluster"])["sex"]
+         .apply(lambda s: 100 * (s == "male").mean()).reset_index(name="% male"))
 fig = px.bar(share, x="k-means cluster", y="% male", color="space", barmode="group", title="Share male by cluster",
              category_orders=order)
-fig.add_hline(y=100 * float(np.nanmean(frame["male"])), line_dash="dash", line_color="#888",
-              annotation_text="whole dataset")
+if np.isfinite(frame["male"]).any():
+    fig.add_hline(y=100 * float(np.nanmean(frame["male"])), line_dash="dash", line_color="#888",
+                  annotation_text="whole dataset")
 right.plotly_chart(style(fig), width="stretch")
 
 # ------------------------------------------------------------------ choosing k

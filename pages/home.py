@@ -44,6 +44,10 @@ LINKS = [
      ":material/model_training:"),
     ("pages/evaluation.py", "Bone-age evaluation: MAE by sex and age, Bland-Altman, worst cases, Grad-CAM, run comparison",
      ":material/query_stats:"),
+    ("pages/sex.py", "Sex from the image: ROC, calibration, AUC by age band, where the model looks",
+     ":material/wc:"),
+    ("pages/clusters.py", "Clusters of CNN embeddings: UMAP + k-means, do clusters follow sex or age?",
+     ":material/scatter_plot:"),
     ("pages/predict.py", "Predict bone age: upload PNG/JPEG/DICOM, bone age with interval, heatmap, SDS vs Greulich-Pyle, PDF",
      ":material/radiology:"),
 ]

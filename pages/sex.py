@@ -167,10 +167,10 @@ for title, cases in (("Confidently right", right_cases), ("Confidently wrong", w
             col.error(f"{row.id}: {exc}")
             continue
         predicted_male = row.p_male >= 0.5
-        heat = sex_evidence_cam(run_dir, u8, predicted_male)
+        heat = sex_evidence_cam(run_dir, u8, predicted_male, image_id=str(path))
         col.image(overlay(u8, heat, alpha=alpha), width="stretch",
                   caption=f"{row.id}: {'boy' if row.male else 'girl'}, P(male) {row.p_male:.2f}, "
                           f"{row.boneage:.0f} mo")
 
-st.download_button("Download predictions (CSV)", preds.to_csv(index=False).encode(), file_name=f"{pick}-sex-predictions.csv",
-                   mime="text/csv", key="sex_download")
+st.download_button("Download predictions (CSV)", preds.to_csv(index=False).encode(),
+                   file_name=f"{pick}-sex-predictions.csv", mime="text/csv", key="sex_download")

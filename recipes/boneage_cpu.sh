@@ -12,8 +12,8 @@ PY=${PY:-.venv/bin/python}
 start=$(date +%s)
 $PY -m h2a train --data "$DATA" --out "$RUN" --task boneage \
     --arch efficientnet_lite0 --pretrained --image-size 112 --resize squash \
-    --epochs 14 --time-budget 26 --batch-size 64 --lr 2e-3 --weight-decay 1e-4 \
-    --optimizer adamw --scheduler cosine --loss l1 --ema 0.998 \
+    --epochs 14 --time-budget 26 --batch-size 64 --lr 1e-3 --weight-decay 1e-4 \
+    --optimizer adamw --scheduler cosine --loss l1 \
     --amp bf16 --freeze 4 --holdout-fraction 0.1 --val-fraction 0.05 --workers 2 --seed 0
 $PY -m h2a evaluate --model "$RUN" --split holdout --tta --json | tee "$RUN/holdout.json"
 echo "wall time: $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"

@@ -134,6 +134,18 @@ def test_real_thumbnails(thumbs_dir: Path, tmp_path: Path) -> None:
     assert E.compute_embeddings(ds, "pretrained", preprocess=SMALL).from_cache
 
 
+def test_bf16_embeddings_are_stored_apart_and_close(small_demo: Path) -> None:
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no bf16 support")
+    ds = load_dataset(small_demo)
+    fp32 = E.compute_embeddings(ds, "pretrained", preprocess=SMALL, device="cpu")
+    assert E.compute_embeddings(ds, "pretrained", preprocess=SMALL, device="cpu", amp="off").key == fp32.key
+    bf16 = E.compute_embeddings(ds, "pretrained", preprocess=SMALL, device="cpu", amp="bf16")
+    assert bf16.key != fp32.key and bf16.from_cache is False and bf16.info["precision"] == "bf16"
+    cos = (fp32.X * bf16.X).sum(1) / (np.linalg.norm(fp32.X, axis=1) * np.linalg.norm(bf16.X, axis=1) + 1e-9)
+    assert cos.min() > 0.97 and not np.array_equal(fp32.X, bf16.X)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_embeddings_match_cpu(demo_dir: Path) -> None:
     ds = load_dataset(demo_dir)

@@ -117,7 +117,8 @@ def test_clusters_map_hover_and_box_select_in_chromium(server, browser) -> None:
 
     # box select from the toolbar, dragged across the whole plot area: the group's images appear
     chart.hover()
-    chart.locator('a[data-title="Box Select"]').click()
+    page.locator('[data-testid="stPlotlyChart"]', has_text="UMAP map").first.locator(
+        '.modebar-btn[data-title="Box Select"]').click()
     box = chart.locator(".nsewdrag").first.bounding_box()
     page.mouse.move(box["x"] + 5, box["y"] + 5)
     page.mouse.down()

@@ -155,7 +155,7 @@ def image_grid(ids: list[str], paths: pd.Series, info: pd.DataFrame, columns: in
             path = paths.get(ident)
             thumb = thumb_for(path, side=160) if isinstance(path, str) else "image not found"
             row = info.loc[ident] if ident in info.index else None
-            caption = ident if row is None else (f"{ident} · {row['sex']} · {row['boneage']:.0f} mo · c{row['cluster']}")
+            caption = ident if row is None else f"{ident} · {row['sex']} · {row['boneage']:.0f} mo · c{row['cluster']}"
             if isinstance(thumb, str):
                 st.error(f"{ident}: {thumb}")
             else:
@@ -190,8 +190,25 @@ def bands_for(preds: pd.DataFrame) -> pd.DataFrame:
     return by_age_band(preds)
 
 
-def sex_evidence_cam(run_dir: str | Path, image_u8: np.ndarray, toward_male: bool) -> np.ndarray:
-    """Grad-CAM of the evidence for the predicted sex (male: positive logit, female: negative)."""
+def sex_evidence_cam(run_dir: str | Path, image_u8: np.ndarray, toward_male: bool,
+                     image_id: str | None = None) -> np.ndarray:
+    """Grad-CAM of the evidence for the predicted sex (male: positive logit, female: negative).
+
+    With ``image_id`` (e.g. the file path) the map is cached per (run, model file, image,
+    direction), so moving a slider does not recompute it."""
+    from h2a.app.runs_ui import _mtime
+
+    if image_id is None:
+        return _sex_cam(str(run_dir), _mtime(str(run_dir)), None, toward_male, image_u8)
+    return _sex_cam_cached(str(run_dir), _mtime(str(run_dir)), str(image_id), toward_male, image_u8)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _sex_cam_cached(run_dir: str, mtime: float, image_id: str, toward_male: bool, _image_u8: np.ndarray) -> np.ndarray:
+    return _sex_cam(run_dir, mtime, image_id, toward_male, _image_u8)
+
+
+def _sex_cam(run_dir: str, mtime: float, image_id: str | None, toward_male: bool, image_u8: np.ndarray) -> np.ndarray:
     from h2a.app.runs_ui import loaded_run
     from h2a.cam import grad_cam
     from h2a.evaluation import to_input
