@@ -89,3 +89,22 @@ def tiny_run(demo_dir, workspace) -> Path:
                           lr=3e-3, workers=0, seed=0)
         train(cfg, log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def app_url(workspace, demo_dir, tiny_run) -> str:
+    """One `streamlit run` of the app for every browser test (a finished run already on disk)."""
+    from tests.browser import CHROMIUM, app_server
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (bash scripts/setup.sh --browser)")
+    with app_server(workspace / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def browser(app_url):
+    from tests.browser import chromium
+
+    with chromium() as b:
+        yield b

@@ -4,13 +4,7 @@ and the real page in headless Chromium with a file uploaded through the browser.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,24 +13,18 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from h2a.datasets import load_dataset
+from tests.browser import screenshot
 from tests.conftest import REPO
 from tests.corpus import PATIENT_ID, PATIENT_NAME, make_dicom
 
 PAGE = "pages/predict.py"
 
 
-def _registered() -> bool:
-    return PAGE in (REPO / "streamlit_app.py").read_text()
-
-
 def _app() -> AppTest:
-    """The page inside the app's navigation when registered there, else the page file alone."""
-    if _registered():
-        at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
-        at.run()
-        at.switch_page(PAGE)
-    else:
-        at = AppTest.from_file(str(REPO / PAGE), default_timeout=300)
+    """The page inside the app's navigation, as a user reaches it."""
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+    at.run()
+    at.switch_page(PAGE)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -172,63 +160,23 @@ def test_no_model_offers_to_train_instead_of_failing(monkeypatch, tmp_path, demo
 
 # ---------------------------------------------------------------- the real page in Chromium
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run"]
-SHOTS = REPO / ".h2a-screenshots"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
-def test_upload_in_chromium_shows_bone_age(tiny_run, demo_png) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    port = _free_port()
-    script, path = ("streamlit_app.py", "predict") if _registered() else (PAGE, "")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    log = open(Path(os.environ["H2A_WORKSPACE"]) / "streamlit-predict.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start")
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/{path}")
-            page.wait_for_selector('input[type="file"]', state="attached", timeout=120_000)
-            page.set_input_files('input[type="file"]', str(demo_png))
-            page.get_by_text("Sex (required)").wait_for(timeout=60_000)
-            page.get_by_text("male", exact=True).click()
-            page.get_by_role("button", name="Estimate bone age").click()
-            value = page.locator('[data-testid="stMetricValue"]').first
-            value.wait_for(timeout=180_000)
-            assert re.fullmatch(r"\d+\.\d", value.inner_text().strip())
-            page.wait_for_selector('[data-testid="stImage"] img', timeout=60_000)
-            assert page.locator('[data-testid="stException"]').count() == 0
-            assert "Traceback" not in page.inner_text("body")
-            SHOTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(SHOTS / "predict.png"), full_page=True)
-            browser.close()
-        assert not errors, errors
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+def test_upload_in_chromium_shows_bone_age(app_url, browser, demo_png) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{app_url}/predict")
+    page.wait_for_selector('input[type="file"]', state="attached", timeout=120_000)
+    page.set_input_files('input[type="file"]', str(demo_png))
+    page.get_by_text("Sex (required)").wait_for(timeout=60_000)
+    page.get_by_text("male", exact=True).click()
+    page.get_by_role("button", name="Estimate bone age").click()
+    value = page.locator('[data-testid="stMetricValue"]').first
+    value.wait_for(timeout=180_000)
+    assert re.fullmatch(r"\d+\.\d", value.inner_text().strip())
+    page.wait_for_selector('[data-testid="stImage"] img', timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "Traceback" not in page.inner_text("body")
+    screenshot(page, "predict")
+    page.close()
+    assert not errors, errors
