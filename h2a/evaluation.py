@@ -182,9 +182,11 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, boneage: np.ndarray 
     return out
 
 
-def predictions_frame(ids, y, pred, male, task: str) -> pd.DataFrame:
+def predictions_frame(ids, y, pred, male, task: str, boneage=None) -> pd.DataFrame:
     """One row per image, sorted worst first (largest error / most confident mistake)."""
     df = pd.DataFrame({"id": list(ids), "male": np.asarray(male, bool)})
+    if boneage is not None and task != "boneage":
+        df["boneage"] = np.asarray(boneage, float)
     if task == "boneage":
         df["boneage"] = np.asarray(y, float)
         df["predicted"] = np.asarray(pred, float)
@@ -254,8 +256,7 @@ def evaluate(
         preds = predictions_frame(labelled["id"], labelled["boneage"], out, male, "boneage")
     else:
         metrics = classification_metrics(male.astype(int), out, labelled["boneage"].to_numpy())
-        preds = predictions_frame(labelled["id"], male, out, male, "sex")
-        preds["boneage"] = labelled.set_index("id").loc[preds["id"], "boneage"].to_numpy()
+        preds = predictions_frame(labelled["id"], male, out, male, "sex", boneage=labelled["boneage"])
     metrics.update(run=run.path.name, data=str(data_path), split=split, flip_tta=flip_tta,
                    n_failed_images=int((~ok).sum()))
     return EvalResult(metrics, preds, run, cache, rows)

@@ -10,9 +10,8 @@ from h2a.app.charts import SEX_COLORS, style
 from h2a.app.cluster_ui import bands_for, bootstrap_for, sex_evidence_cam
 from h2a.app.runs_ui import evaluation
 from h2a.app.state import require_dataset
-from h2a.app.training_ui import curves, device_banner, runs_table, show_run, train_form
+from h2a.app.training_ui import curves, new_run_and_pick, show_run
 from h2a.cam import overlay
-from h2a.config import get_settings
 from h2a.datasets import load_dataset
 from h2a.imageio import ImageReadError, read_image
 from h2a.preprocess import PreprocessConfig, prepare
@@ -28,23 +27,9 @@ st.caption("A classifier sees only the radiograph (sex is the target, never an i
            "bone ages it works, and where in the hand it looks.")
 
 # ------------------------------------------------------------------ train or pick a run
-device_banner()
-table = runs_table("sex")
-with st.expander("New sex-classification run", expanded=table.empty):
-    started = train_form("sex", ds.root, ds.synthetic)
-    if started is not None:
-        st.session_state["sex_run"] = str(started)
-        table = runs_table("sex")
-if table.empty:
-    st.info("No sex-classification runs yet. Start one above: on the demo dataset a tiny_cnn at 64 px for 10 "
-            "epochs takes about a minute on a CPU. For the RSNA images see the README's CPU recipe.")
-    st.stop()
-
-names = table["run"].tolist()
-current = st.session_state.get("sex_run")
-current_name = current.rsplit("/", 1)[-1] if current else names[0]
-pick = st.selectbox("Run", names, index=names.index(current_name) if current_name in names else 0, key="sex_pick")
-run_dir = get_settings().models_dir / pick
+run_dir, table = new_run_and_pick(
+    "sex", ds, "No sex-classification runs yet. Start one above: on the demo dataset a tiny_cnn at 64 px for 10 "
+    "epochs takes about a minute on a CPU. For the RSNA images see the README's CPU recipe.")
 run = summarize(run_dir)
 if not run.has_model:
     show_run(run_dir, "sex")
@@ -62,14 +47,14 @@ source = c1.radio("Evaluate on", options, horizontal=True, key="sex_source",
                                "active": f"all images of {ds.name} with a known sex"}.get)
 tta = c2.checkbox("Flip test-time augmentation", key="sex_tta")
 try:
-    with st.spinner(f"Evaluating {pick}…"):
+    with st.spinner(f"Evaluating {run_dir.name}…"):
         metrics, preds = evaluation(run_dir, str(ds.root) if source == "active" else None,
                                     "all" if source == "active" else source, tta)
 except (ValueError, FileNotFoundError, KeyError) as exc:
-    st.error(f"{pick}: {exc}")
+    st.error(f"{run_dir.name}: {exc}")
     st.stop()
 if metrics.get("task") != "sex":
-    st.error(f"{pick} is not a sex-classification run.")
+    st.error(f"{run_dir.name} is not a sex-classification run.")
     st.stop()
 
 y = preds["male"].astype(int).to_numpy()
@@ -173,4 +158,4 @@ for title, cases in (("Confidently right", right_cases), ("Confidently wrong", w
                           f"{row.boneage:.0f} mo")
 
 st.download_button("Download predictions (CSV)", preds.to_csv(index=False).encode(),
-                   file_name=f"{pick}-sex-predictions.csv", mime="text/csv", key="sex_download")
+                   file_name=f"{run_dir.name}-sex-predictions.csv", mime="text/csv", key="sex_download")

@@ -190,3 +190,26 @@ def runs_table(task: str) -> pd.DataFrame:
             "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
         })
     return pd.DataFrame(rows)
+
+
+def new_run_and_pick(task: str, ds, empty_hint: str) -> tuple[Path, pd.DataFrame]:
+    """Device banner, the 'new run' form and the run picker shared by the task pages.
+
+    Stops the page with ``empty_hint`` while the task has no run; returns the picked run's
+    folder and the runs table."""
+    device_banner()
+    table = runs_table(task)
+    with st.expander(f"New {TASK_WORDS[task]} run", expanded=table.empty):
+        started = train_form(task, ds.root, ds.synthetic)
+        if started is not None:
+            st.session_state[f"{task}_run"] = str(started)
+            table = runs_table(task)
+    if table.empty:
+        st.info(empty_hint)
+        st.stop()
+    names = table["run"].tolist()
+    current = st.session_state.get(f"{task}_run")
+    current_name = Path(current).name if current else names[0]
+    pick = st.selectbox("Run", names, index=names.index(current_name) if current_name in names else 0,
+                        key=f"{task}_pick")
+    return get_settings().models_dir / pick, table
