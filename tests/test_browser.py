@@ -18,9 +18,9 @@ def test_page_in_chromium(app_url, browser, path: str, min_charts: int) -> None:
     page.goto(f"{app_url}/{path}")
     wait_idle(page)
     if min_charts:
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
-        visible = page.locator(".js-plotly-plot").count()
-        assert visible >= min_charts
+        # charts render one after another: wait for all of them, not the first
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {min_charts}",
+                               timeout=120_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
     body = page.inner_text("body")

@@ -203,6 +203,7 @@ def new_run_and_pick(task: str, ds, empty_hint: str) -> tuple[Path, pd.DataFrame
         started = train_form(task, ds.root, ds.synthetic)
         if started is not None:
             st.session_state[f"{task}_run"] = str(started)
+            st.session_state[f"{task}_pick"] = started.name  # show the new run, not the last one picked
             table = runs_table(task)
     if table.empty:
         st.info(empty_hint)
