@@ -21,4 +21,9 @@ PAGES = {
     ],
 }
 
-st.navigation(PAGES).run()
+st.session_state["_h2a_navigation"] = True  # pages check it: see h2a.app.state.app_page
+page = st.navigation(PAGES)
+goto = st.session_state.pop("_h2a_goto", None)
+if goto:
+    st.switch_page(goto)  # a page first reached outside the navigation comes back here
+page.run()

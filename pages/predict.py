@@ -7,9 +7,11 @@ import streamlit as st
 
 from h2a import RESEARCH_NOTE
 from h2a.app import predict_ui as ui
+from h2a.app.state import app_page
 from h2a.clinical import parse_date
 from h2a.report import batch_csv
 
+app_page()
 st.title("Predict bone age")
 st.caption("Upload one or more left-hand radiographs (PNG, JPEG, TIFF or DICOM). Sex is required; add the date "
            f"of birth and exam date (or the age) to compare with the Greulich-Pyle reference. {RESEARCH_NOTE}")

@@ -142,8 +142,33 @@ def sidebar_dataset() -> ActiveData:
     return active
 
 
+NAV_FLAG = "_h2a_navigation"
+GOTO = "_h2a_goto"
+
+
+def app_page() -> None:
+    """Make sure a page runs inside the app's navigation.
+
+    On a fresh server, a first request for e.g. /predict is routed by Streamlit to
+    pages/predict.py alone (no sidebar, no layout) until some session has run
+    st.navigation. Such a run hops to the entry point, which comes back to this page.
+    """
+    if st.session_state.get(NAV_FLAG):
+        return
+    import inspect
+
+    pages_dir = (Path(__file__).resolve().parents[2] / "pages").resolve()
+    for frame in inspect.stack():
+        path = Path(frame.filename).resolve()
+        if path.parent == pages_dir:
+            st.session_state[GOTO] = f"pages/{path.name}"
+            break
+    st.switch_page("streamlit_app.py")
+
+
 def require_dataset() -> ActiveData:
     """Sidebar + stop the page with a clear message when no dataset is usable."""
+    app_page()
     active = sidebar_dataset()
     if active.ds is None:
         st.warning(f"No usable dataset: {active.error}. Pick another one in the sidebar.")
