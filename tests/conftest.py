@@ -68,6 +68,18 @@ def labels_dir() -> Path:
     return _need(LABELS)
 
 
+def open_page(page: str):
+    """AppTest of the app switched to ``page``, as a user reaches it; fails on an exception."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+    at.run()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m h2a`` as a user would, in a subprocess."""
     full_env = dict(os.environ)

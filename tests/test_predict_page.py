@@ -14,20 +14,10 @@ from streamlit.testing.v1 import AppTest
 
 from h2a.datasets import load_dataset
 from tests.browser import screenshot
-from tests.conftest import REPO
+from tests.conftest import open_page
 from tests.corpus import PATIENT_ID, PATIENT_NAME, make_dicom
 
 PAGE = "pages/predict.py"
-
-
-def _app() -> AppTest:
-    """The page inside the app's navigation, as a user reaches it."""
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def _text(at: AppTest) -> str:
@@ -64,7 +54,7 @@ def _submit(at: AppTest) -> AppTest:
 
 
 def test_png_upload_predicts_with_chart_heatmap_and_pdf(tiny_run, upload_files) -> None:
-    at = _app()
+    at = open_page(PAGE)
     at.file_uploader(key="predict_files").set_value(("hand.png", upload_files["png"], "image/png")).run()
     radio = at.radio[0]
     assert radio.label == "Sex (required)" and radio.value is None  # never defaulted
@@ -91,7 +81,7 @@ def test_png_upload_predicts_with_chart_heatmap_and_pdf(tiny_run, upload_files) 
 
 
 def test_dicom_prefills_sex_and_dates(tiny_run, upload_files) -> None:
-    at = _app()
+    at = open_page(PAGE)
     at.file_uploader(key="predict_files").set_value(("hand.dcm", upload_files["dcm"], "application/dicom")).run()
     assert at.radio[0].value == "female"  # from PatientSex, for the user to confirm
     dates = {d.label: d.value for d in at.date_input}
@@ -109,7 +99,7 @@ def test_dicom_prefills_sex_and_dates(tiny_run, upload_files) -> None:
 
 
 def test_batch_table_shows_errors_per_file(tiny_run, upload_files) -> None:
-    at = _app()
+    at = open_page(PAGE)
     at.file_uploader(key="predict_files").set_value([
         ("hand.dcm", upload_files["dcm"], "application/dicom"),
         ("nosex.png", upload_files["png"], "image/png"),
@@ -141,7 +131,7 @@ def test_no_model_offers_to_train_instead_of_failing(monkeypatch, tmp_path, demo
 
     models = tmp_path / "no-models"
     monkeypatch.setenv("H2A_MODELS_DIR", str(models))
-    at = _app()
+    at = open_page(PAGE)
     assert any("no trained bone-age model" in w.value.lower() for w in at.warning)
     [train] = [b for b in at.button if b.label == "Train a quick model in the background"]
     assert not at.file_uploader  # nothing to predict with yet
