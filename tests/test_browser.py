@@ -42,16 +42,18 @@ def test_gallery_filter_in_chromium(app_url, browser) -> None:
     page.close()
 
 
-def test_first_visit_to_a_page_url_gets_the_whole_app(demo_dir, workspace) -> None:
+def test_first_visit_to_a_page_url_gets_the_whole_app(browser, workspace) -> None:
     """On a fresh server the first request for /population must still run inside the app's
     navigation (sidebar, dataset picker), not as a bare page file."""
-    from tests.browser import app_server, chromium
+    from tests.browser import app_server
 
-    with app_server(workspace / "streamlit-fresh.log") as url, chromium() as b:
-        page = b.new_page(viewport={"width": 1400, "height": 1200})
+    # a second, fresh server; the shared browser (one Playwright per process)
+    with app_server(workspace / "streamlit-fresh.log") as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
         page.goto(f"{url}/population")
         wait_idle(page)
         assert page.url.rstrip("/").endswith("/population")
         sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
         assert "Dataset" in sidebar and "Bone-age training" in sidebar
         assert page.get_by_role("heading", name="Population statistics").count() == 1
+        page.close()
