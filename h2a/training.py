@@ -440,6 +440,12 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, log=print) -> di
         writer.update(force=True, status=status, message=message or state.get("message", ""))
         tracker.close(status)
         if env.enabled and dist.is_initialized():
+            # Leave together: a rank that tears gloo down while rank 0 still writes the
+            # run's metadata can abort the whole job at exit.
+            try:
+                dist.barrier()
+            except Exception:  # noqa: BLE001 - a peer already gone; nothing left to sync
+                pass
             dist.destroy_process_group()
 
 
