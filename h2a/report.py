@@ -66,28 +66,33 @@ class _Report(FPDF):
                   align="C")
 
 
-def _numbers(result) -> list[tuple[str, str]]:
+def clinical_rows(result, *, short: bool = False) -> list[tuple[str, str]]:
+    """Sex and the Greulich-Pyle assessment as (label, value) rows: one wording for the
+    page's table (``short`` units) and the PDF."""
+    mo, yr = ("mo", "y") if short else ("months", "years")
     a = result.assessment
+    rows = [("Sex", f"{result.sex} ({'from the DICOM header' if result.sex_source == 'dicom' else 'entered'})")]
+    if a is None:
+        return rows + [("Chronological age", "not given: bone age only, no SDS")]
+    return rows + [
+        ("Chronological age", f"{a.ca_months:.1f} {mo} ({months_to_text(a.ca_months)})"),
+        ("Age from", str(result.chronological_age_source)),
+        ("BA - CA", f"{a.ba_minus_ca_months:+.1f} {mo} ({a.ba_minus_ca_years:+.2f} {yr})"),
+        ("GP mean at CA", f"{a.reference_mean_months:.1f} {mo}"),
+        ("GP SD at CA", f"{a.reference_sd_months:.2f} {mo}"),
+        ("SDS", f"{a.sds:+.2f}"),
+        ("Classification", a.classification),
+    ]
+
+
+def _numbers(result) -> list[tuple[str, str]]:
     lo, hi = result.interval_months
     src = {"tta": "test-time augmentation spread", "validation rmse": "validation RMSE (larger than the TTA spread)"}
-    rows = [
+    return [
         ("Bone age", f"{result.bone_age_months:.1f} months ({months_to_text(result.bone_age_months)})"),
         ("95% interval", f"{lo:.1f} - {hi:.1f} months"),
         ("Interval from", src.get(result.interval_source, str(result.interval_source))),
-        ("Sex", f"{result.sex} ({'from the DICOM header' if result.sex_source == 'dicom' else 'entered'})"),
-    ]
-    if a is not None:
-        rows += [
-            ("Chronological age", f"{a.ca_months:.1f} months ({months_to_text(a.ca_months)})"),
-            ("Age from", str(result.chronological_age_source)),
-            ("BA - CA", f"{a.ba_minus_ca_months:+.1f} months ({a.ba_minus_ca_years:+.2f} years)"),
-            ("GP mean / SD at CA", f"{a.reference_mean_months:.1f} / {a.reference_sd_months:.2f} months"),
-            ("SDS", f"{a.sds:+.2f}"),
-            ("Classification", a.classification),
-        ]
-    else:
-        rows.append(("Chronological age", "not given: bone age only, no SDS"))
-    return rows
+    ] + clinical_rows(result)
 
 
 def _chart(pdf: FPDF, result, x: float, y: float, w: float, h: float) -> None:

@@ -80,3 +80,13 @@ def wait_idle(page, timeout: float = 240) -> None:
 def screenshot(page, name: str) -> None:
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def open_page(browser, url: str, height: int = 1000):
+    """A new page at ``url``, settled; returns (page, errors) where errors collects JS errors."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    wait_idle(page)
+    return page, errors

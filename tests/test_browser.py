@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import screenshot, wait_idle
+from tests.browser import open_page, screenshot, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -12,11 +12,7 @@ pytestmark = pytest.mark.browser
 @pytest.mark.parametrize("path, min_charts", [("", 0), ("population", 2), ("preprocessing", 2), ("training", 1),
                                               ("evaluation", 4)])
 def test_page_in_chromium(app_url, browser, path: str, min_charts: int) -> None:
-    page = browser.new_page(viewport={"width": 1400, "height": 2600})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{app_url}/{path}")
-    wait_idle(page)
+    page, errors = open_page(browser, f"{app_url}/{path}", height=2600)
     if min_charts:
         # charts render one after another: wait for all of them, not the first
         page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {min_charts}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import screenshot, wait_idle
+from tests.browser import open_page, screenshot, wait_idle
 from tests.test_sex import make_sex_run
 
 
@@ -17,11 +17,7 @@ def urls(app_url, demo_dir, workspace) -> dict[str, str]:
 
 @pytest.mark.browser
 def test_clusters_map_hover_and_box_select_in_chromium(urls, browser) -> None:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(urls["clusters"])
-    wait_idle(page)
+    page, errors = open_page(browser, urls["clusters"], height=1000)
     chart = page.locator(".js-plotly-plot", has_text="UMAP map").first
     chart.wait_for(timeout=120_000)
     chart.scroll_into_view_if_needed()
@@ -66,11 +62,7 @@ def test_clusters_map_hover_and_box_select_in_chromium(urls, browser) -> None:
 
 @pytest.mark.browser
 def test_sex_page_in_chromium(urls, browser) -> None:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(urls["sex"])
-    wait_idle(page)
+    page, errors = open_page(browser, urls["sex"], height=1000)
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000, state="attached")
     page.locator(".js-plotly-plot", has_text="ROC curve").first.wait_for(timeout=60_000)
     assert page.locator(".js-plotly-plot").count() >= 5

@@ -19,7 +19,7 @@ import streamlit as st
 
 from h2a import RESEARCH_NOTE
 from h2a.app.charts import style
-from h2a.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, months_to_text, reference_band
+from h2a.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, reference_band
 from h2a.config import get_settings
 from h2a.predict import PredictionResult, Predictor, header_facts
 from h2a.runs import FINAL_STATES, MODEL, RunSummary, list_runs
@@ -176,18 +176,11 @@ def bone_age_chart(res: PredictionResult) -> go.Figure:
 
 
 def _numbers_frame(res: PredictionResult) -> pd.DataFrame:
-    a = res.assessment
-    rows = [("Sex", f"{res.sex} ({'from the DICOM header' if res.sex_source == 'dicom' else 'entered'})")]
-    if a is not None:
-        rows += [
-            ("Chronological age", f"{a.ca_months:.1f} mo ({months_to_text(a.ca_months)})"),
-            ("Age from", str(res.chronological_age_source)),
-            ("BA - CA", f"{a.ba_minus_ca_months:+.1f} mo ({a.ba_minus_ca_years:+.2f} y)"),
-            ("GP mean at this age", f"{a.reference_mean_months:.1f} mo"),
-            ("GP SD at this age", f"{a.reference_sd_months:.2f} mo"),
-            ("SDS", f"{a.sds:+.2f}"),
-            ("Classification", a.classification),
-        ]
+    from h2a.report import clinical_rows
+
+    rows = clinical_rows(res, short=True)
+    if res.assessment is None:
+        rows = rows[:1]  # the page says "no chronological age" in its own panel
     rows.append(("TTA SD", f"{res.tta_sd_months:.2f} mo ({res.tta} copies)"))
     if res.rmse_months is not None:
         rows.append(("Validation RMSE", f"{res.rmse_months:.2f} mo"))
