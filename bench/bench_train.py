@@ -6,8 +6,13 @@ step time spent waiting for data when batches come from the tensor cache.
 
 Prints one line per (model, size): images/s of a full training step on random tensors
 (compute only), images/s through the real DataLoader path, and data-wait share
-(target < 10% with the cache). On CUDA the step runs with bf16 autocast and
-channels_last, as the engine does.
+(target < 10% with the cache). The step uses the engine's precision and memory format
+(CUDA: bf16 autocast + channels_last; CPU: float32 channels_last).
+
+    .venv/bin/python bench/bench_train.py --models efficientnet_lite0 --sizes 112 128 --cpu-variants
+
+On CPU, --cpu-variants times every (precision, memory format) pair, with ratios against
+float32 NCHW measured in the same run: how the engine's CPU choice was made.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from h2a.cache import CachedImageDataset, build_cache  # noqa: E402
 from h2a.datasets import load_dataset  # noqa: E402
-from h2a.device import amp_dtype, describe_device, resolve_device  # noqa: E402
+from h2a.device import amp_dtype, describe_device, resolve_device, use_channels_last  # noqa: E402
 from h2a.evaluation import input_norm, to_input  # noqa: E402
 from h2a.models import create_model  # noqa: E402
 from h2a.preprocess import PreprocessConfig, augmentation  # noqa: E402
@@ -38,18 +43,20 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(arch: str, size: int, data: Path | None, steps: int, batch: int, workers: int, device: torch.device,
-          cpu_bf16: bool) -> dict:
+          cpu_bf16: bool, channels_last: bool | None = None) -> dict:
     model = create_model(arch, "boneage", pretrained=False).to(device)
-    if device.type == "cuda":
+    adtype = amp_dtype(device) or (torch.bfloat16 if cpu_bf16 else None)
+    if channels_last is None:
+        channels_last = use_channels_last(device, adtype)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    adtype = amp_dtype(device) or (torch.bfloat16 if cpu_bf16 else None)
     cfg = PreprocessConfig(size=size)
     norm = input_norm(arch, cfg)
 
     def step(u8: torch.Tensor, sex: torch.Tensor, y: torch.Tensor) -> None:
         x = to_input(u8.to(device, non_blocking=True), norm)
-        if device.type == "cuda":
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(device.type, dtype=adtype) if adtype is not None else nullcontext()
         with ctx:
@@ -106,11 +113,24 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default=None)
     p.add_argument("--cpu-bf16", action="store_true", help="also autocast to bf16 on CPU (AMX machines)")
+    p.add_argument("--cpu-variants", action="store_true",
+                   help="on CPU: time fp32/bf16 x NCHW/NHWC, ratios vs fp32 NCHW (no DataLoader pass)")
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
     print(f"device: {describe_device(device)}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
           f"batch {args.batch_size}; DataLoader workers {args.workers}")
+    if args.cpu_variants and device.type == "cpu":
+        for arch in args.models:
+            for size in args.sizes:
+                base = None
+                for bf16, nhwc in ((False, False), (False, True), (True, False), (True, True)):
+                    r = bench(arch, size, None, args.steps, args.batch_size, 0, device, bf16, nhwc)
+                    base = base or r["compute_img_s"]
+                    label = f"{'bf16' if bf16 else 'fp32'} {'NHWC' if nhwc else 'NCHW'}"
+                    print(f"{arch:<20} {size:>4} px  {label}  {r['compute_img_s']:7.1f} img/s "
+                          f"(x{r['compute_img_s'] / base:4.2f} vs fp32 NCHW)", flush=True)
+        return
     base = None
     for arch in args.models:
         for size in args.sizes:

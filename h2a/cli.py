@@ -184,6 +184,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout-fraction", type=float, default=0.0,
                    help="share set aside first and never trained or tuned on (evaluate with --split holdout)")
     p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0 = off)")
+    p.add_argument("--bn-momentum", type=float, default=0.1, metavar="M",
+                   help="BatchNorm running-stat momentum while training (default 0.1)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights (e.g. 0.998)")
     p.add_argument("--max-train-images", type=int, default=None)
@@ -234,7 +236,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, optimizer=args.optimizer, scheduler=args.scheduler, loss=args.loss,
         init_from=args.init_from, freeze=args.freeze, split=args.split, val_fraction=args.val_fraction,
         holdout_fraction=args.holdout_fraction, patience=args.patience, seed=args.seed, workers=args.workers,
-        device=args.device or get_settings().device, amp=args.amp, ema=args.ema, max_train_images=args.max_train_images,
+        device=args.device or get_settings().device, amp=args.amp, ema=args.ema, bn_momentum=args.bn_momentum,
+        max_train_images=args.max_train_images,
     )
     try:
         meta = train(cfg, log=log)
@@ -253,7 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from h2a.evaluation import evaluate
 
     try:
-        result = evaluate(args.model, args.data, split=args.split, flip_tta=args.tta,
+        result = evaluate(args.model, args.data, split=args.split, flip_tta=args.tta, tta_views=args.tta_views,
                           progress=None if args.json else StderrProgress("evaluate"))
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
@@ -350,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["all", "validation", "holdout"], default=None,
                    help="all labelled images (default for another folder) or the run's validation/holdout ids")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--tta-views", type=int, default=0, metavar="N",
+                   help="also average N augmented copies (the run's own augmentation ranges)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

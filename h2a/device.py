@@ -45,3 +45,10 @@ def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
             raise RuntimeError("--amp bf16 on CPU needs a processor with bf16 support (AVX512-BF16 or AMX)")
         return torch.bfloat16
     return None
+
+
+def use_channels_last(device: torch.device, dtype: torch.dtype | None) -> bool:
+    """NHWC for convolutions: on CUDA always (tensor cores); on CPU only in float32, where
+    oneDNN's NHWC kernels train EfficientNet-Lite0 ~1.6x faster than NCHW, while its bf16
+    NHWC depthwise backward is ~2x slower (bench/bench_train.py --cpu-variants)."""
+    return device.type == "cuda" or dtype is None

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from h2a.models import H2AModel, create_model, model_info
-from h2a.preprocess import PreprocessConfig
+from h2a.preprocess import PreprocessConfig, augment_samples
 from h2a.progress import ProgressFn, report
 from h2a.runs import METADATA, MODEL, read_json, safe_load
 
@@ -89,26 +89,38 @@ def predict_arrays(
     *,
     batch_size: int = 64,
     flip_tta: bool = False,
+    augment: PreprocessConfig | None = None,
+    views: int = 0,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Raw model outputs for uint8 images (N,H,W) (a cache memmap slice works).
 
-    ``flip_tta`` averages the output over the image and its horizontal mirror.
+    ``flip_tta`` averages the output over the image and its horizontal mirror; ``views``
+    more copies drawn with ``augment``'s ranges (seeded, so reruns agree) join the mean.
     """
     model.eval()
     n = len(images)
     out = np.empty(n, dtype=np.float32)
+    extra = views if augment is not None else 0
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        x = torch.from_numpy(np.ascontiguousarray(images[start:stop]))[:, None].to(device)
-        x = to_input(x, norm)
+        u8 = np.ascontiguousarray(images[start:stop])
+        x = to_input(torch.from_numpy(u8)[:, None].to(device), norm)
         s = None
         if model.use_sex:
             s = torch.as_tensor(sex[start:stop], dtype=torch.float32, device=device)
         y = model(x, s).float()
+        count = 1
         if flip_tta:
-            y = (y + model(torch.flip(x, dims=[3]), s).float()) / 2
-        out[start:stop] = y.cpu().numpy()
+            y = y + model(torch.flip(x, dims=[3]), s).float()
+            count += 1
+        if extra:
+            copies = np.stack([augment_samples(im, augment, n=extra, seed=start + i) for i, im in enumerate(u8)], 1)
+            for v in range(extra):
+                xv = to_input(torch.from_numpy(np.ascontiguousarray(copies[v]))[:, None].to(device), norm)
+                y = y + model(xv, s).float()
+            count += extra
+        out[start:stop] = (y / count).cpu().numpy()
         report(progress, stop, n, "predicting")
     return out
 
@@ -215,6 +227,7 @@ def evaluate(
     *,
     split: str | None = None,
     flip_tta: bool = False,
+    tta_views: int = 0,
     device: torch.device | None = None,
     progress: ProgressFn | None = None,
 ) -> EvalResult:
@@ -222,7 +235,8 @@ def evaluate(
 
     ``data`` None means the run's own dataset. ``split``: 'all' (every labelled image,
     the default for another folder), 'validation' or 'holdout' (the run's saved ids,
-    the default for its own folder is 'validation').
+    the default for its own folder is 'validation'). ``tta_views`` adds that many
+    augmented copies (the run's own augmentation ranges) to the averaged prediction.
     """
     from h2a.cache import build_cache
     from h2a.datasets import load_dataset
@@ -249,7 +263,7 @@ def evaluate(
     labelled, rows = labelled[ok], rows[ok]
     male = labelled["male"].astype(bool).to_numpy()
     raw = predict_arrays(run.model, cache.take(rows), male.astype(np.float32), run.norm, run.device,
-                         flip_tta=flip_tta, progress=progress)
+                         flip_tta=flip_tta, augment=run.preprocess, views=tta_views, progress=progress)
     out = run.to_output(raw)
     if run.task == "boneage":
         metrics = regression_metrics(labelled["boneage"].to_numpy(), out, male)
@@ -257,6 +271,6 @@ def evaluate(
     else:
         metrics = classification_metrics(male.astype(int), out, labelled["boneage"].to_numpy())
         preds = predictions_frame(labelled["id"], male, out, male, "sex", boneage=labelled["boneage"])
-    metrics.update(run=run.path.name, data=str(data_path), split=split, flip_tta=flip_tta,
+    metrics.update(run=run.path.name, data=str(data_path), split=split, flip_tta=flip_tta, tta_views=tta_views,
                    n_failed_images=int((~ok).sum()))
     return EvalResult(metrics, preds, run, cache, rows)

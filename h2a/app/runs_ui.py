@@ -32,16 +32,19 @@ def loaded_run(run_dir: str | Path):
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _evaluation(run_dir: str, mtime: float, data: str | None, split: str | None, tta: bool) -> tuple[dict, pd.DataFrame]:
+def _evaluation(run_dir: str, mtime: float, data: str | None, split: str | None, tta: bool,
+                views: int) -> tuple[dict, pd.DataFrame]:
     from h2a.evaluation import evaluate
 
-    result = evaluate(run_dir, data, split=split, flip_tta=tta)
+    result = evaluate(run_dir, data, split=split, flip_tta=tta, tta_views=views)
     return result.metrics, result.predictions
 
 
-def evaluation(run_dir: str | Path, data: str | None, split: str | None, tta: bool) -> tuple[dict, pd.DataFrame]:
-    """(metrics, predictions) of a run on data, computed once per input combination."""
-    return _evaluation(str(run_dir), _mtime(str(run_dir)), data, split, tta)
+def evaluation(run_dir: str | Path, data: str | None, split: str | None, tta: bool,
+               views: int = 0) -> tuple[dict, pd.DataFrame]:
+    """(metrics, predictions) of a run on data, computed once per input combination;
+    ``views`` augmented copies join the averaged prediction (0 = none)."""
+    return _evaluation(str(run_dir), _mtime(str(run_dir)), data, split, tta, int(views))
 
 
 def cam_for(run_dir: str | Path, image_u8: np.ndarray, male: bool) -> np.ndarray:
