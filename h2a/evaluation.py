@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from h2a.device import use_channels_last
 from h2a.models import H2AModel, create_model, model_info
 from h2a.preprocess import PreprocessConfig, augment_samples
 from h2a.progress import ProgressFn, report
@@ -75,11 +76,15 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> LoadedR
     model = create_model(name, pretrained=False, **kwargs)
     model.load_state_dict(safe_load(run_dir / MODEL))
     model.to(device).eval()
+    if use_channels_last(device, None):
+        # float32 inference: NHWC weights make oneDNN/cuDNN run every conv NHWC whatever the
+        # input's layout, ~1.8x the images/s of NCHW for Lite0 on a 2-core CPU.
+        model.to(memory_format=torch.channels_last)
     cfg = PreprocessConfig.from_dict(meta["preprocess"])
     return LoadedRun(run_dir, model, meta, cfg, input_norm(name, cfg), device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_arrays(
     model: H2AModel,
     images: np.ndarray,
@@ -87,7 +92,7 @@ def predict_arrays(
     norm: tuple[float, float] | None,
     device: torch.device,
     *,
-    batch_size: int = 64,
+    batch_size: int = 32,  # on CPU 32 beat 64 and 128 (cache-resident activations)
     flip_tta: bool = False,
     augment: PreprocessConfig | None = None,
     views: int = 0,

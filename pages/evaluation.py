@@ -36,10 +36,11 @@ source = c1.radio("Evaluate on", ["validation", "holdout", "active"], horizontal
                   format_func={"validation": "the run's validation split", "holdout": "the run's held-out test split",
                                "active": f"all labelled images of {ds.name}"}.get)
 tta = c2.checkbox("Flip test-time augmentation", key="eval_tta")
-views = int(c2.number_input("Augmented copies", 0, 16, 0, key="eval_views",
+views = int(c2.number_input("Augmented copies", 0, 32, 0, key="eval_views",
                             help="Also average this many copies drawn with the run's own augmentation ranges "
-                                 "(seeded, so the figure is reproducible). 6 copies took the CPU recipe run's validation "
-                                 "MAE from 10.2 to 9.6 months."))
+                                 "(seeded, so the figure is reproducible; each copy costs one more forward pass). "
+                                 "On the CPU recipe run's validation split, with the mirror: 0 copies MAE 9.8, "
+                                 "8 copies 9.3, 16 copies 9.2 months."))
 
 
 def _evaluate(name: str):
