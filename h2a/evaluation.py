@@ -40,6 +40,13 @@ def to_input(u8: torch.Tensor, norm: tuple[float, float] | None) -> torch.Tensor
     return (x - norm[0]) / norm[1]
 
 
+def array_input(u8: np.ndarray, norm: tuple[float, float] | None, device: torch.device) -> torch.Tensor:
+    """uint8 numpy image (H,W) or batch (N,H,W) -> normalised (N,1,H,W) on the device; a
+    cache memmap slice works (it is copied once, contiguously)."""
+    t = torch.from_numpy(np.ascontiguousarray(u8))
+    return to_input((t[None, None] if t.ndim == 2 else t[:, None]).to(device), norm)
+
+
 # ---------------------------------------------------------------- loading a run
 
 @dataclass
@@ -110,7 +117,7 @@ def predict_arrays(
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         u8 = np.ascontiguousarray(images[start:stop])
-        x = to_input(torch.from_numpy(u8)[:, None].to(device), norm)
+        x = array_input(u8, norm, device)
         s = None
         if model.use_sex:
             s = torch.as_tensor(sex[start:stop], dtype=torch.float32, device=device)
@@ -122,8 +129,7 @@ def predict_arrays(
         if extra:
             copies = np.stack([augment_samples(im, augment, n=extra, seed=start + i) for i, im in enumerate(u8)], 1)
             for v in range(extra):
-                xv = to_input(torch.from_numpy(np.ascontiguousarray(copies[v]))[:, None].to(device), norm)
-                y = y + model(xv, s).float()
+                y = y + model(array_input(copies[v], norm, device), s).float()
             count += extra
         out[start:stop] = (y / count).cpu().numpy()
         report(progress, stop, n, "predicting")

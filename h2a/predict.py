@@ -59,7 +59,7 @@ from h2a.clinical import (
     REFERENCE_LIMITS, REFERENCE_NAME, Assessment, assess, chronological_age_months,
     parse_date,
 )
-from h2a.evaluation import LoadedRun, load_run, to_input
+from h2a.evaluation import LoadedRun, array_input, load_run
 from h2a.imageio import ImageInfo, ImageReadError, read_header, read_image, to_uint8
 from h2a.preprocess import PreprocessConfig, augment_samples, prepare
 from h2a.progress import ProgressFn, report
@@ -379,8 +379,8 @@ def _reference_images(run: LoadedRun, n_train: int, n_val: int, seed: int = 0) -
 def _embed(run: LoadedRun, images: np.ndarray, batch: int = 64) -> np.ndarray:
     feats = []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch]))[:, None].to(run.device)
-        feats.append(run.model.forward_features(to_input(x, run.norm)).float().cpu().numpy())
+        x = array_input(images[i:i + batch], run.norm, run.device)
+        feats.append(run.model.forward_features(x).float().cpu().numpy())
     return np.concatenate(feats) if feats else np.zeros((0, run.model.num_features), np.float32)
 
 
@@ -621,7 +621,7 @@ class Predictor:
     @torch.no_grad()
     def forward(run: LoadedRun, batch_u8: np.ndarray, male: bool) -> tuple[np.ndarray, np.ndarray]:
         """Months for each copy and the embedding of copy 0."""
-        x = to_input(torch.from_numpy(np.ascontiguousarray(batch_u8))[:, None].to(run.device), run.norm)
+        x = array_input(batch_u8, run.norm, run.device)
         feats = run.model.forward_features(x)
         sex = torch.full((len(x),), float(male), device=run.device) if run.model.use_sex else None
         raw = run.model.forward_head(feats, sex).float().cpu().numpy()
@@ -631,7 +631,7 @@ class Predictor:
     def cam(run: LoadedRun, u8: np.ndarray, male: bool) -> np.ndarray:
         from h2a.cam import grad_cam
 
-        x = to_input(torch.from_numpy(np.ascontiguousarray(u8))[None, None].to(run.device), run.norm)
+        x = array_input(u8, run.norm, run.device)
         sex = torch.tensor([float(male)], device=run.device) if run.model.use_sex else None
         return grad_cam(run.model, x, sex)[0]
 

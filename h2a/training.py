@@ -4,9 +4,9 @@ The same ``train(cfg)`` runs from the CLI, from the app (as a background subproc
 the CLI) and under ``torchrun`` (DDP, rank-0 logging and saving). CUDA with bf16 autocast
 and channels_last when there is a GPU; on CPU float32 channels_last (1.6x faster than
 bf16 autocast for EfficientNet-Lite0 on AMX: oneDNN's bf16 depthwise backward is slow) or
-bf16 autocast on request. Every epoch ends with an
-atomic checkpoint, so a killed run resumes at the next epoch; a cancel flag file, a time
-budget, early stopping and a divergence guard end a run cleanly with a clear status.
+bf16 autocast on request. Every epoch ends with an atomic checkpoint, so a killed run
+resumes at the next epoch; a cancel flag file, a time budget, early stopping and a
+divergence guard end a run cleanly with a clear status.
 """
 
 from __future__ import annotations

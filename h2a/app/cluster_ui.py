@@ -15,7 +15,6 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
 from h2a.app.charts import SEX_COLORS, style
 from h2a.app.state import progress_callback, thumb_for
@@ -211,8 +210,8 @@ def _sex_cam_cached(run_dir: str, mtime: float, image_id: str, toward_male: bool
 def _sex_cam(run_dir: str, mtime: float, image_id: str | None, toward_male: bool, image_u8: np.ndarray) -> np.ndarray:
     from h2a.app.runs_ui import loaded_run
     from h2a.cam import grad_cam
-    from h2a.evaluation import to_input
+    from h2a.evaluation import array_input
 
     run = loaded_run(run_dir)
-    x = to_input(torch.from_numpy(np.ascontiguousarray(image_u8))[None, None].to(run.device), run.norm)
+    x = array_input(image_u8, run.norm, run.device)
     return grad_cam(run.model, x, None, negative=not toward_male)[0]

@@ -50,9 +50,9 @@ def evaluation(run_dir: str | Path, data: str | None, split: str | None, tta: bo
 def cam_for(run_dir: str | Path, image_u8: np.ndarray, male: bool) -> np.ndarray:
     """Grad-CAM heatmap (H, W) in [0, 1] of one preprocessed image under a run's model."""
     from h2a.cam import grad_cam
-    from h2a.evaluation import to_input
+    from h2a.evaluation import array_input
 
     run = loaded_run(run_dir)
-    x = to_input(torch.from_numpy(np.ascontiguousarray(image_u8))[None, None].to(run.device), run.norm)
+    x = array_input(image_u8, run.norm, run.device)
     sex = torch.tensor([1.0 if male else 0.0], device=run.device) if run.model.use_sex else None
     return grad_cam(run.model, x, sex)[0]
