@@ -165,6 +165,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="start from ImageNet weights (default)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false")
     p.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier (inception_v3, tiny_cnn)")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the regression/classification head")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop after this many minutes")
     p.add_argument("--batch-size", type=int, default=32)
@@ -188,6 +189,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="BatchNorm running-stat momentum while training (default 0.1)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights (e.g. 0.998)")
+    p.add_argument("--progressive-from", type=int, default=None, metavar="PX",
+                   help="progressive resizing: train batches start at PX and grow in 16 px steps to the image "
+                        "size, used for the last 30%% of the run (more epochs in a time budget)")
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -231,13 +235,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         pcfg = PreprocessConfig.from_dict({**pcfg.to_dict(), **aug})
     cfg = TrainConfig(
         data=args.data, out=args.out, task=args.task, arch=args.arch, pretrained=args.pretrained,
-        use_sex=args.use_sex and args.task == "boneage", width_mult=args.width_mult, preprocess=pcfg.to_dict(),
+        use_sex=args.use_sex and args.task == "boneage", width_mult=args.width_mult, dropout=args.dropout, preprocess=pcfg.to_dict(),
         epochs=args.epochs, time_budget_min=args.time_budget, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, optimizer=args.optimizer, scheduler=args.scheduler, loss=args.loss,
         init_from=args.init_from, freeze=args.freeze, split=args.split, val_fraction=args.val_fraction,
         holdout_fraction=args.holdout_fraction, patience=args.patience, seed=args.seed, workers=args.workers,
         device=args.device or get_settings().device, amp=args.amp, ema=args.ema, bn_momentum=args.bn_momentum,
-        max_train_images=args.max_train_images,
+        progressive_from=args.progressive_from, max_train_images=args.max_train_images,
     )
     try:
         meta = train(cfg, log=log)

@@ -225,3 +225,26 @@ def test_bn_momentum_replaces_lite0s_tf_value(demo_dir: Path, workspace: Path) -
     assert all(m.momentum == 0.1 for m in bns)
     with pytest.raises(TrainingError, match="bn_momentum"):
         train(_cfg(demo_dir, workspace / "models" / "bn0", bn_momentum=0.0))
+
+
+def test_progressive_resizing_grows_to_the_full_size(demo_dir: Path, workspace: Path) -> None:
+    import torch
+
+    from h2a.training import progressive_size, resize_batch
+
+    sizes = [progressive_size(96, 128, p / 100) for p in range(101)]
+    assert sizes[0] == 96 and sizes == sorted(sizes) and set(sizes) == {96, 112, 128}
+    assert sizes[69] < 128 == sizes[70]  # the last 30% of the run trains at full size
+    assert progressive_size(None, 128, 0.1) == 128
+    assert resize_batch(torch.zeros(2, 1, 64, 64), 32).shape == (2, 1, 32, 32)
+
+    out = workspace / "models" / "progressive"
+    meta = train(_cfg(demo_dir, out, epochs=4, preprocess=PreprocessConfig(size=64).to_dict(), progressive_from=32),
+                 log=lambda m: None)
+    # Batch sizes follow the steps done: 32 px early, 48 px mid-run, 64 px for the last 30%.
+    assert [h["train_size"] for h in meta["history"]] == [32, 48, 64, 64]
+    assert meta["train_config"]["progressive_from"] == 32
+    losses = [h["train_loss"] for h in meta["history"]]
+    assert losses[-1] < losses[0] and np.isfinite(meta["metrics"]["mae"])  # still learns across the size changes
+    with pytest.raises(TrainingError, match="progressive"):
+        train(_cfg(demo_dir, workspace / "models" / "progressive-bad", progressive_from=48))

@@ -83,6 +83,14 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
         init_from = c2.selectbox("Warm start from", ["(none)"] + [r.name for r in finished], key=f"{task}_init")
         freeze = c3.number_input("Freeze first N blocks", 0, 20, 0, key=f"{task}_freeze")
         patience = c4.number_input("Early stopping patience", 0, 100, 0, key=f"{task}_patience")
+        c1, c2, c3, c4 = st.columns(4)
+        progressive = c1.selectbox("Progressive resizing from (px)", ["off", 64, 96, 128, 192, 256, 384],
+                                   key=f"{task}_progressive",
+                                   help="early batches are trained smaller and grow in 16 px steps to the image "
+                                        "size, which the last 30% of the run uses: more epochs in a time budget")
+        bn_momentum = c2.number_input("BatchNorm momentum", 0.001, 1.0, 0.1, format="%.3f", key=f"{task}_bn",
+                                      help="0.1 lets the running statistics follow radiographs quickly; "
+                                           "EfficientNet-Lite0 ships TensorFlow's 0.01")
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return None
@@ -101,7 +109,8 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
         time_budget_min=float(budget) or None, batch_size=int(batch), lr=float(lr), optimizer=optimizer,
         scheduler=scheduler, loss=loss, init_from=None if init_from == "(none)" else init_from, freeze=int(freeze),
         split=split, val_fraction=float(val_fraction), holdout_fraction=float(holdout), patience=int(patience),
-        workers=min(4, settings.workers),
+        workers=min(4, settings.workers), bn_momentum=float(bn_momentum),
+        progressive_from=None if progressive == "off" else int(progressive),
     )
     try:
         run_dir = start_training(cfg)
@@ -161,6 +170,7 @@ def show_run(run_dir: Path, task: str) -> None:
         st.progress(frac_epochs, text=f"epoch {epoch}/{epochs} · ETA {_eta(p.get('eta_s')) if s not in FINAL_STATES else '-'}")
         if batches:
             st.progress(min(1.0, batch / batches), text=f"batch {batch}/{batches}"
+                        + (f" · {p['train_size']} px" if p.get("train_size") else "")
                         + (f" · data wait {100 * p.get('data_wait_share', 0):.0f}%" if p.get("data_wait_share") is not None else ""))
         if p.get("history"):
             st.plotly_chart(curves(p["history"], task), width="stretch", key=f"curves-{run_dir.name}")
