@@ -13,6 +13,12 @@ Prints one line per (model, size): images/s of a full training step on random te
 
 On CPU, --cpu-variants times every (precision, memory format) pair, with ratios against
 float32 NCHW measured in the same run: how the engine's CPU choice was made.
+
+    .venv/bin/python bench/bench_train.py --models efficientnet_lite0 --sizes 128 --batch-size 32 16 64 --rounds 3
+
+Several batch sizes are timed over the same number of images each (--steps at the first
+batch size), --rounds times in turn, and the median printed with its ratio against the
+first: on small CPUs the fastest batch per image is not the largest (cache-bound).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ def bench(arch: str, size: int, data: Path | None, steps: int, batch: int, worke
         channels_last = use_channels_last(device, adtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the engine
     cfg = PreprocessConfig(size=size)
     norm = input_norm(arch, cfg)
 
@@ -109,7 +115,10 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["tiny_cnn", "efficientnet_lite0", "resnet18"])
     p.add_argument("--sizes", nargs="+", type=int, default=[128])
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[32],
+                   help="one or more; each timed over the same number of images")
+    p.add_argument("--rounds", type=int, default=1, help="time every configuration this many times in turn; "
+                   "the median is printed (machines with noisy neighbours)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default=None)
     p.add_argument("--cpu-bf16", action="store_true", help="also autocast to bf16 on CPU (AMX machines)")
@@ -119,28 +128,34 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
     print(f"device: {describe_device(device)}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-          f"batch {args.batch_size}; DataLoader workers {args.workers}")
+          f"batch {' '.join(map(str, args.batch_size))}; DataLoader workers {args.workers}")
     if args.cpu_variants and device.type == "cpu":
         for arch in args.models:
             for size in args.sizes:
                 base = None
                 for bf16, nhwc in ((False, False), (False, True), (True, False), (True, True)):
-                    r = bench(arch, size, None, args.steps, args.batch_size, 0, device, bf16, nhwc)
+                    r = bench(arch, size, None, args.steps, args.batch_size[0], 0, device, bf16, nhwc)
                     base = base or r["compute_img_s"]
                     label = f"{'bf16' if bf16 else 'fp32'} {'NHWC' if nhwc else 'NCHW'}"
                     print(f"{arch:<20} {size:>4} px  {label}  {r['compute_img_s']:7.1f} img/s "
                           f"(x{r['compute_img_s'] / base:4.2f} vs fp32 NCHW)", flush=True)
         return
+    configs = [(arch, size, batch) for arch in args.models for size in args.sizes for batch in args.batch_size]
+    runs: dict[tuple, list[dict]] = {c: [] for c in configs}
+    for _ in range(max(1, args.rounds)):
+        for arch, size, batch in configs:
+            steps = max(2, round(args.steps * args.batch_size[0] / batch))
+            runs[(arch, size, batch)].append(
+                bench(arch, size, args.data, steps, batch, args.workers, device, args.cpu_bf16))
     base = None
-    for arch in args.models:
-        for size in args.sizes:
-            r = bench(arch, size, args.data, args.steps, args.batch_size, args.workers, device, args.cpu_bf16)
-            base = base or r["compute_img_s"]
-            line = (f"{arch:<20} {size:>4} px  compute {r['compute_img_s']:8.1f} img/s "
-                    f"(x{r['compute_img_s'] / base:5.2f} vs first)")
-            if "loader_img_s" in r:
-                line += f"  with cache+DataLoader {r['loader_img_s']:8.1f} img/s  data wait {100 * r['data_wait_share']:4.1f}%"
-            print(line, flush=True)
+    for (arch, size, batch), rs in runs.items():
+        r = {k: float(np.median([x[k] for x in rs])) for k in rs[0] if k not in ("arch", "size")}
+        base = base or r["compute_img_s"]
+        line = (f"{arch:<20} {size:>4} px  batch {batch:>3}  compute {r['compute_img_s']:8.1f} img/s "
+                f"(x{r['compute_img_s'] / base:5.2f} vs first)")
+        if "loader_img_s" in r:
+            line += f"  with cache+DataLoader {r['loader_img_s']:8.1f} img/s  data wait {100 * r['data_wait_share']:4.1f}%"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
