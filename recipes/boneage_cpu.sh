@@ -7,7 +7,7 @@
 # momentum 0.1, light augmentation (a 26-minute run underfits: train loss ~ validation
 # loss), augmentation in the training process (--workers 0: two loader processes on two
 # cores slowed each epoch by ~15%). A 28-minute budget: start-up, cache build and the last
-# validation add ~20 s warm, under a minute cold, so training stays within 30 minutes. The
+# validation add ~15 s warm, under a minute cold, so training stays within 30 minutes. The
 # held-out prediction averages the image, its mirror and 64 seeded augmented copies. Every
 # choice was made on the validation split (mirror + 16 views: 9.21 -> 9.09 with light
 # augmentation; 32 views 9.02, 64 views 8.95; a 28- instead of 26-minute budget, 32 views:
