@@ -35,12 +35,13 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from h2a.cache import CachedImageDataset, build_cache  # noqa: E402
+from h2a.cache import CachedImageDataset, TensorCache, build_cache  # noqa: E402
 from h2a.datasets import load_dataset  # noqa: E402
 from h2a.device import amp_dtype, describe_device, resolve_device, use_channels_last  # noqa: E402
 from h2a.evaluation import input_norm, to_input  # noqa: E402
 from h2a.models import create_model  # noqa: E402
 from h2a.preprocess import PreprocessConfig, augmentation  # noqa: E402
+from h2a.training import TrainConfig, make_optimizer  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -48,7 +49,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(arch: str, size: int, data: Path | None, steps: int, batch: int, workers: int, device: torch.device,
+def bench(arch: str, size: int, cache: TensorCache | None, steps: int, batch: int, workers: int, device: torch.device,
           cpu_bf16: bool, channels_last: bool | None = None) -> dict:
     model = create_model(arch, "boneage", pretrained=False).to(device)
     adtype = amp_dtype(device) or (torch.bfloat16 if cpu_bf16 else None)
@@ -56,7 +57,7 @@ def bench(arch: str, size: int, data: Path | None, steps: int, batch: int, worke
         channels_last = use_channels_last(device, adtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the engine
+    opt = make_optimizer(TrainConfig(data="", out="", lr=1e-4), model.parameters())
     cfg = PreprocessConfig(size=size)
     norm = input_norm(arch, cfg)
 
@@ -82,9 +83,7 @@ def bench(arch: str, size: int, data: Path | None, steps: int, batch: int, worke
     _sync(device)
     compute = batch * steps / (time.perf_counter() - t0)
     result = {"arch": arch, "size": size, "compute_img_s": compute}
-    if data is not None:
-        ds = load_dataset(data)
-        cache = build_cache(ds, cfg)
+    if cache is not None:
         rows = np.flatnonzero(cache.ok)[: batch * (steps + 1)]
         dset = CachedImageDataset(cache, rows, targets=np.zeros(len(rows)), sex=np.ones(len(rows)),
                                   transform=augmentation(cfg))
@@ -140,13 +139,16 @@ def main() -> None:
                     print(f"{arch:<20} {size:>4} px  {label}  {r['compute_img_s']:7.1f} img/s "
                           f"(x{r['compute_img_s'] / base:4.2f} vs fp32 NCHW)", flush=True)
         return
+    # One cache per size, opened once: every (model, batch, round) reads the same one.
+    ds = load_dataset(args.data) if args.data is not None else None
+    caches = {size: build_cache(ds, PreprocessConfig(size=size)) if ds is not None else None for size in args.sizes}
     configs = [(arch, size, batch) for arch in args.models for size in args.sizes for batch in args.batch_size]
     runs: dict[tuple, list[dict]] = {c: [] for c in configs}
     for _ in range(max(1, args.rounds)):
         for arch, size, batch in configs:
             steps = max(2, round(args.steps * args.batch_size[0] / batch))
             runs[(arch, size, batch)].append(
-                bench(arch, size, args.data, steps, batch, args.workers, device, args.cpu_bf16))
+                bench(arch, size, caches[size], steps, batch, args.workers, device, args.cpu_bf16))
     base = None
     for (arch, size, batch), rs in runs.items():
         r = {k: float(np.median([x[k] for x in rs])) for k in rs[0] if k not in ("arch", "size")}
