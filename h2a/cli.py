@@ -166,6 +166,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false")
     p.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier (inception_v3, tiny_cnn)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the regression/classification head")
+    p.add_argument("--drop-path", type=float, default=0.2, metavar="RATE",
+                   help="stochastic depth at the last trunk block, scaled down to 0 at the first "
+                        "(EfficientNet-Lite0; default 0.2)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop after this many minutes")
     p.add_argument("--batch-size", type=int, default=32)
@@ -235,7 +238,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         pcfg = PreprocessConfig.from_dict({**pcfg.to_dict(), **aug})
     cfg = TrainConfig(
         data=args.data, out=args.out, task=args.task, arch=args.arch, pretrained=args.pretrained,
-        use_sex=args.use_sex and args.task == "boneage", width_mult=args.width_mult, dropout=args.dropout, preprocess=pcfg.to_dict(),
+        use_sex=args.use_sex and args.task == "boneage", width_mult=args.width_mult, dropout=args.dropout,
+        drop_path=args.drop_path, preprocess=pcfg.to_dict(),
         epochs=args.epochs, time_budget_min=args.time_budget, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, optimizer=args.optimizer, scheduler=args.scheduler, loss=args.loss,
         init_from=args.init_from, freeze=args.freeze, split=args.split, val_fraction=args.val_fraction,

@@ -39,7 +39,7 @@ from h2a.evaluation import (
     regression_metrics,
     to_input,
 )
-from h2a.models import create_model
+from h2a.models import create_model, set_drop_path
 from h2a.preprocess import PreprocessConfig, augmentation
 from h2a.progress import ProgressFn
 from h2a.runs import (
@@ -82,6 +82,7 @@ class TrainConfig:
     use_sex: bool = True
     width_mult: float = 1.0
     dropout: float = 0.2
+    drop_path: float = 0.2  # stochastic depth at the last trunk block (EfficientNet-Lite0)
     preprocess: dict = field(default_factory=lambda: PreprocessConfig(size=128).to_dict())
     epochs: int = 10
     time_budget_min: float | None = None
@@ -129,6 +130,8 @@ class TrainConfig:
             raise TrainingError(f"learning rate must be a positive number, not {self.lr}")
         if not 0.0 <= self.ema < 1.0:
             raise TrainingError(f"ema decay must be in [0, 1), not {self.ema}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise TrainingError(f"drop_path must be in [0, 1), not {self.drop_path}")
         if not 0.0 < self.bn_momentum <= 1.0:
             raise TrainingError(f"bn_momentum must be in (0, 1], not {self.bn_momentum}")
         if not 0 <= self.holdout_fraction < 0.9 or not 0 < self.val_fraction < 0.9:
@@ -552,6 +555,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
         warm = warm_start(model, cfg.init_from)
         log(f"warm start from {cfg.init_from}: {warm[0]}/{warm[1]} tensors loaded")
     set_bn_momentum(model, cfg.bn_momentum)
+    if set_drop_path(model, cfg.drop_path) == 0 and cfg.drop_path != TrainConfig.drop_path:
+        log(f"--drop-path is ignored: {cfg.arch} has no stochastic depth")
     frozen = freeze_first(model, cfg.freeze)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

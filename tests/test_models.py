@@ -144,6 +144,47 @@ def test_efficientnet_lite0_loads_packaged_weights():
     assert not torch.equal(rand.backbone._conv_head.weight, raw["_conv_head.weight"])
 
 
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("size", [(16, 16), (15, 17), (4, 4)])
+def test_conv2d_same_pads_like_tensorflow(kernel: int, stride: int, size: tuple[int, int]):
+    """Both padding paths (the conv's own when symmetric, F.pad otherwise) give TF "SAME"."""
+    from h2a.models import Conv2dSame
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(6, 6, kernel, stride, groups=6)
+    x = torch.randn(2, 6, *size, requires_grad=True)
+    out = conv(x)
+    # reference: TF "SAME" pads (total - total // 2) after, then a valid convolution
+    pads = []
+    for n in reversed(size):
+        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    ref_x = x.detach().clone().requires_grad_()
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(ref_x, pads), conv.weight, None, stride, 0, 1, 6)
+    assert out.shape[-2:] == tuple(-(-n // stride) for n in size)
+    assert torch.allclose(out, ref, atol=1e-6)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-5)
+
+
+def test_set_drop_path_scales_stochastic_depth_and_only_acts_in_training():
+    from h2a.models import set_drop_path
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", dropout=0.0)
+    blocks = [m for m in model.modules() if hasattr(m, "drop_path")]
+    assert set_drop_path(model, 0.4) == len(blocks) == 16
+    assert blocks[0].drop_path == 0.0 and blocks[-1].drop_path == pytest.approx(0.4 * 15 / 16)
+    x, sex = torch.randn(4, 1, 64, 64), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x, sex), model(x, sex))  # random blocks skipped
+        assert set_drop_path(model, 0.0) == 16
+        assert torch.equal(model(x, sex), model(x, sex))  # nothing random left
+    assert set_drop_path(create_model("tiny_cnn"), 0.1) == 0
+
+
 def test_resnet_without_weights_file_says_where_to_put_it():
     with pytest.raises(PretrainedWeightsUnavailable) as err:
         create_model("resnet50", pretrained=True)
@@ -193,3 +234,27 @@ def test_inception_v3_matches_torchvision_layout():
     tv = Inception3(aux_logits=False, init_weights=False).state_dict()
     mine = InceptionV3Trunk(in_chans=3).state_dict()
     assert {k: v.shape for k, v in tv.items() if not k.startswith("fc.")} == {k: v.shape for k, v in mine.items()}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_fold_batchnorm_keeps_eval_outputs(name: str):
+    """Folding removes every BatchNorm of the trunk and changes no eval-mode prediction."""
+    from h2a.models import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model(name, "boneage")
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:  # statistics and affine terms far from the identity, so a wrong fold shows
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    size = _size(name)
+    x, sex = torch.randn(3, 1, size, size), torch.tensor([0.0, 1.0, 1.0])
+    with torch.no_grad():
+        before = model(x, sex)
+        assert fold_batchnorm(model.backbone, x[:1]) == len(bns) > 0
+        after = model(x, sex)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-4 * before.abs().max().item())

@@ -91,6 +91,9 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
         bn_momentum = c2.number_input("BatchNorm momentum", 0.001, 1.0, 0.1, format="%.3f", key=f"{task}_bn",
                                       help="0.1 lets the running statistics follow radiographs quickly; "
                                            "EfficientNet-Lite0 ships TensorFlow's 0.01")
+        drop_path = c3.number_input("Stochastic depth", 0.0, 0.9, 0.2, step=0.05, format="%.2f", key=f"{task}_droppath",
+                                    help="share of samples that skip the last trunk block, scaled down to 0 at "
+                                         "the first (EfficientNet-Lite0 only); lower fits faster in a short run")
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return None
@@ -109,7 +112,7 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
         time_budget_min=float(budget) or None, batch_size=int(batch), lr=float(lr), optimizer=optimizer,
         scheduler=scheduler, loss=loss, init_from=None if init_from == "(none)" else init_from, freeze=int(freeze),
         split=split, val_fraction=float(val_fraction), holdout_fraction=float(holdout), patience=int(patience),
-        workers=min(4, settings.workers), bn_momentum=float(bn_momentum),
+        workers=min(4, settings.workers), bn_momentum=float(bn_momentum), drop_path=float(drop_path),
         progressive_from=None if progressive == "off" else int(progressive),
     )
     try:
