@@ -28,7 +28,6 @@ from h2a.device import describe_device, resolve_device, use_channels_last  # noq
 from h2a.evaluation import input_norm, load_run, predict_arrays  # noqa: E402
 from h2a.models import create_model, fold_batchnorm  # noqa: E402
 from h2a.preprocess import PreprocessConfig  # noqa: E402
-from h2a.runs import MODEL, safe_load  # noqa: E402
 
 
 def _images(n: int, size: int) -> np.ndarray:
@@ -53,19 +52,16 @@ def main() -> None:
     if args.model:
         run = load_run(args.model, device)
         folded, cfg, norm = run.model, run.preprocess, run.norm
-        unfolded = create_model(run.meta["model"]["name"], pretrained=False,
-                                **{k: v for k, v in run.meta["model"].items() if k != "name"})
-        unfolded.load_state_dict(safe_load(args.model / MODEL))
-        unfolded.to(device).eval()
+        unfolded = load_run(args.model, device, fold_bn=False).model
     else:
         cfg = PreprocessConfig(size=args.size)
         norm = input_norm(args.arch, cfg)
         unfolded = create_model(args.arch, "boneage", pretrained=False).to(device).eval()
         folded = copy.deepcopy(unfolded)
         fold_batchnorm(folded.backbone, torch.zeros(1, 1, cfg.size, cfg.size, device=device))
-    if use_channels_last(device, None):
-        unfolded.to(memory_format=torch.channels_last)
-        folded.to(memory_format=torch.channels_last)
+        if use_channels_last(device, None):  # as load_run does
+            unfolded.to(memory_format=torch.channels_last)
+            folded.to(memory_format=torch.channels_last)
     images = _images(args.images, cfg.size)
     sex = np.ones(len(images), np.float32)
 

@@ -74,8 +74,11 @@ class LoadedRun:
         return 1.0 / (1.0 + np.exp(-raw))
 
 
-def load_run(run_dir: str | Path, device: torch.device | None = None) -> LoadedRun:
-    """Rebuild the architecture from metadata.json and load model.pt (weights only)."""
+def load_run(run_dir: str | Path, device: torch.device | None = None, *, fold_bn: bool = True) -> LoadedRun:
+    """Rebuild the architecture from metadata.json and load model.pt (weights only).
+
+    ``fold_bn=False`` keeps the BatchNorms (only bench/bench_inference.py wants that).
+    """
     run_dir = Path(run_dir)
     meta = read_json(run_dir / METADATA)
     if meta is None or not (run_dir / MODEL).exists():
@@ -89,7 +92,8 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> LoadedR
     cfg = PreprocessConfig.from_dict(meta["preprocess"])
     # BatchNorm folded into the convolutions: the same eval-mode outputs, fewer passes over
     # the activations (inference only: a LoadedRun never trains)
-    fold_batchnorm(model.backbone, torch.zeros(1, model.config["in_chans"], cfg.size, cfg.size, device=device))
+    if fold_bn:
+        fold_batchnorm(model.backbone, torch.zeros(1, model.config["in_chans"], cfg.size, cfg.size, device=device))
     if use_channels_last(device, None):
         # float32 inference: NHWC weights make oneDNN/cuDNN run every conv NHWC whatever the
         # input's layout, ~1.8x the images/s of NCHW for Lite0 on a 2-core CPU.

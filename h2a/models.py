@@ -18,7 +18,7 @@ image features) and dense layers ending in one scalar per image.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -837,17 +837,15 @@ def fold_batchnorm(trunk: nn.Module, example: Tensor) -> int:
         if hit is not None:
             pairs.append((hit[0], bn))
 
-    handles = [m.register_forward_hook(after_conv) for m in trunk.modules() if type(m) in _FOLDABLE_CONVS]
-    handles += [m.register_forward_pre_hook(before_bn) for m in trunk.modules() if type(m) is nn.BatchNorm2d]
+    handles = [m.register_forward_hook(after_conv) for m in trunk.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_pre_hook(before_bn) for m in trunk.modules() if isinstance(m, nn.BatchNorm2d)]
     try:
         trunk(example)
     finally:
         for h in handles:
             h.remove()
-    uses = {}
-    for conv, bn in pairs:  # a conv read by two BatchNorms (or a BN called twice) is left alone
-        uses[id(conv)] = uses.get(id(conv), 0) + 1
-        uses[id(bn)] = uses.get(id(bn), 0) + 1
+    # a conv read by two BatchNorms (or a BatchNorm called twice) is left alone
+    uses = Counter(id(m) for pair in pairs for m in pair)
     parents = {id(child): (parent, name) for parent in trunk.modules() for name, child in parent.named_children()}
     folded = 0
     for conv, bn in pairs:
@@ -863,5 +861,3 @@ def fold_batchnorm(trunk: nn.Module, example: Tensor) -> int:
         folded += 1
     return folded
 
-
-_FOLDABLE_CONVS = (nn.Conv2d, Conv2dSame)
