@@ -6,24 +6,21 @@ st.set_page_config(page_title="H2A · Hand-to-Age", page_icon=":material/back_ha
 
 PAGES = {
     "Explore": [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/population.py", title="Population statistics", icon=":material/groups:"),
-        st.Page("pages/preprocessing.py", title="Preprocessing preview", icon=":material/tune:"),
+        st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("app_pages/population.py", title="Population statistics", icon=":material/groups:"),
+        st.Page("app_pages/preprocessing.py", title="Preprocessing preview", icon=":material/tune:"),
     ],
     "Models": [
-        st.Page("pages/training.py", title="Bone-age training", icon=":material/model_training:"),
-        st.Page("pages/evaluation.py", title="Bone-age evaluation", icon=":material/query_stats:"),
-        st.Page("pages/predict.py", title="Predict bone age", icon=":material/radiology:"),
+        st.Page("app_pages/training.py", title="Bone-age training", icon=":material/model_training:"),
+        st.Page("app_pages/evaluation.py", title="Bone-age evaluation", icon=":material/query_stats:"),
+        st.Page("app_pages/predict.py", title="Predict bone age", icon=":material/radiology:"),
     ],
     "Questions": [
-        st.Page("pages/sex.py", title="Sex from the image", icon=":material/wc:"),
-        st.Page("pages/clusters.py", title="Clusters of embeddings", icon=":material/scatter_plot:"),
+        st.Page("app_pages/sex.py", title="Sex from the image", icon=":material/wc:"),
+        st.Page("app_pages/clusters.py", title="Clusters of embeddings", icon=":material/scatter_plot:"),
     ],
 }
 
-st.session_state["_h2a_navigation"] = True  # pages check it: see h2a.app.state.app_page
-page = st.navigation(PAGES)
-goto = st.session_state.pop("_h2a_goto", None)
-if goto:
-    st.switch_page(goto)  # a page first reached outside the navigation comes back here
-page.run()
+# The page files live in app_pages/, not pages/, so Streamlit's legacy directory routing
+# stays off: every URL, even a fresh server's first request, goes through this router.
+st.navigation(PAGES).run()

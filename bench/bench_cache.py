@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,12 +28,12 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from h2a import datasets  # noqa: E402
-from h2a.cache import CachedImageDataset, build_cache  # noqa: E402
-from h2a.config import get_settings  # noqa: E402
-from h2a.preprocess import PreprocessConfig, normalize, prepare_file  # noqa: E402
+from h2a.data import datasets  # noqa: E402
+from h2a.data.cache import CachedImageDataset, build_cache  # noqa: E402
+from h2a.settings import get_settings  # noqa: E402
+from h2a.data.preprocess import PreprocessConfig, prepare_file
+from h2a.data.transforms import normalize  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 DEFAULT_SETS = [DATA / "rsna-thumbs-100", DATA / "rsna-fullres"]
@@ -110,7 +109,7 @@ def decode_epoch(paths: list[str], cfg) -> tuple[float, float, torch.Tensor]:
 def bench_headers(ds, tmp: Path, workers: int) -> None:
     scan = getattr(datasets, "scan_headers", None)
     if scan is None:
-        print("  header scan:         (h2a.datasets.scan_headers not available; skipped)")
+        print("  header scan:         (h2a.data.datasets.scan_headers not available; skipped)")
         return
     db = tmp / "headers.sqlite"
     n = int(ds.meta["path"].notna().sum())

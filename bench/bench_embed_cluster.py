@@ -20,12 +20,10 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def main() -> int:
@@ -44,12 +42,12 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from h2a.cache import build_cache
-    from h2a.clustering import EmbeddingClusterer, sweep_k
-    from h2a.datasets import load_dataset
+    from h2a.data.cache import build_cache
+    from h2a.analysis.clustering import EmbeddingClusterer, sweep_k
+    from h2a.data.datasets import load_dataset
     from h2a.device import describe_device, resolve_device
-    from h2a.embeddings import compute_embeddings, embed_arrays, resolve_source
-    from h2a.preprocess import PreprocessConfig
+    from h2a.analysis.embeddings import compute_embeddings, embed_arrays, resolve_source
+    from h2a.data.preprocess import PreprocessConfig
     from h2a.progress import StderrProgress
 
     out: dict = {"data": args.data, "size": args.size, "batch_size": args.batch_size,

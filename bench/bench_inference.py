@@ -15,19 +15,19 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from h2a.device import describe_device, resolve_device, use_channels_last  # noqa: E402
-from h2a.evaluation import input_norm, load_run, predict_arrays  # noqa: E402
+from h2a.data.transforms import input_norm
+from h2a.inference.loading import load_run
+from h2a.inference.arrays import predict_arrays  # noqa: E402
 from h2a.models import create_model, fold_batchnorm  # noqa: E402
-from h2a.preprocess import PreprocessConfig  # noqa: E402
+from h2a.data.preprocess import PreprocessConfig  # noqa: E402
 
 
 def _images(n: int, size: int) -> np.ndarray:

@@ -23,7 +23,6 @@ import argparse
 import io
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 FULLRES = REPO.parent / "shared" / "data" / "rsna-fullres"
 
@@ -51,7 +49,7 @@ def _test_png(work: Path) -> tuple[bytes, str]:
     import cv2
     from PIL import Image
 
-    from h2a.imageio import read_image, to_uint8
+    from h2a.data.imageio import read_image, to_uint8
 
     folder = FULLRES / "boneage-training-dataset"
     if folder.is_dir():
@@ -59,7 +57,7 @@ def _test_png(work: Path) -> tuple[bytes, str]:
         what = f"{src.name} from rsna-fullres"
         img = read_image(src)
     else:
-        from h2a.demo import render_hand
+        from h2a.data.demo import render_hand
 
         img = render_hand(120.0, True, seed=1, size=(2000, 1500))
         what = "a synthetic demo hand"
@@ -72,10 +70,11 @@ def _test_png(work: Path) -> tuple[bytes, str]:
 
 def _latency_run(arch: str, size: int, workspace: Path) -> Path:
     """One short epoch on the demo data: a real run folder of that architecture."""
-    from h2a.demo import ensure_demo
+    from h2a.data.demo import ensure_demo
     from h2a.models import model_info
-    from h2a.preprocess import PreprocessConfig
-    from h2a.training import TrainConfig, train
+    from h2a.data.preprocess import PreprocessConfig
+    from h2a.engine.config import TrainConfig
+    from h2a.engine.trainer import train
 
     demo = ensure_demo(n=120, seed=0)
     out = workspace / "models" / f"latency-{arch}-{size}"
@@ -105,11 +104,11 @@ def main() -> None:
         os.environ["H2A_MODELS_DIR"] = str(ws / "models")
     import torch
 
-    from h2a.cam import overlay
-    from h2a.imageio import read_header, read_image
-    from h2a.predict import Predictor, cam_to_image, cpu_threads, predict_files
-    from h2a.preprocess import prepare
-    from h2a.report import pdf_report
+    from h2a.inference.cam import overlay
+    from h2a.data.imageio import read_header, read_image
+    from h2a.predict.predictor import Predictor, cam_to_image, cpu_threads, predict_files
+    from h2a.data.preprocess import prepare
+    from h2a.predict.report import pdf_report
 
     t0 = time.perf_counter()
     runs = args.model

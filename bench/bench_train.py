@@ -24,7 +24,6 @@ first: on small CPUs the fastest batch per image is not the largest (cache-bound
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,15 +32,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from h2a.cache import CachedImageDataset, TensorCache, build_cache  # noqa: E402
-from h2a.datasets import load_dataset  # noqa: E402
+from h2a.data.cache import CachedImageDataset, TensorCache, build_cache  # noqa: E402
+from h2a.data.datasets import load_dataset  # noqa: E402
 from h2a.device import amp_dtype, describe_device, resolve_device, use_channels_last  # noqa: E402
-from h2a.evaluation import input_norm, to_input  # noqa: E402
+from h2a.data.transforms import input_norm, to_input  # noqa: E402
 from h2a.models import create_model  # noqa: E402
-from h2a.preprocess import PreprocessConfig, augmentation  # noqa: E402
-from h2a.training import TrainConfig, make_optimizer  # noqa: E402
+from h2a.data.preprocess import PreprocessConfig
+from h2a.data.transforms import augmentation  # noqa: E402
+from h2a.engine.config import TrainConfig
+from h2a.engine.trainer import make_optimizer  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -1,4 +1,4 @@
-"""``python -m h2a``: see h2a/cli.py."""
+"""``python -m h2a``: see h2a/cli/."""
 
 import sys
 

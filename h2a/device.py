@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from h2a.config import get_settings
+from h2a.settings import get_settings
 
 
 def resolve_device(setting: str | None = None, local_rank: int = 0) -> torch.device:

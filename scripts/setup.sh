@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup on a fresh Linux machine with Python 3.11:
-#   - a virtual environment in .venv with requirements.txt installed;
+#   - a virtual environment in .venv with requirements.txt (the pinned set) installed and
+#     this project installed editable into it (the `h2a` command, `import h2a` anywhere);
 #   - with --browser: Debian's chromium for the browser tests (needs root / apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,10 +10,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.requirements.sha
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x .venv/bin/h2a ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r requirements.txt
+  # --no-deps: requirements.txt above is the pinned set; this only links the package in.
+  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then

@@ -30,7 +30,7 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir(workspace) -> Path:
     """A small synthetic dataset, the same one the app's demo choice uses in tests."""
-    from h2a.demo import ensure_demo
+    from h2a.data.demo import ensure_demo
 
     return ensure_demo()
 
@@ -91,8 +91,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 @pytest.fixture(scope="session")
 def tiny_run(demo_dir, workspace) -> Path:
     """A small finished bone-age run (tiny_cnn, 64 px) on the demo data, shared by tests."""
-    from h2a.preprocess import PreprocessConfig
-    from h2a.training import TrainConfig, train
+    from h2a.data.preprocess import PreprocessConfig
+    from h2a.engine.config import TrainConfig
+    from h2a.engine.trainer import train
 
     out = workspace / "models" / "tiny-boneage"
     if not (out / "metadata.json").exists():

@@ -37,7 +37,7 @@ PATIENT_ID = "PID-123456"
 class CorpusCase:
     filename: str
     expect_ok: bool  # read_image and inspect succeed
-    error_type: str | None  # class name in h2a.imageio when expect_ok is False
+    error_type: str | None  # class name in h2a.data.imageio when expect_ok is False
     note: str
     header_ok: bool | None = None  # read_header succeeds; defaults to expect_ok
 

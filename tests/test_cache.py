@@ -14,15 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from h2a.cache import (
-    CachedImageDataset,
-    TensorCache,
-    build_cache,
-    cache_dir_for,
-    open_cache,
-)
-from h2a.datasets import load_dataset
-from h2a.preprocess import PreprocessConfig, augmentation, normalize, prepare_file
+from h2a.data.cache import CachedImageDataset, TensorCache, build_cache, cache_dir_for, open_cache
+from h2a.data.datasets import load_dataset
+from h2a.data.preprocess import PreprocessConfig, prepare_file
+from h2a.data.transforms import augmentation, normalize
 
 FULLRES = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsna-fullres"
 CORRUPT_ID = "9999"
@@ -297,7 +292,7 @@ def test_real_fullres_sample_all_decode(tmp_path):
 
 
 def test_a_crashing_worker_fails_clearly_and_leaves_no_half_cache(ds, tmp_path, monkeypatch):
-    import h2a.cache as cache_mod
+    import h2a.data.cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "_WORKER_CMD",
                         "import sys; sys.stderr.write('boom: out of memory\\n'); sys.exit(3)")
@@ -309,7 +304,7 @@ def test_a_crashing_worker_fails_clearly_and_leaves_no_half_cache(ds, tmp_path, 
 
 
 def test_not_enough_disk_space_is_said_before_decoding(ds, tmp_path, monkeypatch):
-    import h2a.cache as cache_mod
+    import h2a.data.cache as cache_mod
 
     monkeypatch.setattr(cache_mod.shutil, "disk_usage",
                         lambda p: SimpleNamespace(total=10**9, used=10**9, free=1000))

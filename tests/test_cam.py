@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from h2a.cam import COLORMAPS, grad_cam, overlay
+from h2a.inference.cam import COLORMAPS, grad_cam, overlay
 from h2a.models import create_model
 
 SIZE = 64

@@ -6,8 +6,14 @@ from datetime import date
 
 import pytest
 
-from h2a.clinical import (
-    GP_TABLE, assess, chronological_age_months, classify, gp_reference, parse_date, reference_band,
+from h2a.predict.clinical import (
+    GP_TABLE,
+    assess,
+    chronological_age_months,
+    classify,
+    gp_reference,
+    parse_date,
+    reference_band,
 )
 
 

@@ -11,7 +11,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score
 
-from h2a.clustering import EmbeddingClusterer, axis_correlations, cluster_scores, purity, sweep_k
+from h2a.analysis.clustering import EmbeddingClusterer, axis_correlations, cluster_scores, purity, sweep_k
 
 
 def _blobs(n_per: int = 100, centers=((0.0,) * 8, (12.0,) * 8), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -106,10 +106,10 @@ def test_separated_blobs_labelled_by_sex_give_ari_one_and_the_map_is_cached(work
 
 def _cluster_cli(argv: list[str]) -> int:
     """The cluster command through its own parser (also works before it is wired into h2a.cli)."""
-    from h2a.cli_cluster import add_cluster_parser
+    from h2a.cli.cluster import register
 
     parser = argparse.ArgumentParser()
-    add_cluster_parser(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["cluster", *argv])
     return args.func(args)
 
@@ -123,7 +123,7 @@ def test_cluster_command_json_and_csv(demo_dir, tmp_path, capsys) -> None:
     for key in ("n", "k", "ari_sex", "nmi_sex", "purity_sex", "silhouette", "clusters", "full", "boneage_eta2",
                 "umap_spearman_boneage", "embedding", "sweep_full"):
         assert key in out, key
-    from h2a.datasets import load_dataset
+    from h2a.data.datasets import load_dataset
 
     assert out["k"] == 2 and out["n"] == len(load_dataset(demo_dir).with_images())
     assert out["synthetic"] is True and out["embedding"]["source"] == "pretrained:efficientnet_lite0"
@@ -153,7 +153,7 @@ def test_cluster_is_wired_into_python_m_h2a(demo_dir, capsys) -> None:
     from h2a.cli import build_parser, main
 
     if "cluster" not in build_parser().format_help():
-        pytest.skip("`cluster` not wired into h2a.cli yet (add_cluster_parser(sub) in build_parser)")
+        pytest.skip("`cluster` not wired into h2a.cli yet (register(sub) in build_parser)")
     # in-process (a subprocess would pay numba's UMAP compilation again)
     assert main(["cluster", "--data", str(demo_dir), "--image-size", "64", "--umap-neighbors", "10",
                  "--seed", "1", "--k", "3", "--json"]) == 0

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from h2a import datasets
-from h2a.datasets import DatasetError, load_dataset, scan_headers, stratified_split
+from h2a.data import datasets
+from h2a.data.datasets import DatasetError, load_dataset, scan_headers, stratified_split
 
 
 def _png(path: Path, w: int = 40, h: int = 50, value: int = 100) -> None:

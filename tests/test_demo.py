@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo dataset (h2a.demo).
+"""Tests for the synthetic demo dataset (h2a.data.demo).
 
 The signal tests are real checks, not smoke tests: a held-out regression must recover
 bone age from 64 px pixels, and the same pipeline on shuffled labels must not.
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from h2a import demo
-from h2a.demo import DEMO_MARKER, ensure_demo, generate_demo, is_synthetic, render_hand
+from h2a.data import demo
+from h2a.data.demo import DEMO_MARKER, ensure_demo, generate_demo, is_synthetic, render_hand
 
 N = 30
 SEED = 3

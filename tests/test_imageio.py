@@ -1,4 +1,4 @@
-"""h2a.imageio against the shared corpus of good, odd and broken files, plus real data."""
+"""h2a.data.imageio against the shared corpus of good, odd and broken files, plus real data."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from h2a import imageio
-from h2a.imageio import (
+from h2a.data import imageio
+from h2a.data.imageio import (
     CorruptImageError,
     DicomCompressedError,
     EmptyFileError,
@@ -331,7 +331,7 @@ def test_real_rsna_files_decode() -> None:
 
 def test_check_integrity_catches_truncation_without_decoding(tmp_path) -> None:
     """The header scan's cheap check: truncated PNG/JPEG/DICOM fail, whole files pass."""
-    from h2a.imageio import CorruptImageError, check_integrity
+    from h2a.data.imageio import CorruptImageError, check_integrity
     from tests.corpus import make_corpus
 
     cases = make_corpus(tmp_path)

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import FULLRES, REPO, THUMBS
 
-PAGES = ["pages/home.py", "pages/population.py", "pages/preprocessing.py"]
+PAGES = ["app_pages/home.py", "app_pages/population.py", "app_pages/preprocessing.py"]
 
 
 def _app(monkeypatch, data_dir: Path | None) -> AppTest:
@@ -43,11 +43,11 @@ def test_page_renders(monkeypatch, demo_dir, page: str, data: str) -> None:
     text = " ".join(m.value for m in at.markdown) + " ".join(t.value for t in at.title)
     if data == "demo":
         assert any("synthetic" in i.value.lower() for i in at.info), "demo data must be labelled synthetic"
-    if page == "pages/population.py":
+    if page == "app_pages/population.py":
         labels = {m.label: m.value for m in at.metric}
         assert labels["Images"] != "0"
         assert len(at.get("plotly_chart")) >= 4
-    if page == "pages/preprocessing.py":
+    if page == "app_pages/preprocessing.py":
         assert "Augmented samples" in " ".join(s.value for s in at.subheader)
         assert len(at.get("image")) >= 1
     assert text
@@ -70,7 +70,7 @@ def test_population_problems_tab_lists_bad_rows(monkeypatch, tmp_path: Path) -> 
     rows.append("bad-age,abc,False")
     (root / "boneage-training-dataset.csv").write_text("\n".join(rows) + "\n")
     bad_names = {c.filename for c in cases if not c.expect_ok}
-    at = _render(_app(monkeypatch, root), "pages/population.py", bad_names)
+    at = _render(_app(monkeypatch, root), "app_pages/population.py", bad_names)
     frames = [df.value for df in at.dataframe]
     problems = next(f for f in frames if "problem" in f.columns and "item" in f.columns)
     text = "\n".join(problems["item"] + ": " + problems["problem"])
@@ -79,13 +79,13 @@ def test_population_problems_tab_lists_bad_rows(monkeypatch, tmp_path: Path) -> 
     for case in bad:
         if Path(case.filename).suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"):
             assert case.filename in text, case.filename
-    _render(at, "pages/preprocessing.py", bad_names)
+    _render(at, "app_pages/preprocessing.py", bad_names)
 
 
 def test_preprocessing_config_saves_by_name(monkeypatch, demo_dir) -> None:
-    from h2a.preprocess import list_configs, load_config
+    from h2a.data.preprocess import list_configs, load_config
 
-    at = _render(_app(monkeypatch, None), "pages/preprocessing.py")
+    at = _render(_app(monkeypatch, None), "app_pages/preprocessing.py")
     at.radio(key="pp_contrast").set_value("clahe").run()
     at.select_slider(key="pp_size").set_value(128).run()
     at.text_input(key="pp_save_name").set_value("clahe-128").run()

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from h2a.clinical import gp_reference
-from h2a.datasets import load_dataset
-from h2a.imageio import read_image
-from h2a.predict import NoModelError, Predictor, cam_to_image, predict_files
-from h2a.preprocess import PreprocessConfig, prepare
-from h2a.report import batch_csv, pdf_report
+from h2a.predict.clinical import gp_reference
+from h2a.data.datasets import load_dataset
+from h2a.data.imageio import read_image
+from h2a.predict.predictor import NoModelError, Predictor, cam_to_image, predict_files
+from h2a.data.preprocess import PreprocessConfig, prepare
+from h2a.predict.report import batch_csv, pdf_report
 from tests.conftest import run_cli
 from tests.corpus import PATIENT_ID, PATIENT_NAME, make_dicom
 

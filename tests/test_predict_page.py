@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from h2a.datasets import load_dataset
+from h2a.data.datasets import load_dataset
 from tests.browser import screenshot
 from tests.conftest import open_page
 from tests.corpus import PATIENT_ID, PATIENT_NAME, make_dicom
 
-PAGE = "pages/predict.py"
+PAGE = "app_pages/predict.py"
 
 
 def _text(at: AppTest) -> str:
@@ -127,7 +127,7 @@ def _results(at: AppTest):
 
 
 def test_no_model_offers_to_train_instead_of_failing(monkeypatch, tmp_path, demo_dir) -> None:
-    from h2a.jobs import force_stop
+    from h2a.engine.jobs import force_stop
 
     models = tmp_path / "no-models"
     monkeypatch.setenv("H2A_MODELS_DIR", str(models))

@@ -9,18 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from h2a.preprocess import (
+from h2a.data.preprocess import (
     IMAGENET_GRAY_MEAN,
     IMAGENET_GRAY_STD,
     PreprocessConfig,
-    augment_samples,
-    augmentation,
     list_configs,
     load_config,
-    normalize,
     prepare,
     save_config,
 )
+from h2a.data.transforms import augment_samples, augmentation, normalize
 
 
 def tall_white(h: int = 200, w: int = 100) -> np.ndarray:

@@ -13,10 +13,17 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from h2a.preprocess import PreprocessConfig
-from h2a.runs import read_json
-from h2a.sexclass import (bootstrap_auc, by_age_band, calibration_bins, confident_cases,
-                          expected_calibration_error, roc_points, summary)
+from h2a.data.preprocess import PreprocessConfig
+from h2a.engine.runs import read_json
+from h2a.analysis.sex import (
+    bootstrap_auc,
+    by_age_band,
+    calibration_bins,
+    confident_cases,
+    expected_calibration_error,
+    roc_points,
+    summary,
+)
 from tests.conftest import run_cli
 
 TINY_SEX = "tiny-sex"
@@ -24,7 +31,8 @@ TINY_SEX = "tiny-sex"
 
 def make_sex_run(data: Path, workspace: Path, name: str = TINY_SEX, **kw) -> Path:
     """A small finished sex run (tiny_cnn, 64 px, 20% held out); reused when it exists."""
-    from h2a.training import TrainConfig, train
+    from h2a.engine.config import TrainConfig
+    from h2a.engine.trainer import train
 
     out = workspace / "models" / name
     if not (out / "metadata.json").exists():

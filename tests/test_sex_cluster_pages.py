@@ -33,7 +33,7 @@ def _text(at: AppTest) -> str:
 
 def test_sex_page_with_a_finished_run(demo_dir: Path, workspace: Path, monkeypatch) -> None:
     make_sex_run(demo_dir, workspace)
-    at = _open("pages/sex.py", monkeypatch)
+    at = _open("app_pages/sex.py", monkeypatch)
     assert at.title[0].value == "Sex from the image"
     assert any("synthetic" in i.value.lower() for i in at.info)
     labels = [m.label for m in at.metric]
@@ -51,7 +51,7 @@ def test_sex_page_with_a_finished_run(demo_dir: Path, workspace: Path, monkeypat
 
 
 def test_clusters_page_computes_then_reuses(demo_dir: Path, monkeypatch) -> None:
-    at = _open("pages/clusters.py", monkeypatch)
+    at = _open("app_pages/clusters.py", monkeypatch)
     assert at.title[0].value == "Clusters of CNN embeddings"
     labels = [m.label for m in at.metric]
     assert "ARI vs sex (map)" in labels and "ARI vs sex (full)" in labels

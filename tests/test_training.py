@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from h2a.preprocess import PreprocessConfig
-from h2a.runs import read_json
-from h2a.training import TrainConfig, TrainingDiverged, TrainingError, train
+from h2a.data.preprocess import PreprocessConfig
+from h2a.engine.runs import read_json
+from h2a.engine.config import TrainConfig, TrainingDiverged, TrainingError
+from h2a.engine.trainer import train
 from tests.conftest import REPO, run_cli
 
 SMALL = PreprocessConfig(size=48).to_dict()
@@ -59,7 +60,7 @@ def test_evaluate_json_fields(tiny_run: Path, demo_dir: Path) -> None:
 
 
 def test_augmented_tta_views_are_seeded_and_averaged(tiny_run: Path) -> None:
-    from h2a.evaluation import evaluate
+    from h2a.inference.evaluate import evaluate
 
     plain = evaluate(tiny_run, split="validation", flip_tta=True)
     views = evaluate(tiny_run, split="validation", flip_tta=True, tta_views=3)
@@ -135,7 +136,7 @@ def test_resume_after_kill_continues_at_the_next_epoch(demo_dir: Path, workspace
     assert checkpointed, "the run never checkpointed two epochs"
     import torch
 
-    from h2a.runs import run_status
+    from h2a.engine.runs import run_status
 
     assert run_status(out)["status"] == "stopped"  # progress.json says running, the process is gone
     at_kill = int(torch.load(out / "checkpoint.pt", weights_only=True)["epoch"])
@@ -154,7 +155,7 @@ def test_resume_after_kill_continues_at_the_next_epoch(demo_dir: Path, workspace
 def test_mlflow_records_params_and_epoch_metrics(tiny_run: Path, workspace: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from h2a.config import get_settings
+    from h2a.settings import get_settings
 
     meta = read_json(tiny_run / "metadata.json")
     client = MlflowClient(tracking_uri=get_settings().mlflow_uri)
@@ -216,7 +217,7 @@ def test_bn_momentum_replaces_lite0s_tf_value(demo_dir: Path, workspace: Path) -
     import torch.nn as nn
 
     from h2a.models import create_model
-    from h2a.training import set_bn_momentum
+    from h2a.models import set_bn_momentum
 
     model = create_model("efficientnet_lite0", "boneage", pretrained=False)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -230,7 +231,7 @@ def test_bn_momentum_replaces_lite0s_tf_value(demo_dir: Path, workspace: Path) -
 def test_progressive_resizing_grows_to_the_full_size(demo_dir: Path, workspace: Path) -> None:
     import torch
 
-    from h2a.training import progressive_size, resize_batch
+    from h2a.engine.trainer import progressive_size, resize_batch
 
     sizes = [progressive_size(96, 128, p / 100) for p in range(101)]
     assert sizes[0] == 96 and sizes == sorted(sizes) and set(sizes) == {96, 112, 128}

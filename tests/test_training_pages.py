@@ -6,14 +6,14 @@ import time
 from pathlib import Path
 
 
-from h2a.config import get_settings
-from h2a.runs import read_json
+from h2a.settings import get_settings
+from h2a.engine.runs import read_json
 from tests.conftest import open_page
 
 
 def test_training_page_starts_a_run_and_shows_progress(demo_dir, monkeypatch) -> None:
     monkeypatch.delenv("H2A_DATA_DIR", raising=False)
-    at = open_page("pages/training.py")
+    at = open_page("app_pages/training.py")
     assert any("CPU" in w.value for w in at.warning)  # the device is named, with the speed warning
     at.selectbox(key="boneage_arch").set_value("tiny_cnn")
     at.text_input(key="boneage_name").set_value("page-run")
@@ -47,7 +47,7 @@ def test_training_page_starts_a_run_and_shows_progress(demo_dir, monkeypatch) ->
 
 def test_evaluation_page_on_a_finished_run(tiny_run: Path, demo_dir, monkeypatch) -> None:
     monkeypatch.delenv("H2A_DATA_DIR", raising=False)
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     assert not at.error, [e.value for e in at.error]
     at.multiselect(key="eval_runs").set_value(["tiny-boneage"]).run()
     assert not at.exception, [e.value for e in at.exception]

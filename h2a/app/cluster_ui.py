@@ -1,7 +1,7 @@
 """App-layer helpers for the sex and clusters pages: cached embeddings and clusterings,
 the cluster map figure, the image grid for selected points, and sex-evidence CAMs.
 
-Embeddings are cached on disk by ``h2a.embeddings`` (the first computation shows a
+Embeddings are cached on disk by ``h2a.analysis.embeddings`` (the first computation shows a
 progress bar); here a process-wide memo keeps the loaded array, and ``st.cache_data``
 keeps clusterings and k sweeps keyed by the embedding key and the parameters.
 """
@@ -38,7 +38,7 @@ def _memo() -> dict:
 def _source_token(source: str) -> tuple:
     if source == SOURCE_PRETRAINED:
         return (source,)
-    from h2a.runs import MODEL, resolve_run
+    from h2a.engine.runs import MODEL, resolve_run
 
     run_dir = resolve_run(source)
     try:
@@ -49,7 +49,7 @@ def _source_token(source: str) -> tuple:
 
 def embeddings_for(ds, source: str, preprocess=None, arch: str = "efficientnet_lite0"):
     """Embeddings of the active dataset, with a progress bar the first time (then disk/memo)."""
-    from h2a.embeddings import compute_embeddings
+    from h2a.analysis.embeddings import compute_embeddings
 
     key = (str(ds.root), ds.fingerprint, _source_token(source), arch,
            preprocess.cache_key() if preprocess is not None else None,
@@ -77,7 +77,7 @@ def embeddings_for(ds, source: str, preprocess=None, arch: str = "efficientnet_l
 def clustering_for(_emb, emb_key: str, k: int, pca: int, n_neighbors: int, min_dist: float, metric: str,
                    seed: int) -> tuple[pd.DataFrame, dict]:
     """(per-image frame, scores) for one embedding and parameter set."""
-    from h2a.clustering import cluster_embeddings
+    from h2a.analysis.clustering import cluster_embeddings
 
     _, frame, scores = cluster_embeddings(_emb, k=k, pca=pca, n_neighbors=n_neighbors, min_dist=min_dist,
                                           metric=metric, seed=seed)
@@ -90,7 +90,7 @@ def sweep_for(_emb, emb_key: str, pca: int, ks: tuple[int, ...], seed: int) -> p
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    from h2a.clustering import sweep_k
+    from h2a.analysis.clustering import sweep_k
 
     Z = StandardScaler().fit_transform(_emb.X)
     n_comp = min(int(pca or 0), *Z.shape)
@@ -177,14 +177,14 @@ def composition_table(scores: dict) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def bootstrap_for(y: tuple, p: tuple, n: int = 1000, seed: int = 0) -> dict:
-    from h2a.sexclass import bootstrap_auc
+    from h2a.analysis.sex import bootstrap_auc
 
     return bootstrap_auc(np.asarray(y), np.asarray(p), n=n, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def bands_for(preds: pd.DataFrame) -> pd.DataFrame:
-    from h2a.sexclass import by_age_band
+    from h2a.analysis.sex import by_age_band
 
     return by_age_band(preds)
 
@@ -209,8 +209,8 @@ def _sex_cam_cached(run_dir: str, mtime: float, image_id: str, toward_male: bool
 
 def _sex_cam(run_dir: str, mtime: float, image_id: str | None, toward_male: bool, image_u8: np.ndarray) -> np.ndarray:
     from h2a.app.runs_ui import loaded_run
-    from h2a.cam import grad_cam
-    from h2a.evaluation import array_input
+    from h2a.inference.cam import grad_cam
+    from h2a.data.transforms import array_input
 
     run = loaded_run(run_dir)
     x = array_input(image_u8, run.norm, run.device)

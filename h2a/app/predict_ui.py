@@ -2,7 +2,7 @@
 result view (numbers, image next to the heat map, clinical chart, PDF), the batch table,
 and the offer to train a quick demo model when no bone-age run exists yet.
 
-Compute lives in ``h2a.predict`` / ``h2a.clinical`` / ``h2a.report``; this module only
+Compute lives in ``h2a.predict.predictor`` / ``h2a.predict.clinical`` / ``h2a.predict.report``; this module only
 caches it and draws it.
 """
 
@@ -19,10 +19,10 @@ import streamlit as st
 
 from h2a import RESEARCH_NOTE
 from h2a.app.charts import style
-from h2a.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, reference_band
-from h2a.config import get_settings
-from h2a.predict import PredictionResult, Predictor, header_facts
-from h2a.runs import FINAL_STATES, MODEL, RunSummary, list_runs
+from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, reference_band
+from h2a.settings import get_settings
+from h2a.predict.predictor import PredictionResult, Predictor, header_facts
+from h2a.engine.runs import FINAL_STATES, MODEL, RunSummary, list_runs
 
 SEXES = ["female", "male"]
 OOD_WORDS = "looks unlike the model's training images"
@@ -105,9 +105,9 @@ def offer_demo_training() -> None:
     """Say that no bone-age model exists and offer to train one in the background."""
     from h2a.app.state import sidebar_dataset
     from h2a.app.training_ui import show_run
-    from h2a.jobs import JobError, start_training
-    from h2a.preprocess import PreprocessConfig
-    from h2a.training import TrainConfig
+    from h2a.engine.jobs import JobError, start_training
+    from h2a.data.preprocess import PreprocessConfig
+    from h2a.engine.config import TrainConfig
 
     settings = get_settings()
     running = [r for r in list_runs(task="boneage") if r.status not in FINAL_STATES + ("stopped", "unknown")]
@@ -176,7 +176,7 @@ def bone_age_chart(res: PredictionResult) -> go.Figure:
 
 
 def _numbers_frame(res: PredictionResult) -> pd.DataFrame:
-    from h2a.report import clinical_rows
+    from h2a.predict.report import clinical_rows
 
     rows = clinical_rows(res, short=True)
     if res.assessment is None:
@@ -191,8 +191,8 @@ def _numbers_frame(res: PredictionResult) -> pd.DataFrame:
 
 def show_result(res: PredictionResult, key: str) -> None:
     """Everything about one file: warnings first, the numbers, image and heat map, context, PDF."""
-    from h2a.cam import overlay
-    from h2a.report import pdf_report
+    from h2a.inference.cam import overlay
+    from h2a.predict.report import pdf_report
 
     if not res.ok:
         st.error(f"**{res.file}**: {res.error}", icon=":material/error:")

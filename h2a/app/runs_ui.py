@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from h2a.runs import MODEL
+from h2a.engine.runs import MODEL
 
 
 def _mtime(run_dir: str) -> float:
@@ -21,7 +21,7 @@ def _mtime(run_dir: str) -> float:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _loaded(run_dir: str, mtime: float):
-    from h2a.evaluation import load_run
+    from h2a.inference.loading import load_run
 
     return load_run(run_dir)
 
@@ -34,7 +34,7 @@ def loaded_run(run_dir: str | Path):
 @st.cache_data(show_spinner=False, max_entries=32)
 def _evaluation(run_dir: str, mtime: float, data: str | None, split: str | None, tta: bool,
                 views: int) -> tuple[dict, pd.DataFrame]:
-    from h2a.evaluation import evaluate
+    from h2a.inference.evaluate import evaluate
 
     result = evaluate(run_dir, data, split=split, flip_tta=tta, tta_views=views)
     return result.metrics, result.predictions
@@ -49,8 +49,8 @@ def evaluation(run_dir: str | Path, data: str | None, split: str | None, tta: bo
 
 def cam_for(run_dir: str | Path, image_u8: np.ndarray, male: bool) -> np.ndarray:
     """Grad-CAM heatmap (H, W) in [0, 1] of one preprocessed image under a run's model."""
-    from h2a.cam import grad_cam
-    from h2a.evaluation import array_input
+    from h2a.inference.cam import grad_cam
+    from h2a.data.transforms import array_input
 
     run = loaded_run(run_dir)
     x = array_input(image_u8, run.norm, run.device)

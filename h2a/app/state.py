@@ -15,8 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from h2a import RESEARCH_NOTE
-from h2a.config import get_settings
-from h2a.datasets import Dataset, DatasetError, load_dataset, scan_headers
+from h2a.settings import get_settings
+from h2a.data.datasets import Dataset, DatasetError, load_dataset, scan_headers
 
 DEMO_CHOICE = "Demo dataset (synthetic)"
 ENV_CHOICE = "H2A_DATA_DIR"
@@ -35,7 +35,7 @@ class ActiveData:
     @property
     def frame(self) -> pd.DataFrame:
         """Metadata joined with header facts and a display sex column."""
-        from h2a.stats import sex_label
+        from h2a.analysis.stats import sex_label
 
         meta = self.ds.meta.copy()
         meta["sex"] = sex_label(meta["male"])
@@ -90,7 +90,7 @@ def load_active(path: Path) -> ActiveData:
 
 def ensure_demo_with_progress() -> Path:
     """The embedded demo dataset, generated on first use with a visible progress bar."""
-    from h2a.demo import ensure_demo
+    from h2a.data.demo import ensure_demo
 
     settings = get_settings()
     bar = st.empty()
@@ -142,33 +142,8 @@ def sidebar_dataset() -> ActiveData:
     return active
 
 
-NAV_FLAG = "_h2a_navigation"
-GOTO = "_h2a_goto"
-
-
-def app_page() -> None:
-    """Make sure a page runs inside the app's navigation.
-
-    On a fresh server, a first request for e.g. /predict is routed by Streamlit to
-    pages/predict.py alone (no sidebar, no layout) until some session has run
-    st.navigation. Such a run hops to the entry point, which comes back to this page.
-    """
-    if st.session_state.get(NAV_FLAG):
-        return
-    import inspect
-
-    pages_dir = (Path(__file__).resolve().parents[2] / "pages").resolve()
-    for frame in inspect.stack():
-        path = Path(frame.filename).resolve()
-        if path.parent == pages_dir:
-            st.session_state[GOTO] = f"pages/{path.name}"
-            break
-    st.switch_page("streamlit_app.py")
-
-
 def require_dataset() -> ActiveData:
     """Sidebar + stop the page with a clear message when no dataset is usable."""
-    app_page()
     active = sidebar_dataset()
     if active.ds is None:
         st.warning(f"No usable dataset: {active.error}. Pick another one in the sidebar.")
@@ -185,7 +160,7 @@ def thumbnail(path: str, side: int = 192, mtime: float | None = None) -> np.ndar
     """A small uint8 view of an image, or the error text for a file that cannot be read."""
     import cv2
 
-    from h2a import imageio
+    from h2a.data import imageio
 
     try:
         img = imageio.read_image(path)

@@ -13,13 +13,13 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from h2a.app.charts import style
-from h2a.config import get_settings
+from h2a.settings import get_settings
 from h2a.device import describe_device, gpu_count, resolve_device
-from h2a.jobs import JobError, force_stop, log_tail, request_cancel, start_training
+from h2a.engine.jobs import JobError, force_stop, log_tail, request_cancel, start_training
 from h2a.models import list_models, model_info
-from h2a.preprocess import PreprocessConfig, list_configs, load_config
-from h2a.runs import FINAL_STATES, list_runs, run_status
-from h2a.training import TrainConfig
+from h2a.data.preprocess import PreprocessConfig, list_configs, load_config
+from h2a.engine.runs import FINAL_STATES, list_runs, run_status
+from h2a.engine.config import TrainConfig
 
 TASK_WORDS = {"boneage": "bone-age", "sex": "sex"}
 

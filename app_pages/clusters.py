@@ -1,0 +1,149 @@
+"""Clusters: do unsupervised clusters of CNN embeddings group the children by sex, by age,
+or by something else?"""
+
+import numpy as np
+import plotly.express as px
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from h2a.app.charts import style
+from h2a.app.cluster_ui import (SOURCE_PRETRAINED, clustering_for, cluster_map, composition_table, embeddings_for,
+                                image_grid, selected_ids, sweep_for)
+from h2a.app.state import require_dataset
+from h2a.models import PretrainedWeightsUnavailable
+from h2a.data.preprocess import PreprocessConfig
+from h2a.engine.runs import list_runs
+
+active = require_dataset()
+ds = active.ds
+
+st.title("Clusters of CNN embeddings")
+st.caption("Each image becomes a vector (the CNN's pooled last feature map); UMAP draws the vectors on a 2-D map "
+           "and k-means groups them without looking at any label. Then we ask how the groups line up with sex "
+           "and bone age. k-means also runs on the full embedding, so the answer does not rest on the 2-D map.")
+
+# ------------------------------------------------------------------ inputs
+runs = [r for r in list_runs() if r.has_model]
+sources = [SOURCE_PRETRAINED] + [r.name for r in runs]
+with st.form("cluster_form"):
+    c1, c2, c3 = st.columns([2, 1, 1])
+    source = c1.selectbox("Embedding source", sources, key="cl_source",
+                          format_func=lambda s: "ImageNet-pretrained EfficientNet-Lite0" if s == SOURCE_PRETRAINED
+                          else f"trained run: {s}")
+    size = c2.select_slider("Image size (pretrained)", [64, 96, 128, 160, 192, 224], value=128, key="cl_size",
+                            help="a trained run always embeds at its own preprocessing")
+    k = c3.number_input("k (clusters)", 2, 20, 2, key="cl_k")
+    c1, c2, c3, c4, c5 = st.columns(5)
+    n_neighbors = c1.number_input("UMAP neighbours", 2, 200, 15, key="cl_nn")
+    min_dist = c2.number_input("UMAP min distance", 0.0, 0.99, 0.1, step=0.05, key="cl_md")
+    metric = c3.selectbox("Metric", ["euclidean", "cosine", "manhattan", "correlation"], key="cl_metric")
+    pca = c4.number_input("PCA components (0 = none)", 0, 512, 50, key="cl_pca")
+    seed = c5.number_input("Seed", 0, 10_000, 0, key="cl_seed")
+    st.form_submit_button("Compute", type="primary")
+
+pp = PreprocessConfig(size=int(size)) if source == SOURCE_PRETRAINED else None
+try:
+    emb = embeddings_for(ds, source, pp)
+except (PretrainedWeightsUnavailable, FileNotFoundError, ValueError, RuntimeError) as exc:
+    st.error(f"Could not compute embeddings: {exc}")
+    st.stop()
+if len(emb) <= int(k):
+    st.warning(f"Only {len(emb)} decodable images: too few for k = {k}.")
+    st.stop()
+st.caption(f"{len(emb):,} images · {emb.dim}-d embeddings from {emb.source} · "
+           + ("reused from the on-disk cache" if emb.from_cache else
+              f"computed now on {emb.info.get('device')} ({emb.info.get('images_per_s')} images/s)"))
+
+frame, scores = clustering_for(emb, emb.key, int(k), int(pca), int(n_neighbors), float(min_dist), metric, int(seed))
+full = scores["full"]
+
+
+def _f(v, spec=".2f"):
+    if v is None:
+        return "n/a"
+    text = format(v, spec)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
+
+
+# ------------------------------------------------------------------ scores
+st.subheader("Do the clusters follow sex?")
+cols = st.columns(5)
+cols[0].metric("ARI vs sex (map)", _f(scores["ari_sex"]),
+               help="adjusted Rand index: 0 = chance, 1 = the clusters are the sexes")
+cols[1].metric("ARI vs sex (full)", _f(full["ari_sex"]), help="k-means on the full standardised/PCA embedding")
+cols[2].metric("NMI vs sex (map / full)", f"{_f(scores['nmi_sex'])} / {_f(full['nmi_sex'])}")
+cols[3].metric("Purity (map / full)", f"{_f(scores['purity_sex'])} / {_f(full['purity_sex'])}",
+               help=f"one big cluster would score {_f(scores['purity_baseline'])}")
+cols[4].metric("Age variance explained", f"{_f(scores['boneage_eta2'])} / {_f(full['boneage_eta2'])}",
+               help="share of the bone-age variance explained by the clusters (eta squared), map / full")
+rho = scores.get("umap_spearman_boneage") or [None, None]
+ari = max(abs(scores["ari_sex"] or 0), abs(full["ari_sex"] or 0))
+verdict = ("hardly at all" if ari < 0.05 else "a little" if ari < 0.2 else "partly" if ari < 0.5 else "largely")
+st.info(f"With k = {k}, the clusters follow sex **{verdict}** (ARI {_f(scores['ari_sex'])} on the map, "
+        f"{_f(full['ari_sex'])} on the full embedding; purity {_f(scores['purity_sex'])} against "
+        f"{_f(scores['purity_baseline'])} for one big cluster). They explain "
+        f"{100 * (scores['boneage_eta2'] or 0):.0f}% (map) and {100 * (full['boneage_eta2'] or 0):.0f}% (full) of the "
+        f"bone-age variance, and the map's axes correlate with bone age at Spearman {_f(rho[0], '+.2f')} and "
+        f"{_f(rho[1], '+.2f')}. Silhouette {_f(scores['silhouette'])} (map) / {_f(full['silhouette'])} (full)."
+        + (" This is synthetic demo data." if ds.synthetic else ""), icon=":material/insights:")
+
+# ------------------------------------------------------------------ map + selection
+color = st.radio("Colour the map by", ["cluster", "cluster_full", "sex", "boneage"], horizontal=True, key="cl_color",
+                 format_func={"cluster": "cluster (k-means on the map)", "cluster_full": "cluster (k-means on the full "
+                              "embedding)", "sex": "sex", "boneage": "bone age"}.get)
+fig = cluster_map(frame, color,
+                  f"UMAP map of {len(frame):,} images (click a point; box or lasso select in the toolbar)")
+event = st.plotly_chart(fig, width="stretch", key="cl_map", on_select="rerun",
+                        selection_mode=("points", "box", "lasso"))
+picked = selected_ids(event)
+paths = ds.meta.drop_duplicates("id").set_index(ds.meta.drop_duplicates("id")["id"].astype(str))["path"]
+info = frame.drop_duplicates("id").set_index("id")
+st.subheader(f"Selected images ({len(picked)})")
+if picked:
+    sel = info.loc[[i for i in picked if i in info.index]]
+    st.caption(f"{len(sel)} images · {100 * (sel['sex'] == 'male').mean():.0f}% male · bone age "
+               f"{sel['boneage'].mean():.0f} mo on average ({sel['boneage'].min():.0f}-{sel['boneage'].max():.0f})")
+    image_grid(picked, paths, info)
+else:
+    st.caption("Click a point to see its radiograph, or pick box or lasso select in the map's toolbar and "
+               "draw around a group.")
+
+# ------------------------------------------------------------------ composition
+st.subheader("Cluster composition")
+left, right = st.columns(2)
+left.markdown("**k-means on the 2-D map**")
+left.dataframe(composition_table(scores), hide_index=True, width="stretch")
+right.markdown(f"**k-means on the {full['space']}**")
+right.dataframe(composition_table(full), hide_index=True, width="stretch")
+long = frame.melt(id_vars=["boneage", "sex"], value_vars=["cluster", "cluster_full"], var_name="space",
+                  value_name="k-means cluster")
+long["space"] = long["space"].map({"cluster": "map", "cluster_full": "full embedding"})
+long["k-means cluster"] = long["k-means cluster"].astype(str)
+left, right = st.columns(2)
+order = {"space": ["map", "full embedding"]}
+fig = px.box(long, x="k-means cluster", y="boneage", color="space", title="Bone age by cluster",
+             labels={"boneage": "bone age (months)"}, category_orders=order)
+left.plotly_chart(style(fig), width="stretch")
+share = (long[long["sex"] != "unknown"].groupby(["space", "k-means cluster"])["sex"]
+         .apply(lambda s: 100 * (s == "male").mean()).reset_index(name="% male"))
+fig = px.bar(share, x="k-means cluster", y="% male", color="space", barmode="group", title="Share male by cluster",
+             category_orders=order)
+if np.isfinite(frame["male"]).any():
+    fig.add_hline(y=100 * float(np.nanmean(frame["male"])), line_dash="dash", line_color="#888",
+                  annotation_text="whole dataset")
+right.plotly_chart(style(fig), width="stretch")
+
+# ------------------------------------------------------------------ choosing k
+st.subheader("Choosing k")
+ks = tuple(range(2, min(11, len(emb))))
+sw = sweep_for(emb, emb.key, int(pca), ks, int(seed))
+fig = make_subplots(rows=1, cols=2, subplot_titles=("inertia (look for the elbow)", "silhouette (higher is better)"))
+fig.add_scatter(x=sw["k"], y=sw["inertia"], mode="lines+markers", name="inertia", row=1, col=1)
+fig.add_scatter(x=sw["k"], y=sw["silhouette"], mode="lines+markers", name="silhouette", row=1, col=2)
+fig.update_xaxes(title_text="k")
+fig.update_layout(title="k-means on the full embedding for k = 2 to 10", showlegend=False)
+st.plotly_chart(style(fig, height=320), width="stretch")
+
+csv = frame.to_csv(index=False).encode()
+st.download_button("Download coordinates and clusters (CSV)", csv, file_name=f"{ds.name}-clusters-k{k}.csv",
+                   mime="text/csv", key="cl_download")

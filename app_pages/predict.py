@@ -1,0 +1,155 @@
+"""Predict bone age: radiographs in; bone age with an interval, a heat map and clinical context out."""
+
+from datetime import date
+
+import pandas as pd
+import streamlit as st
+
+from h2a import RESEARCH_NOTE
+from h2a.app import predict_ui as ui
+from h2a.predict.clinical import parse_date
+from h2a.predict.report import batch_csv
+
+st.title("Predict bone age")
+st.caption("Upload one or more left-hand radiographs (PNG, JPEG, TIFF or DICOM). Sex is required; add the date "
+           f"of birth and exam date (or the age) to compare with the Greulich-Pyle reference. {RESEARCH_NOTE}")
+
+runs = ui.bone_age_runs()
+if not runs:
+    ui.offer_demo_training()
+    st.stop()
+
+# ------------------------------------------------------------------ model
+labels = {ui.run_label(r): r for r in runs}
+c1, c2 = st.columns([4, 1])
+chosen = c1.multiselect("Model run(s)", list(labels), default=[next(iter(labels))], key="predict_runs",
+                        help="The best validated bone-age run is preselected; several runs form an ensemble.")
+tta = int(c2.number_input("Test-time augmentations", 1, 32, 8, key="predict_tta",
+                          help="Augmented copies per image (the run's own flip/shift/rotation/zoom ranges) "
+                               "behind the estimate and its interval; 1 = none."))
+if not chosen:
+    st.info("Choose at least one model run.")
+    st.stop()
+paths = [labels[c].path for c in chosen]
+
+# ------------------------------------------------------------------ files
+uploads = st.file_uploader("Radiographs", type=["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom"],
+                           accept_multiple_files=True, key="predict_files")
+if not uploads:
+    st.info("Upload a radiograph to start. From a DICOM, sex and dates are read from the header for you to "
+            "confirm; names, IDs and other identifying tags are never read or shown.")
+    st.stop()
+
+files = [(u.name, u.getvalue()) for u in uploads]
+digests = tuple(ui.digest(data) for _, data in files)
+facts = [ui.prefill(d, name, data) for d, (name, data) in zip(digests, files)]
+
+
+def _changed(value, tag_value):
+    """What the user entered, or None when it is the DICOM's own value (so the result says 'from the DICOM')."""
+    if value is None:
+        return None
+    if tag_value is not None and value == tag_value:
+        return None
+    return value
+
+
+if len(files) == 1:
+    name, data = files[0]
+    f = facts[0]
+    key = digests[0][:12]
+    if f:
+        st.caption(f"From the DICOM header: sex **{f.get('patient_sex') or 'not recorded'}**, date of birth "
+                   f"**{f.get('dob') or 'not recorded'}**, exam date **{f.get('exam_date') or 'not recorded'}**"
+                   + (f", age **{f['patient_age']}**" if f.get("patient_age") else "") + ". Check them below.")
+    with st.form(f"predict-form-{key}"):
+        sex = st.radio("Sex (required)", ui.SEXES, index=ui.SEXES.index(f["sex"]) if f.get("sex") else None,
+                       horizontal=True, key=f"sex-{key}",
+                       help="Bone age and its reference are sex-specific, so H2A never guesses it.")
+        c = st.columns(3)
+        dob = c[0].date_input("Date of birth", value=parse_date(f.get("dob")), min_value=date(1900, 1, 1),
+                              max_value=date.today(), format="YYYY-MM-DD", key=f"dob-{key}")
+        exam = c[1].date_input("Exam date", value=parse_date(f.get("exam_date")), min_value=date(1900, 1, 1),
+                               max_value=date.today(), format="YYYY-MM-DD", key=f"exam-{key}")
+        age = c[2].number_input("…or age at exam (months)", min_value=0.0, max_value=300.0,
+                                value=f.get("age_months"), step=1.0, key=f"age-{key}",
+                                help="Used when the dates are not both given.")
+        submitted = st.form_submit_button("Estimate bone age", type="primary")
+    if submitted:
+        if sex is None:
+            st.error("Choose the sex (female or male): it is required, and H2A never guesses it.")
+        elif dob and exam and exam < dob:
+            st.error("The exam date is before the date of birth.")
+        else:
+            st.session_state["predict_request"] = {"digests": digests, "rows": [{
+                "sex": _changed(sex, f.get("sex")), "dob": _changed(dob, parse_date(f.get("dob"))),
+                "exam": _changed(exam, parse_date(f.get("exam_date"))),
+                "age": _changed(age, f.get("age_months"))}]}
+else:
+    table = pd.DataFrame({
+        "file": [n for n, _ in files],
+        "sex": [f.get("sex") for f in facts],
+        "date of birth": [parse_date(f.get("dob")) for f in facts],
+        "exam date": [parse_date(f.get("exam_date")) for f in facts],
+        "age at exam (months)": [f.get("age_months") for f in facts],
+    })
+    st.caption("Sex and dates come from the DICOM headers where present; fill in or correct the rest. "
+               "A file without a sex is not predicted (H2A never guesses it).")
+    with st.form("predict-batch-form"):
+        fill = st.radio("Sex for every file that has none in the table", ui.SEXES, index=None, horizontal=True,
+                        key="predict_fill_sex")
+        edited = st.data_editor(
+            table, hide_index=True, disabled=["file"], key=f"predict-editor-{hash(digests)}", width="stretch",
+            column_config={
+                "sex": st.column_config.SelectboxColumn("sex", options=ui.SEXES),
+                "date of birth": st.column_config.DateColumn("date of birth", format="YYYY-MM-DD"),
+                "exam date": st.column_config.DateColumn("exam date", format="YYYY-MM-DD"),
+                "age at exam (months)": st.column_config.NumberColumn(min_value=0.0, max_value=300.0),
+            })
+        submitted = st.form_submit_button(f"Estimate bone age for {len(files)} files", type="primary")
+    if submitted:
+        rows = []
+        for (_, row), f in zip(edited.iterrows(), facts):
+            sex = row["sex"] if isinstance(row["sex"], str) and row["sex"] else fill
+            age = row["age at exam (months)"]
+            rows.append({
+                "sex": _changed(sex, f.get("sex")),
+                "dob": _changed(parse_date(row["date of birth"]) if pd.notna(row["date of birth"]) else None,
+                                parse_date(f.get("dob"))),
+                "exam": _changed(parse_date(row["exam date"]) if pd.notna(row["exam date"]) else None,
+                                 parse_date(f.get("exam_date"))),
+                "age": _changed(float(age) if pd.notna(age) else None, f.get("age_months")),
+            })
+        st.session_state["predict_request"] = {"digests": digests, "rows": rows}
+
+request = st.session_state.get("predict_request")
+if not request or request["digests"] != digests:
+    st.stop()
+
+# ------------------------------------------------------------------ results
+bar = st.progress(0.0, text="Predicting…") if len(files) > 1 else None
+results = []
+for i, ((name, data), row) in enumerate(zip(files, request["rows"])):
+    with st.spinner(f"Predicting {name}…"):
+        results.append(ui.predict(paths, data, name, sex=row["sex"], dob=row["dob"], exam_date=row["exam"],
+                                  age_months=row["age"], tta=tta))
+    if bar is not None:
+        bar.progress((i + 1) / len(files), text=f"Predicted {i + 1}/{len(files)}")
+if bar is not None:
+    bar.empty()
+
+if len(results) == 1:
+    st.divider()
+    ui.show_result(results[0], key=digests[0][:12])
+else:
+    st.subheader("Results")
+    frame = ui.results_frame(results)
+    n_bad = int(frame["error"].notna().sum())
+    st.dataframe(frame, hide_index=True, width="stretch")
+    if n_bad:
+        st.warning(f"{n_bad} of {len(results)} files could not be predicted; the table says why.")
+    st.download_button("Download the table (CSV)", data=batch_csv(results), file_name="h2a-bone-age.csv",
+                       mime="text/csv", key="predict_csv", on_click="ignore", icon=":material/download:")
+    i = st.selectbox("Details for", range(len(results)), format_func=lambda k: results[k].file, key="predict_detail")
+    st.divider()
+    ui.show_result(results[i], key=f"{i}-{digests[i][:12]}")

@@ -1,0 +1,150 @@
+"""Preprocessing preview: what resize, crop, contrast, normalisation and augmentation do
+to real images, and a named config that training will use."""
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from h2a.data import imageio
+from h2a.app.charts import style
+from h2a.app.state import require_dataset
+from h2a.data.preprocess import PreprocessConfig, list_configs, load_config, prepare, save_config
+from h2a.data.transforms import augment_samples, normalize
+
+active = require_dataset()
+ds = active.ds
+frame = active.frame
+usable = frame[frame["path"].notna() & frame["error"].isna()]
+
+st.title("Preprocessing preview")
+if usable.empty:
+    st.warning("This dataset has no readable images to preview.")
+    st.stop()
+
+# ------------------------------------------------------------------ config controls
+defaults = PreprocessConfig()
+with st.sidebar:
+    st.subheader("Preprocessing config")
+    saved = list_configs()
+    base_name = st.selectbox("Start from", ["(defaults)"] + saved, key="pp_base")
+    base = defaults if base_name == "(defaults)" else load_config(base_name)
+    if st.session_state.get("pp_loaded") != base_name:
+        # Loading a saved config resets the widgets to its values once.
+        for k, v in base.to_dict().items():
+            st.session_state[f"pp_{k}"] = v
+        st.session_state["pp_loaded"] = base_name
+
+    size = st.select_slider("Target size (px)", [64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 500, 512],
+                            key="pp_size")
+    resize = st.radio("Geometry", ["pad", "squash", "crop"], key="pp_resize", horizontal=True,
+                      help="pad: keep aspect, black bars; squash: plain resize; crop: keep aspect, centre crop")
+    contrast = st.radio("Contrast", ["none", "hist_eq", "clahe"], key="pp_contrast", horizontal=True,
+                        format_func={"none": "none", "hist_eq": "hist. equalisation", "clahe": "CLAHE"}.get)
+    clahe_clip = st.slider("CLAHE clip limit", 0.5, 8.0, step=0.5, key="pp_clahe_clip", disabled=contrast != "clahe")
+    clahe_grid = st.slider("CLAHE grid", 2, 16, key="pp_clahe_grid", disabled=contrast != "clahe")
+    norm = st.radio("Normalisation", ["imagenet", "per_image"], key="pp_normalize", horizontal=True)
+    st.markdown("**Augmentation** (training only)")
+    flip = st.checkbox("Horizontal flip", key="pp_flip")
+    shift = st.slider("Shift (fraction of size)", 0.0, 0.3, step=0.01, key="pp_shift")
+    rotation = st.slider("Rotation (degrees)", 0.0, 45.0, step=1.0, key="pp_rotation")
+    zoom = st.slider("Zoom (±fraction)", 0.0, 0.5, step=0.01, key="pp_zoom")
+
+cfg = PreprocessConfig(size=int(size), resize=resize, contrast=contrast, clahe_clip=float(clahe_clip),
+                       clahe_grid=int(clahe_grid), normalize=norm, flip=flip, shift=float(shift),
+                       rotation=float(rotation), zoom=float(zoom))
+
+# ------------------------------------------------------------------ image choice
+def _label(i: str) -> str:
+    row = usable.loc[usable["id"] == i].iloc[0]
+    age = f"{row.boneage:.0f} mo" if pd.notna(row.boneage) else "no age"
+    return f"{i} · {row.sex} · {age}"
+
+
+c1, c2, c3 = st.columns([1, 2, 1])
+sex = c1.selectbox("Random pick: sex", ["any", "female", "male"], key="pp_pick_sex")
+age = c2.slider("Random pick: bone age (months)", 0, 240, (0, 240), key="pp_pick_age")
+if c3.button("Random image", key="pp_random") or "preview_ids" not in st.session_state:
+    pool = usable if sex == "any" else usable[usable["sex"] == sex]
+    pool = pool[pool["boneage"].between(*age) | pool["boneage"].isna()]
+    if pool.empty:
+        st.warning("No image matches that sex and age range.")
+    else:
+        rng = np.random.default_rng(st.session_state.get("pp_rng", 0))
+        st.session_state["pp_rng"] = st.session_state.get("pp_rng", 0) + 1
+        st.session_state["preview_ids"] = [str(pool["id"].iloc[rng.integers(len(pool))])]
+valid_ids = set(usable["id"])
+current = [i for i in st.session_state.get("preview_ids", []) if i in valid_ids] or [str(usable["id"].iloc[0])]
+picked = st.multiselect("Images (up to 4; or send some from the Population gallery)", usable["id"].tolist(),
+                        default=current, max_selections=4, format_func=_label, key=f"pp_ids_{'-'.join(current)}")
+if not picked:
+    st.info("Pick at least one image.")
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _decode(path: str) -> np.ndarray | str:
+    try:
+        return imageio.read_image(path)
+    except imageio.ImageReadError as exc:
+        return str(exc)
+
+
+def _hist(values: np.ndarray, title: str, rng: tuple[float, float]) -> go.Figure:
+    counts, edges = np.histogram(values.ravel(), bins=64, range=rng)
+    fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, marker_color="#4fa3d9"))
+    fig.update_layout(title=title, bargap=0, xaxis_title="intensity", yaxis_title="pixels")
+    return style(fig, height=220)
+
+
+# ------------------------------------------------------------------ before / after
+for ident in picked:
+    row = usable.loc[usable["id"] == ident].iloc[0]
+    img = _decode(row.path)
+    st.markdown(f"#### {_label(ident)}")
+    if isinstance(img, str):
+        st.error(img)
+        continue
+    out = prepare(img, cfg)
+    tensor = normalize(torch.from_numpy(out)[None, None], cfg)[0, 0].numpy()
+    left, right = st.columns(2)
+    with left:
+        st.image(imageio.to_uint8(img), caption=f"original {img.shape[1]}x{img.shape[0]}", width="stretch")
+        st.plotly_chart(_hist(img, "Original intensities", (0.0, 1.0)), width="stretch", key=f"h0-{ident}")
+    with right:
+        st.image(out, caption=f"preprocessed {cfg.size}x{cfg.size} ({cfg.resize}, {cfg.contrast})", width="stretch")
+        st.plotly_chart(_hist(out.astype(np.float32) / 255.0, "Preprocessed intensities", (0.0, 1.0)),
+                        width="stretch", key=f"h1-{ident}")
+        st.caption(f"model input after {cfg.normalize} normalisation: mean {tensor.mean():+.2f}, "
+                   f"sd {tensor.std():.2f}, range [{tensor.min():.2f}, {tensor.max():.2f}]")
+
+# ------------------------------------------------------------------ augmentation grid
+st.subheader("Augmented samples")
+first = _decode(usable.loc[usable["id"] == picked[0], "path"].iloc[0])
+if isinstance(first, np.ndarray):
+    if not (cfg.flip or cfg.shift or cfg.rotation or cfg.zoom):
+        st.info("All augmentations are off: training sees the preprocessed image unchanged.")
+    else:
+        samples = augment_samples(prepare(first, cfg), cfg, n=8, seed=st.session_state.get("pp_aug_seed", 0))
+        if st.button("New samples", key="pp_aug_new"):
+            st.session_state["pp_aug_seed"] = st.session_state.get("pp_aug_seed", 0) + 1
+            st.rerun()
+        cols = st.columns(4)
+        for i, s in enumerate(samples):
+            cols[i % 4].image(s, caption=f"sample {i + 1}", width="stretch")
+
+# ------------------------------------------------------------------ save
+st.subheader("Save this config")
+c1, c2 = st.columns([3, 1])
+name = c1.text_input("Name (letters, digits, - and _)", key="pp_save_name", placeholder="clahe-256")
+if c2.button("Save", key="pp_save", disabled=not name.strip()):
+    try:
+        path = save_config(name.strip(), cfg)
+    except ValueError as exc:
+        st.error(str(exc))
+    else:
+        st.success(f"Saved as '{name.strip()}' ({path.name}); training can use it with --config {name.strip()}.")
+st.json(cfg.to_dict(), expanded=False)
+st.caption(f"cache key {cfg.cache_key()}: images preprocessed with this geometry and contrast are cached once "
+           "and reused by training and embedding; augmentation and normalisation run on the fly.")

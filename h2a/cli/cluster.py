@@ -1,0 +1,120 @@
+"""``python -m h2a cluster``: UMAP + k-means of CNN embeddings, scored against sex and age.
+
+Registered by ``h2a.cli.build_parser`` through ``register(sub)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from h2a.cli.common import CliError, add_preprocess_options, load_data, preprocess_config_from_args, print_json
+from h2a.progress import StderrProgress
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("cluster", help="UMAP + k-means of CNN embeddings; do clusters follow sex or age?")
+    p.add_argument("--data", required=True, help="dataset folder")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", default=None, metavar="RUN", help="embed with a trained run's backbone")
+    src.add_argument("--backbone", choices=["pretrained"], default="pretrained",
+                     help="ImageNet-pretrained backbone (default)")
+    p.add_argument("--arch", default="efficientnet_lite0", help="architecture of the pretrained backbone")
+    p.add_argument("--k", type=int, default=2, help="number of k-means clusters (default 2)")
+    p.add_argument("--sweep", default=None, metavar="K1-K2",
+                   help="also report inertia and silhouette for k in this range, e.g. 2-10")
+    p.add_argument("--umap-neighbors", type=int, default=15)
+    p.add_argument("--umap-min-dist", type=float, default=0.1)
+    p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine", "manhattan", "correlation"])
+    p.add_argument("--pca", type=int, default=50, help="PCA components before UMAP/k-means (0 = none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="embedding precision: auto = bf16 on a GPU, float32 on a CPU; bf16 also on a CPU with AMX")
+    p.add_argument("--out", default=None, metavar="FILE.csv", help="write coordinates and cluster assignments")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_preprocess_options(p)
+    p.set_defaults(func=cmd_cluster)
+    return p
+
+
+def _parse_range(text: str) -> list[int]:
+    try:
+        lo, _, hi = text.partition("-")
+        ks = list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise CliError(f"--sweep wants a range like 2-10, not {text!r}") from None
+    if not ks or ks[0] < 2:
+        raise CliError("--sweep range must start at 2 or more")
+    return ks
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from h2a.analysis.clustering import cluster_embeddings, sweep_k
+    from h2a.analysis.embeddings import compute_embeddings
+    from h2a.models import PretrainedWeightsUnavailable
+
+    ds = load_data(args.data)
+    source = args.model or "pretrained"
+    explicit_pp = getattr(args, "config", None) or getattr(args, "image_size", None) or any(
+        getattr(args, a, None) is not None for a in ("resize", "contrast", "clahe_clip", "clahe_grid", "normalize"))
+    pcfg = preprocess_config_from_args(args, size=128) if (explicit_pp or not args.model) else None
+    if args.k < 2:
+        raise CliError("--k must be at least 2")
+    progress = StderrProgress("cluster")
+    try:
+        emb = compute_embeddings(ds, source, arch=args.arch, preprocess=pcfg, batch_size=args.batch_size,
+                                 device=args.device, progress=progress, amp=args.amp)
+    except (FileNotFoundError, PretrainedWeightsUnavailable, RuntimeError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    if len(emb) <= args.k:
+        raise CliError(f"{ds.name}: {len(emb)} decodable images, too few for k={args.k}")
+    try:
+        est, frame, scores = cluster_embeddings(emb, k=args.k, pca=args.pca, n_neighbors=args.umap_neighbors,
+                                                min_dist=args.umap_min_dist, metric=args.metric, seed=args.seed,
+                                                progress=progress)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    scores = {"dataset": ds.name, "synthetic": bool(ds.synthetic), **scores}
+    if args.sweep:
+        ks = _parse_range(args.sweep)
+        sw = sweep_k(est.features_, ks, random_state=args.seed)
+        sw_map = sweep_k(est.embedding_, ks, random_state=args.seed)
+        scores["sweep_full"] = sw.to_dict(orient="records")
+        scores["sweep_umap"] = sw_map.to_dict(orient="records")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False)
+        scores["csv"] = str(out)
+    if args.json:
+        print_json(scores)
+        return 0
+    _print_text(scores)
+    return 0
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _print_text(s: dict) -> None:
+    w = sys.stdout.write
+    emb = s["embedding"]
+    w(f"{s['n']} images of {s['dataset']}{' (SYNTHETIC)' if s['synthetic'] else ''}; embeddings "
+      f"{emb['source']} ({emb['dim']}-d{', reused' if emb['from_cache'] else ''}); k={s['k']}\n")
+    for label, sc in (("UMAP map", s), (s["full"]["space"], s["full"])):
+        w(f"{label}: ARI vs sex {_fmt(sc['ari_sex'])}, NMI {_fmt(sc['nmi_sex'])}, purity {_fmt(sc['purity_sex'])} "
+          f"(one big cluster: {_fmt(sc['purity_baseline'])}), silhouette {_fmt(sc['silhouette'])}, "
+          f"bone-age variance explained {_fmt(sc['boneage_eta2'])}\n")
+        for c in sc["clusters"]:
+            share = None if c["share_male"] is None else 100 * c["share_male"]
+            w(f"  cluster {c['cluster']}: {c['size']} images, {_fmt(share, '.0f')}% "
+              f"male, bone age {_fmt(c['boneage_mean'], '.0f')} mo ({_fmt(c['boneage_min'], '.0f')}-"
+              f"{_fmt(c['boneage_max'], '.0f')})\n")
+    rho = s.get("umap_spearman_boneage") or [None, None]
+    w(f"Spearman of UMAP axes with bone age: x {_fmt(rho[0], '+.2f')}, y {_fmt(rho[1], '+.2f')}\n")
+    if s.get("csv"):
+        w(f"coordinates and clusters written to {s['csv']}\n")

@@ -1,0 +1,45 @@
+"""``h2a evaluate``: a run's metrics on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+from h2a.cli.common import CliError, print_json
+from h2a.progress import StderrProgress
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from h2a.inference.evaluate import evaluate
+
+    try:
+        result = evaluate(args.model, args.data, split=args.split, flip_tta=args.tta, tta_views=args.tta_views,
+                          progress=None if args.json else StderrProgress("evaluate"))
+    except (FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    metrics = result.metrics
+    if args.json:
+        print_json(metrics)
+        return 0
+    print(f"{metrics['task']} on {metrics['n']} images ({metrics['split']}) of {metrics['data']}")
+    if metrics["task"] == "boneage":
+        print(f"MAE {metrics['mae']:.2f} mo, RMSE {metrics['rmse']:.2f}, R2 {metrics['r2']:.3f}, "
+              f"within 12 mo {100 * metrics['within_12_months']:.1f}%")
+        print("MAE by sex: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["mae_by_sex"].items()))
+        print("MAE by age: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["mae_by_age_bin"].items()))
+    else:
+        print(f"AUC {metrics['auc']:.3f}, accuracy {metrics['accuracy']:.3f}, "
+              f"balanced accuracy {metrics['balanced_accuracy']:.3f}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a trained run on a dataset")
+    p.add_argument("--model", required=True, help="run folder or name")
+    p.add_argument("--data", default=None, help="dataset folder (default: the run's own dataset)")
+    p.add_argument("--split", choices=["all", "validation", "holdout"], default=None,
+                   help="all labelled images (default for another folder) or the run's validation/holdout ids")
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--tta-views", type=int, default=0, metavar="N",
+                   help="also average N augmented copies (the run's own augmentation ranges)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)

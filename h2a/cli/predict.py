@@ -1,0 +1,45 @@
+"""``h2a predict``: bone age for image files, with clinical context and reports."""
+
+from __future__ import annotations
+
+import argparse
+
+from h2a.cli.common import CliError, print_json
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from h2a.predict.predictor import predict_files
+
+    try:
+        results = predict_files(args.model, args.files, sex=args.sex, dob=args.dob, exam_date=args.exam_date,
+                                age_months=args.age_months, tta=args.tta, cam=bool(args.report_dir),
+                                report_dir=args.report_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        print_json(results if len(results) != 1 else results[0])
+    else:
+        for r in results:
+            if r.get("error"):
+                print(f"error {r['file']}: {r['error']}")
+            else:
+                lo, hi = r["interval_months"]
+                extra = f"  SDS {r['sds']:+.2f} ({r['classification']})" if r.get("sds") is not None else ""
+                print(f"{r['file']}: bone age {r['bone_age_months']:.1f} months ({lo:.0f}-{hi:.0f}){extra}")
+                for w in r.get("warnings", []):
+                    print(f"  warning: {w}")
+    return 0 if all(not r.get("error") for r in results) else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="bone age for image files (PNG, JPEG, TIFF, DICOM)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--model", default=None, help="run folder or name (default: best validated bone-age run)")
+    p.add_argument("--sex", choices=["male", "female"], default=None)
+    p.add_argument("--dob", default=None, metavar="YYYY-MM-DD")
+    p.add_argument("--exam-date", default=None, metavar="YYYY-MM-DD")
+    p.add_argument("--age-months", type=float, default=None, help="chronological age at the exam")
+    p.add_argument("--tta", type=int, default=8, metavar="N", help="test-time augmentations for the interval")
+    p.add_argument("--report-dir", default=None, help="write a one-page PDF per file here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)

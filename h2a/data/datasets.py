@@ -1,0 +1,455 @@
+"""Find, validate and describe a dataset directory in the RSNA Bone Age layouts.
+
+A dataset is one directory holding one or more label CSVs plus their images:
+
+* Kaggle training layout: ``boneage-training-dataset.csv`` (``id,boneage,male``) and a
+  folder of ``<id>.png``;
+* the official validation list (``Image ID,male,Bone Age (months)``);
+* the label-free test list (``Case ID,Sex``).
+
+Several CSVs in one directory become splits side by side. Loading never stops at a bad
+row: the good rows load and every problem is recorded with the row or file it concerns,
+so a page can show them next to the statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from h2a.progress import ProgressFn, report
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
+BONEAGE_RANGE = (0.0, 240.0)
+SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by h2a.data.demo; the UI labels such data synthetic
+_MALE_WORDS = {"true", "t", "1", "m", "male", "yes", "y"}
+_FEMALE_WORDS = {"false", "f", "0", "female", "no", "n"}
+_SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
+
+
+class DatasetError(ValueError):
+    """The directory cannot be used at all (no label CSV, unknown columns, unreadable)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    item: str  # where: "file.csv line 12 (id 1234)" or an image file name
+    problem: str  # what, in plain words
+
+    def to_dict(self) -> dict[str, str]:
+        return {"item": self.item, "problem": self.problem}
+
+
+@dataclass(frozen=True)
+class LabelFormat:
+    name: str
+    split: str
+    id_col: str
+    sex_col: str
+    age_col: str | None
+
+
+# Column names are matched case- and whitespace-insensitively.
+LABEL_FORMATS = (
+    LabelFormat("kaggle", "train", "id", "male", "boneage"),
+    LabelFormat("validation", "validation", "Image ID", "male", "Bone Age (months)"),
+    LabelFormat("test", "test", "Case ID", "Sex", None),
+)
+
+
+@dataclass
+class Dataset:
+    """Label metadata aligned with image files.
+
+    ``meta`` columns: ``id`` (str), ``split`` ('train' | 'validation' | 'test'),
+    ``boneage`` (float months, NaN when unlabelled), ``male`` (nullable boolean),
+    ``path`` (absolute image path, or None when the image is missing), ``source``
+    (label CSV file name), ``line`` (1-based line in that CSV).
+    """
+
+    root: Path
+    meta: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+    synthetic: bool = False
+    sources: dict[str, str] = field(default_factory=dict)  # csv file -> format name
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.meta["split"].unique(), key=lambda s: _SPLIT_ORDER.get(s, 9))
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of ids, labels and image file sizes/mtimes: changes when the data does."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for row in self.meta[["id", "split", "boneage", "male", "path"]].itertuples(index=False):
+                stat = ""
+                if row.path:
+                    try:
+                        st = os.stat(row.path)
+                        stat = f"{st.st_size}:{st.st_mtime_ns}"
+                    except OSError:
+                        stat = "gone"
+                h.update(f"{row.id}|{row.split}|{row.boneage}|{row.male}|{stat}\n".encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def with_images(self) -> pd.DataFrame:
+        """Rows whose image file exists (the ones that can be decoded, trained on, shown)."""
+        return self.meta[self.meta["path"].notna()]
+
+    def labelled(self) -> pd.DataFrame:
+        """Rows with an image and both labels, as training and evaluation need."""
+        m = self.with_images()
+        return m[m["boneage"].notna() & m["male"].notna()]
+
+    def problem_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([p.to_dict() for p in self.problems], columns=["item", "problem"])
+
+
+def _norm(col: str) -> str:
+    return " ".join(str(col).strip().lower().split())
+
+
+def _match_format(columns: list[str]) -> LabelFormat | None:
+    have = {_norm(c) for c in columns}
+    for fmt in LABEL_FORMATS:
+        need = {_norm(fmt.id_col), _norm(fmt.sex_col)} | ({_norm(fmt.age_col)} if fmt.age_col else set())
+        if need <= have:
+            return fmt
+    return None
+
+
+def _split_for(csv_path: Path, fmt: LabelFormat) -> str:
+    """The Kaggle-format CSV is used for both train and validation copies; read the name."""
+    stem = csv_path.stem.lower()
+    if fmt.name == "kaggle":
+        if "valid" in stem:
+            return "validation"
+        if "test" in stem:
+            return "test"
+    return fmt.split
+
+
+def _parse_sex(raw: str) -> bool | None:
+    word = str(raw).strip().lower()
+    if word in _MALE_WORDS:
+        return True
+    if word in _FEMALE_WORDS:
+        return False
+    return None
+
+
+def _index_images(root: Path, max_depth: int = 3) -> dict[str, list[Path]]:
+    """Map image file stem -> paths, walking a few levels (the official download nests)."""
+    index: dict[str, list[Path]] = {}
+    stack = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=True):
+                if depth < max_depth:
+                    stack.append((Path(entry.path), depth + 1))
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                stem = entry.name.rsplit(".", 1)[0]
+                index.setdefault(stem, []).append(Path(entry.path))
+    return index
+
+
+def _pick_image(candidates: list[Path], csv_path: Path, split: str) -> Path:
+    if len(candidates) == 1:
+        return candidates[0]
+    stem = csv_path.stem.lower()
+    for cand in candidates:
+        if any(stem in part.lower() for part in cand.parent.parts):
+            return cand
+    key = {"train": "train", "validation": "valid", "test": "test"}[split]
+    for cand in candidates:
+        if key in str(cand.parent).lower():
+            return cand
+    return sorted(candidates)[0]
+
+
+def find_label_csvs(root: Path) -> list[Path]:
+    csvs = sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv"))
+    return [p for p in csvs if p.is_file()]
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise DatasetError(f"{path.name}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+
+
+def _rows_from_csv(
+    csv_path: Path, fmt: LabelFormat, frame: pd.DataFrame, index: dict[str, list[Path]], root: Path
+) -> tuple[list[dict], list[Problem]]:
+    cols = {_norm(c): c for c in frame.columns}
+    id_col, sex_col = cols[_norm(fmt.id_col)], cols[_norm(fmt.sex_col)]
+    age_col = cols[_norm(fmt.age_col)] if fmt.age_col else None
+    split = _split_for(csv_path, fmt)
+    rel = str(csv_path.relative_to(root))
+    rows: list[dict] = []
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    lo, hi = BONEAGE_RANGE
+    for i, rec in enumerate(frame.to_dict("records")):
+        line = i + 2  # header is line 1
+        raw_id = str(rec[id_col]).strip()
+        where = f"{rel} line {line} (id {raw_id or '?'})"
+        if not raw_id:
+            problems.append(Problem(where, "empty id: row skipped"))
+            continue
+        if raw_id.endswith(".0") and raw_id[:-2].isdigit():
+            raw_id = raw_id[:-2]
+        if raw_id in seen:
+            problems.append(Problem(where, f"duplicate id {raw_id} (first on line {seen[raw_id]}): row skipped"))
+            continue
+        seen[raw_id] = line
+        male = _parse_sex(rec[sex_col])
+        if male is None:
+            problems.append(Problem(where, f"unknown sex value {rec[sex_col]!r} (expected male True/False or M/F): row skipped"))
+            continue
+        boneage = np.nan
+        if age_col is not None:
+            raw_age = str(rec[age_col]).strip()
+            try:
+                boneage = float(raw_age)
+            except ValueError:
+                problems.append(Problem(where, f"bone age {raw_age!r} is not a number: row skipped"))
+                continue
+            if not np.isfinite(boneage) or not lo <= boneage <= hi:
+                problems.append(Problem(where, f"bone age {raw_age} months is outside {lo:.0f}-{hi:.0f} months: row skipped"))
+                continue
+        path = None
+        cands = index.get(raw_id)
+        if cands:
+            path = str(_pick_image(cands, csv_path, split).resolve())
+        else:
+            problems.append(Problem(where, f"image {raw_id}.png not found: labels kept, no image"))
+        rows.append({"id": raw_id, "split": split, "boneage": boneage, "male": male,
+                     "path": path, "source": rel, "line": line})
+    return rows, problems
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Load every label CSV in ``root`` (and one level below) with their images.
+
+    Raises DatasetError only when nothing usable is there; everything else becomes a
+    Problem on the returned dataset.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: folder does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder (point H2A at the folder holding the label CSV)")
+    csvs = find_label_csvs(root)
+    if not csvs:
+        raise DatasetError(
+            f"{root}: no label CSV found (expected e.g. boneage-training-dataset.csv with "
+            "columns id,boneage,male)"
+        )
+    index = _index_images(root)
+    rows: list[dict] = []
+    problems: list[Problem] = []
+    sources: dict[str, str] = {}
+    unknown: list[str] = []
+    for csv_path in csvs:
+        rel = str(csv_path.relative_to(root))
+        try:
+            frame = _read_csv(csv_path)
+        except DatasetError as exc:
+            problems.append(Problem(rel, str(exc)))
+            continue
+        fmt = _match_format(list(frame.columns))
+        if fmt is None:
+            unknown.append(f"{rel} (columns: {', '.join(map(str, frame.columns)) or 'none'})")
+            continue
+        sources[rel] = fmt.name
+        new_rows, new_problems = _rows_from_csv(csv_path, fmt, frame, index, root)
+        rows.extend(new_rows)
+        problems.extend(new_problems)
+    if not sources:
+        raise DatasetError(
+            f"{root}: no label CSV with known columns: {'; '.join(unknown)}. Expected "
+            "'id,boneage,male', 'Image ID,male,Bone Age (months)' or 'Case ID,Sex'"
+        )
+    for item in unknown:
+        problems.append(Problem(item.split(" (")[0], f"unknown columns, file ignored: {item}"))
+    meta = pd.DataFrame(rows, columns=["id", "split", "boneage", "male", "path", "source", "line"])
+    meta["id"] = meta["id"].astype(object)
+    meta["boneage"] = meta["boneage"].astype(float)
+    meta["male"] = meta["male"].astype("boolean")
+    meta["path"] = meta["path"].astype(object).where(meta["path"].notna(), None)
+    dup = meta.duplicated(["split", "id"], keep="first")
+    for row in meta[dup].itertuples():
+        problems.append(Problem(f"{row.source} line {row.line} (id {row.id})", f"id {row.id} already listed in another {row.split} CSV: row skipped"))
+    meta = meta[~dup].reset_index(drop=True)
+    synthetic = (root / SYNTHETIC_MARKER).exists()
+    return Dataset(root=root, meta=meta, problems=problems, synthetic=synthetic, sources=sources)
+
+
+# ---------------------------------------------------------------- header facts (cached)
+
+HEADER_COLUMNS = ["format", "width", "height", "channels", "bit_depth", "mode", "photometric", "file_size", "error"]
+
+
+class HeaderCache:
+    """Header facts on disk keyed by (path, size, mtime): a 12,611-image folder is read once."""
+
+    def __init__(self, db_path: Path) -> None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db_path = db_path
+        with self._connect() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS headers (path TEXT PRIMARY KEY, size INTEGER, "
+                "mtime INTEGER, facts TEXT)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.db_path, timeout=30)
+
+    def get_many(self, keys: list[tuple[str, int, int]]) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        wanted = {k[0]: k for k in keys}
+        with self._connect() as con:
+            paths = list(wanted)
+            for start in range(0, len(paths), 500):
+                chunk = paths[start:start + 500]
+                q = f"SELECT path, size, mtime, facts FROM headers WHERE path IN ({','.join('?' * len(chunk))})"
+                for path, size, mtime, facts in con.execute(q, chunk):
+                    if wanted[path][1:] == (size, mtime):
+                        found[path] = json.loads(facts)
+        return found
+
+    def put_many(self, items: list[tuple[tuple[str, int, int], dict]]) -> None:
+        with self._connect() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?)",
+                [(k[0], k[1], k[2], json.dumps(v)) for k, v in items],
+            )
+
+
+def _header_facts(path: str) -> dict:
+    from h2a.data import imageio
+
+    try:
+        info = imageio.scan_file(path)
+    except imageio.ImageReadError as exc:
+        return {"error": str(exc)}
+    return {
+        "format": info.format, "width": info.width, "height": info.height,
+        "channels": info.channels, "bit_depth": info.bit_depth, "mode": info.mode,
+        "photometric": info.photometric, "file_size": info.file_size, "error": None,
+    }
+
+
+def scan_headers(
+    ds: Dataset,
+    *,
+    db_path: Path | None = None,
+    progress: ProgressFn | None = None,
+    workers: int = 8,
+) -> pd.DataFrame:
+    """Header facts (size, mode, bit depth) for every image, read from headers only.
+
+    Returns a frame aligned with ``ds.meta`` (same index). Unreadable files get an
+    ``error`` text and are added to ``ds.problems`` once.
+    """
+    from h2a.settings import get_settings
+
+    cache = HeaderCache(db_path or get_settings().header_db)
+    out = pd.DataFrame(index=ds.meta.index, columns=HEADER_COLUMNS, dtype=object)
+    with_path = ds.meta["path"].notna()
+    keys: dict[int, tuple[str, int, int]] = {}
+    for idx, path in ds.meta.loc[with_path, "path"].items():
+        try:
+            st = os.stat(path)
+            keys[idx] = (path, st.st_size, st.st_mtime_ns)
+        except OSError:
+            out.at[idx, "error"] = f"{Path(path).name}: file disappeared"
+    known = cache.get_many(list(keys.values()))
+    todo = [(idx, key) for idx, key in keys.items() if key[0] not in known]
+    total = len(keys)
+    done = total - len(todo)
+    report(progress, done, total, "reading image headers")
+    fresh: list[tuple[tuple[str, int, int], dict]] = []
+    if todo:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for n, ((idx, key), facts) in enumerate(zip(todo, pool.map(lambda t: _header_facts(t[1][0]), todo)), 1):
+                known[key[0]] = facts
+                fresh.append((key, facts))
+                if n % 200 == 0 or n == len(todo):
+                    report(progress, done + n, total, "reading image headers")
+        cache.put_many(fresh)
+    for idx, key in keys.items():
+        facts = known[key[0]]
+        for col in HEADER_COLUMNS:
+            out.at[idx, col] = facts.get(col)
+    seen = {p.item for p in ds.problems}
+    for idx in out.index[out["error"].notna()]:
+        name = Path(ds.meta.at[idx, "path"] or ds.meta.at[idx, "id"]).name
+        if name not in seen:
+            ds.problems.append(Problem(name, f"unreadable image: {out.at[idx, 'error']}"))
+    for col in ("width", "height", "channels", "bit_depth", "file_size"):
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out
+
+
+# ---------------------------------------------------------------- splits
+
+def age_bins(boneage: pd.Series | np.ndarray, width: float = 24.0) -> np.ndarray:
+    """Bin index per bone age (default 2-year bins), used for stratification and reports."""
+    return np.floor(np.asarray(boneage, dtype=float) / width).astype(int)
+
+
+def stratified_split(
+    meta: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0, n_bins: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split row positions into train/validation, stratified by sex x bone-age quantile bin.
+
+    Deterministic for a seed; strata too small to split go to training, so every
+    stratum with at least two rows is represented in validation.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    age = meta["boneage"].to_numpy(dtype=float)
+    male = meta["male"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    ranks = pd.Series(age).rank(method="first").to_numpy()
+    qbin = np.minimum((ranks - 1) * n_bins // max(len(age), 1), n_bins - 1).astype(int)
+    strata = qbin * 2 + male.astype(int)
+    rng = np.random.default_rng(seed)
+    val: list[int] = []
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        if len(members) < 2:
+            continue
+        rng.shuffle(members)
+        k = max(1, int(round(len(members) * val_fraction)))
+        val.extend(members[:k].tolist())
+    val_arr = np.array(sorted(val), dtype=int)
+    train_arr = np.setdiff1d(np.arange(len(meta)), val_arr)
+    return train_arr, val_arr

@@ -1,0 +1,341 @@
+"""Preprocessing: one config that travels with every model and is re-applied at prediction.
+
+The work splits in two on purpose:
+
+* ``prepare`` is the *deterministic* part (geometry + contrast) and returns uint8. Its
+  output is what the tensor cache stores, so only the fields it reads enter
+  ``PreprocessConfig.cache_key``.
+* augmentation and normalisation (``h2a.data.transforms``) run on the training device per
+  batch, so changing them never invalidates a cache.
+
+This module never imports torch, so cache worker processes (which only call ``prepare``)
+start quickly and stay small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from h2a.settings import get_settings
+
+# Bump when ``prepare`` changes its output for the same config: old caches then miss.
+PREPROCESS_VERSION = 1
+
+RESIZE_MODES = ("squash", "pad", "crop")
+CONTRAST_MODES = ("none", "hist_eq", "clahe")
+NORMALIZE_MODES = ("imagenet", "per_image")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything needed to turn a decoded radiograph into a model input."""
+
+    size: int = 256
+    resize: str = "pad"
+    contrast: str = "none"
+    clahe_clip: float = 2.0
+    clahe_grid: int = 8
+    normalize: str = "imagenet"
+    flip: bool = True
+    shift: float = 0.05
+    rotation: float = 10.0
+    zoom: float = 0.10
+
+    def __post_init__(self) -> None:
+        # Coerce ints given for float fields so equal configs hash and serialise equally.
+        for name in ("clahe_clip", "shift", "rotation", "zoom"):
+            value = getattr(self, name)
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        for name in ("size", "clahe_grid"):
+            value = getattr(self, name)
+            if isinstance(value, np.integer):
+                object.__setattr__(self, name, int(value))
+        if isinstance(self.flip, np.bool_):
+            object.__setattr__(self, "flip", bool(self.flip))
+        self.validate()
+
+    # -- validation ---------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError with a message a user can act on; called on construction."""
+        problems: list[str] = []
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not is_int(self.size) or not 16 <= self.size <= 2048:
+            problems.append(f"size must be an integer from 16 to 2048 pixels, got {self.size!r}")
+        if self.resize not in RESIZE_MODES:
+            problems.append(f"resize must be one of {', '.join(RESIZE_MODES)}; got {self.resize!r}")
+        if self.contrast not in CONTRAST_MODES:
+            problems.append(
+                f"contrast must be one of {', '.join(CONTRAST_MODES)}; got {self.contrast!r}"
+            )
+        if not is_num(self.clahe_clip) or not 0 < self.clahe_clip <= 100:
+            problems.append(f"clahe_clip must be a number > 0 and <= 100, got {self.clahe_clip!r}")
+        if not is_int(self.clahe_grid) or not 1 <= self.clahe_grid <= 64:
+            problems.append(f"clahe_grid must be an integer from 1 to 64, got {self.clahe_grid!r}")
+        if self.normalize not in NORMALIZE_MODES:
+            problems.append(
+                f"normalize must be one of {', '.join(NORMALIZE_MODES)}; got {self.normalize!r}"
+            )
+        if not isinstance(self.flip, bool):
+            problems.append(f"flip must be true or false, got {self.flip!r}")
+        if not is_num(self.shift) or not 0 <= self.shift <= 0.5:
+            problems.append(f"shift must be a fraction from 0 to 0.5, got {self.shift!r}")
+        if not is_num(self.rotation) or not 0 <= self.rotation <= 180:
+            problems.append(f"rotation must be from 0 to 180 degrees, got {self.rotation!r}")
+        if not is_num(self.zoom) or not 0 <= self.zoom < 1:
+            problems.append(f"zoom must be a fraction from 0 to below 1, got {self.zoom!r}")
+        if problems:
+            raise ValueError("Invalid preprocessing config: " + "; ".join(problems))
+
+    # -- serialisation ------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessConfig":
+        """Build from JSON-like data; unknown keys are ignored so old/new files still load."""
+        if not isinstance(d, dict):
+            raise ValueError(f"Preprocessing config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        # JSON may carry 256.0 for an int field; accept integral floats only.
+        for name in ("size", "clahe_grid"):
+            v = kwargs.get(name)
+            if isinstance(v, float) and v.is_integer():
+                kwargs[name] = int(v)
+        return cls(**kwargs)
+
+    def deterministic_dict(self) -> dict:
+        """The fields that change ``prepare``'s output (CLAHE params only when used)."""
+        out: dict[str, Any] = {
+            "v": PREPROCESS_VERSION,
+            "size": self.size,
+            "resize": self.resize,
+            "contrast": self.contrast,
+        }
+        if self.contrast == "clahe":
+            out["clahe_clip"] = float(self.clahe_clip)
+            out["clahe_grid"] = int(self.clahe_grid)
+        return out
+
+    def cache_key(self) -> str:
+        """Short stable hash of the deterministic fields: augmentation/normalisation
+        changes reuse the same tensor cache."""
+        blob = json.dumps(self.deterministic_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+# -- deterministic part ---------------------------------------------------------------
+def _to_float2d(img: np.ndarray) -> np.ndarray:
+    """Accept the imageio contract (2-D float [0,1]) and forgive (H,W,1) / uint8 input."""
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim != 2:
+        raise ValueError(f"Expected a 2-D grayscale image, got shape {a.shape}")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"Image is empty (shape {a.shape})")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    a = a.astype(np.float32, copy=False)
+    if not np.isfinite(a).all():
+        a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
+    return a
+
+
+def _resize(a: np.ndarray, w: int, h: int) -> np.ndarray:
+    shrinking = w <= a.shape[1] and h <= a.shape[0]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    if (h, w) == a.shape:
+        return a
+    return cv2.resize(a, (w, h), interpolation=interp)
+
+
+def _to_u8(a: np.ndarray) -> np.ndarray:
+    return np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _contrast(u8: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    if cfg.contrast == "hist_eq":
+        return cv2.equalizeHist(np.ascontiguousarray(u8))
+    if cfg.contrast == "clahe":
+        clahe = cv2.createCLAHE(clipLimit=float(cfg.clahe_clip),
+                                tileGridSize=(cfg.clahe_grid, cfg.clahe_grid))
+        return clahe.apply(np.ascontiguousarray(u8))
+    return u8
+
+
+def prepare(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """float [0,1] (H,W) -> uint8 (size,size): geometry, then contrast on the content only
+    (before padding, so black bars do not skew histogram equalisation / CLAHE)."""
+    a = _to_float2d(img)
+    s = cfg.size
+    h, w = a.shape
+    if cfg.resize == "squash":
+        content = _resize(a, s, s)
+    elif cfg.resize == "pad":
+        scale = s / max(h, w)
+        nh = min(s, max(1, round(h * scale)))
+        nw = min(s, max(1, round(w * scale)))
+        content = _resize(a, nw, nh)
+    else:  # crop: the centred square of side min(h, w), cut before resizing (cheaper)
+        side = min(h, w)
+        y0 = (h - side) // 2
+        x0 = (w - side) // 2
+        content = _resize(a[y0:y0 + side, x0:x0 + side], s, s)
+    u8 = _contrast(_to_u8(content), cfg)
+    if u8.shape == (s, s):
+        return np.ascontiguousarray(u8)
+    out = np.zeros((s, s), dtype=np.uint8)
+    ch, cw = u8.shape
+    y0 = (s - ch) // 2
+    x0 = (s - cw) // 2
+    out[y0:y0 + ch, x0:x0 + cw] = u8
+    return out
+
+
+def prepare_file(path_or_bytes: str | os.PathLike | bytes, cfg: PreprocessConfig,
+                 name: str | None = None) -> np.ndarray:
+    """Decode (via the one decoder, ``h2a.data.imageio``) then ``prepare``."""
+    from h2a.data.imageio import read_image
+
+    return prepare(read_image(path_or_bytes, name=name), cfg)
+
+
+def _prepare_chunk(task: Sequence) -> tuple[int, list[tuple[int, str]], int]:
+    """Prepare a slice of rows straight into the tensor-cache memmap.
+
+    Lives here (not in ``h2a.data.cache``) so cache worker processes never import torch.
+    ``task`` = (memmap path, total rows, first row, paths, config dict, single_thread).
+    Returns (first row, [(row, error message)], rows done): only errors travel back, so
+    IPC stays tiny whatever the image size.
+    """
+    from h2a.data.imageio import ImageReadError, read_image
+
+    mm_path, n_total, start, paths, cfg_dict, single_thread = task
+    if single_thread:
+        cv2.setNumThreads(1)
+    cfg = PreprocessConfig.from_dict(cfg_dict)
+    s = cfg.size
+    mm = np.memmap(mm_path, dtype=np.uint8, mode="r+", shape=(n_total, s, s))
+    errors: list[tuple[int, str]] = []
+    try:
+        for k, path in enumerate(paths):
+            row = start + k
+            fname = Path(path).name
+            try:
+                mm[row] = prepare(read_image(path), cfg)
+                continue
+            except ImageReadError as exc:
+                msg = str(exc)
+            except Exception as exc:  # a bad file must never stop the build
+                msg = f"unexpected {type(exc).__name__}: {exc}"
+            if fname not in msg:
+                msg = f"{fname}: {msg}"
+            mm[row] = 0
+            errors.append((row, msg))
+        mm.flush()
+    finally:
+        del mm
+    return start, errors, len(paths)
+
+
+def _worker_main() -> None:
+    """Cache worker process loop: one JSON task per stdin line, one JSON reply per line.
+
+    Started as ``python -c`` by ``h2a.data.cache`` rather than through multiprocessing, so it
+    never re-imports the caller's ``__main__`` (Streamlit script, stdin, notebook) and
+    never forks a threaded parent. Replies go to a private copy of stdout; anything a
+    library prints lands on stderr instead of corrupting the protocol.
+    """
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        start, errors, count = _prepare_chunk(json.loads(line))
+        proto.write(json.dumps([start, errors, count]) + "\n")
+        proto.flush()
+
+
+# -- named configs on disk --------------------------------------------------------------
+def _configs_dir(directory: Path | None) -> Path:
+    return Path(directory) if directory is not None else get_settings().configs_dir
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name.strip()):
+        raise ValueError(
+            f"Config name {name!r} is not allowed: use 1-64 letters, digits, '-' or '_' "
+            "(no spaces, dots or slashes)"
+        )
+    return name.strip()
+
+
+def save_config(name: str, cfg: PreprocessConfig, directory: Path | None = None) -> Path:
+    """Save as ``<name>.json`` (atomic replace, so a reader never sees half a file)."""
+    name = _check_name(name)
+    d = _configs_dir(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(cfg.to_dict(), fh, indent=2, sort_keys=True)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_config(name: str, directory: Path | None = None) -> PreprocessConfig:
+    name = _check_name(name)
+    path = _configs_dir(directory) / f"{name}.json"
+    if not path.is_file():
+        have = list_configs(directory)
+        raise FileNotFoundError(
+            f"No preprocessing config named {name!r} in {path.parent}"
+            + (f" (saved: {', '.join(have)})" if have else " (none saved yet)")
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path.name}: not valid JSON ({exc})") from exc
+    return PreprocessConfig.from_dict(data)
+
+
+def list_configs(directory: Path | None = None) -> list[str]:
+    d = _configs_dir(directory)
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.json") if _NAME_RE.match(p.stem))
+
+
+__all__: Sequence[str] = (
+    "PreprocessConfig", "prepare", "prepare_file", "save_config", "load_config", "list_configs",
+    "PREPROCESS_VERSION",
+)

@@ -1,0 +1,90 @@
+"""The metrics that judge a run: one definition for validation, evaluation and the pages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def age_band_labels(ages: np.ndarray, width: int = 24) -> np.ndarray:
+    """'0-2 y', '2-4 y', ... labels for 2-year bands of bone age in months."""
+    lo = (np.floor(np.asarray(ages, float) / width) * width).astype(int)
+    return np.array([f"{a // 12}-{(a + width) // 12} y" for a in lo])
+
+
+def band_order(labels) -> list[str]:
+    """Band labels in age order ('2-4 y' before '10-12 y')."""
+    return sorted(set(labels), key=lambda s: int(s.split("-")[0]))
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray, male: np.ndarray) -> dict:
+    """MAE, RMSE, R², share within 12 months, MAE by sex and by 2-year band."""
+    y, pred, male = np.asarray(y, float), np.asarray(pred, float), np.asarray(male, bool)
+    err = pred - y
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    bands = age_band_labels(y)
+    return {
+        "task": "boneage",
+        "n": int(len(y)),
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err ** 2).mean())),
+        "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else None,
+        "bias": float(err.mean()),
+        "within_12_months": float((np.abs(err) <= 12).mean()),
+        "mae_baseline_mean": float(np.abs(y - y.mean()).mean()),
+        "mae_by_sex": {
+            label: float(np.abs(err[mask]).mean())
+            for label, mask in (("male", male), ("female", ~male)) if mask.any()
+        },
+        "mae_by_age_bin": {b: float(np.abs(err[bands == b]).mean()) for b in band_order(bands)},
+        "n_by_age_bin": {b: int((bands == b).sum()) for b in band_order(bands)},
+    }
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, int)
+    if len(np.unique(y)) < 2:
+        return None
+    return float(roc_auc_score(y, score))
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray, boneage: np.ndarray | None = None) -> dict:
+    """Accuracy, balanced accuracy, ROC-AUC, confusion matrix, AUC by 2-year age band."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
+    y, prob = np.asarray(y, int), np.asarray(prob, float)
+    pred = (prob >= 0.5).astype(int)
+    out = {
+        "task": "sex",
+        "n": int(len(y)),
+        "share_male": float(y.mean()) if len(y) else None,
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1 else None,
+        "auc": roc_auc(y, prob),
+        "confusion": confusion_matrix(y, pred, labels=[0, 1]).tolist(),  # rows true F/M, cols predicted F/M
+    }
+    if boneage is not None:
+        ages = np.asarray(boneage, float)
+        ok = np.isfinite(ages)
+        bands = age_band_labels(ages[ok])
+        out["auc_by_age_band"] = {b: roc_auc(y[ok][bands == b], prob[ok][bands == b]) for b in band_order(bands)}
+        out["n_by_age_band"] = {b: int((bands == b).sum()) for b in band_order(bands)}
+    return out
+
+
+def predictions_frame(ids, y, pred, male, task: str, boneage=None) -> pd.DataFrame:
+    """One row per image, sorted worst first (largest error / most confident mistake)."""
+    df = pd.DataFrame({"id": list(ids), "male": np.asarray(male, bool)})
+    if boneage is not None and task != "boneage":
+        df["boneage"] = np.asarray(boneage, float)
+    if task == "boneage":
+        df["boneage"] = np.asarray(y, float)
+        df["predicted"] = np.asarray(pred, float)
+        df["error"] = df["predicted"] - df["boneage"]
+        return df.sort_values("error", key=np.abs, ascending=False).reset_index(drop=True)
+    df["p_male"] = np.asarray(pred, float)
+    df["correct"] = (df["p_male"] >= 0.5) == df["male"]
+    df["confidence"] = np.abs(df["p_male"] - 0.5) * 2
+    return df.sort_values(["correct", "confidence"], ascending=[True, False]).reset_index(drop=True)
