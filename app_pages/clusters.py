@@ -77,15 +77,15 @@ cols[3].metric("Purity (map / full)", f"{_f(scores['purity_sex'])} / {_f(full['p
 cols[4].metric("Age variance explained", f"{_f(scores['boneage_eta2'])} / {_f(full['boneage_eta2'])}",
                help="share of the bone-age variance explained by the clusters (eta squared), map / full")
 rho = scores.get("umap_spearman_boneage") or [None, None]
-ari = max(abs(scores["ari_sex"] or 0), abs(full["ari_sex"] or 0))
-verdict = ("hardly at all" if ari < 0.05 else "a little" if ari < 0.2 else "partly" if ari < 0.5 else "largely")
-st.info(f"With k = {k}, the clusters follow sex **{verdict}** (ARI {_f(scores['ari_sex'])} on the map, "
-        f"{_f(full['ari_sex'])} on the full embedding; purity {_f(scores['purity_sex'])} against "
-        f"{_f(scores['purity_baseline'])} for one big cluster). They explain "
-        f"{100 * (scores['boneage_eta2'] or 0):.0f}% (map) and {100 * (full['boneage_eta2'] or 0):.0f}% (full) of the "
-        f"bone-age variance, and the map's axes correlate with bone age at Spearman {_f(rho[0], '+.2f')} and "
-        f"{_f(rho[1], '+.2f')}. Silhouette {_f(scores['silhouette'])} (map) / {_f(full['silhouette'])} (full)."
-        + (" This is synthetic demo data." if ds.synthetic else ""), icon=":material/insights:")
+verdict = scores["verdict"]  # the core's answer, the same `h2a cluster --json` reports
+st.info(f"**{verdict['reason']}** In words: the clusters follow sex **{verdict['sex']['strength'] or 'n/a'}** "
+        f"(ARI {_f(scores['ari_sex'])} on the map, {_f(full['ari_sex'])} on the full embedding; purity "
+        f"{_f(scores['purity_sex'])} against {_f(scores['purity_baseline'])} for one big cluster) and bone age "
+        f"**{verdict['age']['strength'] or 'n/a'}**: they explain {100 * (scores['boneage_eta2'] or 0):.0f}% (map) and "
+        f"{100 * (full['boneage_eta2'] or 0):.0f}% (full) of the bone-age variance, and the map's axes correlate with "
+        f"bone age at Spearman {_f(rho[0], '+.2f')} and {_f(rho[1], '+.2f')}. Silhouette {_f(scores['silhouette'])} "
+        f"(map) / {_f(full['silhouette'])} (full)." + (" This is synthetic demo data." if ds.synthetic else ""),
+        icon=":material/insights:")
 
 # ------------------------------------------------------------------ map + selection
 color = st.radio("Colour the map by", ["cluster", "cluster_full", "sex", "boneage"], horizontal=True, key="cl_color",
@@ -96,7 +96,7 @@ fig = cluster_map(frame, color,
 event = st.plotly_chart(fig, width="stretch", key="cl_map", on_select="rerun",
                         selection_mode=("points", "box", "lasso"))
 picked = selected_ids(event)
-paths = ds.meta.drop_duplicates("id").set_index(ds.meta.drop_duplicates("id")["id"].astype(str))["path"]
+paths = ds.paths_by_id()
 info = frame.drop_duplicates("id").set_index("id")
 st.subheader(f"Selected images ({len(picked)})")
 if picked:

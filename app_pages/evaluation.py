@@ -8,13 +8,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from h2a.app.charts import SEX_COLORS, style
-from h2a.app.runs_ui import cam_for, evaluation
-from h2a.app.state import require_dataset, thumb_for
+from h2a.app.cam_ui import cam_of_file
+from h2a.app.runs_ui import evaluation
+from h2a.app.state import dataset_at, require_dataset, thumb_for
 from h2a.app.training_ui import curves
 from h2a.inference.cam import overlay
-from h2a.data.datasets import load_dataset
-from h2a.data.imageio import ImageReadError, read_image
-from h2a.data.preprocess import PreprocessConfig, prepare
+from h2a.data.datasets import DatasetError
+from h2a.data.imageio import ImageReadError
 from h2a.engine.runs import list_runs, read_json
 
 active = require_dataset()
@@ -98,12 +98,14 @@ fig = px.scatter(preds, x="boneage", y="predicted", color="sex", color_discrete_
 fig.add_trace(go.Scatter(x=lim, y=lim, mode="lines", name="identity", line=dict(color="#aaa", dash="dash")))
 left.plotly_chart(style(fig), width="stretch")
 mean = (preds["boneage"] + preds["predicted"]) / 2
-bias, sd = float(preds["error"].mean()), float(preds["error"].std())
+ba = metrics["bland_altman"]  # bias and limits of agreement from the core, as `h2a evaluate --json` reports
+limits = "" if ba["sd"] is None else f", limits {ba['loa_low']:+.1f} to {ba['loa_high']:+.1f}"
 fig = px.scatter(preds.assign(mean=mean), x="mean", y="error", color="sex", color_discrete_map=SEX_COLORS, opacity=0.6,
                  hover_data=["id"], labels={"mean": "mean of true and predicted (months)", "error": "predicted - true (months)"},
-                 title=f"Bland-Altman: bias {bias:+.1f}, limits {bias - 1.96 * sd:+.1f} to {bias + 1.96 * sd:+.1f}")
-for y, dash in ((bias, "solid"), (bias - 1.96 * sd, "dash"), (bias + 1.96 * sd, "dash")):
-    fig.add_hline(y=y, line_dash=dash, line_color="#aaa")
+                 title=f"Bland-Altman: bias {ba['bias']:+.1f}{limits}")
+for y, dash in ((ba["bias"], "solid"), (ba["loa_low"], "dash"), (ba["loa_high"], "dash")):
+    if y is not None:
+        fig.add_hline(y=y, line_dash=dash, line_color="#aaa")
 right.plotly_chart(style(fig), width="stretch")
 
 left, right = st.columns(2)
@@ -120,15 +122,16 @@ if meta.get("history"):
 
 # ------------------------------------------------------------------ worst cases + CAM
 st.subheader("Worst cases")
-paths = ds.meta.set_index(ds.meta["id"].astype(str))["path"] if source == "active" else None
-if paths is None:
-    own = load_dataset(meta["dataset"]["path"])
-    paths = own.meta.set_index(own.meta["id"].astype(str))["path"]
+try:
+    own = ds if source == "active" else dataset_at(meta["dataset"]["path"])
+except DatasetError as exc:  # the run's folder moved: say so, keep the figures above
+    st.warning(f"The run's dataset folder cannot be read ({exc}); no images to show.")
+    st.stop()
 worst = preds.head(12)
 cols = st.columns(6)
 for i, row in enumerate(worst.itertuples()):
     with cols[i % 6]:
-        path = paths.get(str(row.id))
+        path = own.path_of(row.id)
         thumb = thumb_for(path) if path else "image not found"
         if isinstance(thumb, str):
             st.error(thumb)
@@ -141,16 +144,18 @@ cam_ids = st.multiselect("Images", preds["id"].astype(str).tolist(), default=pre
                          max_selections=6, key="eval_cam_ids")
 alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, key="eval_cam_alpha")
 if cam_ids:
-    run_cfg = PreprocessConfig.from_dict(meta["preprocess"])
     cols = st.columns(len(cam_ids))
     for col, ident in zip(cols, cam_ids):
         row = preds[preds["id"].astype(str) == ident].iloc[0]
-        try:
-            u8 = prepare(read_image(paths[ident]), run_cfg)
-        except (ImageReadError, KeyError) as exc:
+        path = own.path_of(ident)
+        if path is None:
+            col.error(f"{ident}: image not found")
+            continue
+        try:  # cached per (run, image, sex): moving the opacity slider only re-blends
+            u8, heat = cam_of_file(by_name[focus].path, path, bool(row.male))
+        except ImageReadError as exc:
             col.error(f"{ident}: {exc}")
             continue
-        heat = cam_for(by_name[focus].path, u8, bool(row.male))
         col.image(overlay(u8, heat, alpha=alpha), caption=f"{ident}: pred {row.predicted:.0f} mo", width="stretch")
 
 st.download_button("Download predictions (CSV)", preds.to_csv(index=False).encode(), file_name=f"{focus}-predictions.csv",

@@ -1,5 +1,8 @@
 """Preprocessing preview: what resize, crop, contrast, normalisation and augmentation do
-to real images, and a named config that training will use."""
+to real images, and a named config that training will use.
+
+The model-input numbers come from ``h2a.data.transforms`` (input_norm + array_input), the
+one transform the engine, embeddings and prediction use, for the architecture picked."""
 
 import numpy as np
 import pandas as pd
@@ -7,11 +10,20 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from h2a.data import imageio
 from h2a.app.charts import style
+from h2a.app.option_widgets import option_widget
 from h2a.app.state import require_dataset
-from h2a.data.preprocess import PreprocessConfig, list_configs, load_config, prepare, save_config
-from h2a.data.transforms import augment_samples, normalize
+from h2a.data import imageio
+from h2a.data.preprocess import (
+    PreprocessConfig,
+    list_configs,
+    load_config,
+    prepare,
+    save_config,
+)
+from h2a.data.transforms import array_input, augment_samples, input_norm
+from h2a.models import list_models
+from h2a.options import declarations
 
 active = require_dataset()
 ds = active.ds
@@ -36,24 +48,26 @@ with st.sidebar:
             st.session_state[f"pp_{k}"] = v
         st.session_state["pp_loaded"] = base_name
 
-    size = st.select_slider("Target size (px)", [64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 500, 512],
-                            key="pp_size")
-    resize = st.radio("Geometry", ["pad", "squash", "crop"], key="pp_resize", horizontal=True,
-                      help="pad: keep aspect, black bars; squash: plain resize; crop: keep aspect, centre crop")
-    contrast = st.radio("Contrast", ["none", "hist_eq", "clahe"], key="pp_contrast", horizontal=True,
-                        format_func={"none": "none", "hist_eq": "hist. equalisation", "clahe": "CLAHE"}.get)
-    clahe_clip = st.slider("CLAHE clip limit", 0.5, 8.0, step=0.5, key="pp_clahe_clip", disabled=contrast != "clahe")
-    clahe_grid = st.slider("CLAHE grid", 2, 16, key="pp_clahe_grid", disabled=contrast != "clahe")
-    norm = st.radio("Normalisation", ["imagenet", "per_image"], key="pp_normalize", horizontal=True)
-    st.markdown("**Augmentation** (training only)")
-    flip = st.checkbox("Horizontal flip", key="pp_flip")
-    shift = st.slider("Shift (fraction of size)", 0.0, 0.3, step=0.01, key="pp_shift")
-    rotation = st.slider("Rotation (degrees)", 0.0, 45.0, step=1.0, key="pp_rotation")
-    zoom = st.slider("Zoom (±fraction)", 0.0, 0.5, step=0.01, key="pp_zoom")
+    # Every widget comes from PreprocessConfig's declarations (label, help, range).
+    values = {}
+    group = None
+    for d in declarations(PreprocessConfig):
+        if d.opt.group != group and d.opt.group == "augmentation":
+            st.markdown("**Augmentation** (training only)")
+        group = d.opt.group
+        disabled = d.name.startswith("clahe_") and st.session_state.get("pp_contrast") != "clahe"
+        values[d.name] = option_widget(st, PreprocessConfig, d.name, key=f"pp_{d.name}", disabled=disabled,
+                                       widget="radio" if d.opt.choices else None)
+    st.markdown("**Model input**")
+    archs = list_models()
+    arch = st.selectbox("Architecture", archs, key="pp_arch",
+                        index=archs.index("efficientnet_lite0") if "efficientnet_lite0" in archs else 0,
+                        help="the input statistics below are for this architecture's normalisation, "
+                             "through the same transform the training engine uses")
 
-cfg = PreprocessConfig(size=int(size), resize=resize, contrast=contrast, clahe_clip=float(clahe_clip),
-                       clahe_grid=int(clahe_grid), normalize=norm, flip=flip, shift=float(shift),
-                       rotation=float(rotation), zoom=float(zoom))
+cfg = PreprocessConfig(**values)
+norm = input_norm(arch, cfg)
+cpu = torch.device("cpu")
 
 # ------------------------------------------------------------------ image choice
 def _label(i: str) -> str:
@@ -107,7 +121,7 @@ for ident in picked:
         st.error(img)
         continue
     out = prepare(img, cfg)
-    tensor = normalize(torch.from_numpy(out)[None, None], cfg)[0, 0].numpy()
+    tensor = array_input(out, norm, cpu)[0, 0].numpy()  # exactly what the engine feeds the model
     left, right = st.columns(2)
     with left:
         st.image(imageio.to_uint8(img), caption=f"original {img.shape[1]}x{img.shape[0]}", width="stretch")
@@ -116,8 +130,14 @@ for ident in picked:
         st.image(out, caption=f"preprocessed {cfg.size}x{cfg.size} ({cfg.resize}, {cfg.contrast})", width="stretch")
         st.plotly_chart(_hist(out.astype(np.float32) / 255.0, "Preprocessed intensities", (0.0, 1.0)),
                         width="stretch", key=f"h1-{ident}")
-        st.caption(f"model input after {cfg.normalize} normalisation: mean {tensor.mean():+.2f}, "
-                   f"sd {tensor.std():.2f}, range [{tensor.min():.2f}, {tensor.max():.2f}]")
+        how = ("per-image (zero mean, unit sd)" if norm is None
+               else f"{arch}'s mean {norm[0]:.3f} / sd {norm[1]:.3f}")
+        st.caption(f"model input after {how} normalisation: mean {tensor.mean():+.3f}, "
+                   f"sd {tensor.std():.3f}, range [{tensor.min():.3f}, {tensor.max():.3f}]")
+        st.dataframe(pd.DataFrame([{"image": ident, "architecture": arch, "normalize": cfg.normalize,
+                                    "mean": float(tensor.mean()), "sd": float(tensor.std()),
+                                    "min": float(tensor.min()), "max": float(tensor.max())}]),
+                     hide_index=True, key=f"input-stats-{ident}")
 
 # ------------------------------------------------------------------ augmentation grid
 st.subheader("Augmented samples")

@@ -7,14 +7,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from h2a.app.charts import SEX_COLORS, style
-from h2a.app.cluster_ui import bands_for, bootstrap_for, sex_evidence_cam
+from h2a.app.cam_ui import cam_of_file
+from h2a.app.cluster_ui import bands_for, bootstrap_for
 from h2a.app.runs_ui import evaluation
-from h2a.app.state import require_dataset
+from h2a.app.state import dataset_at, require_dataset
 from h2a.app.training_ui import curves, new_run_and_pick, show_run
 from h2a.inference.cam import overlay
-from h2a.data.datasets import load_dataset
-from h2a.data.imageio import ImageReadError, read_image
-from h2a.data.preprocess import PreprocessConfig, prepare
+from h2a.data.imageio import ImageReadError
 from h2a.engine.runs import read_json, summarize
 from h2a.analysis.sex import (
     calibration_bins,
@@ -137,12 +136,10 @@ if source == "active":
     own = ds
 else:
     try:
-        own = load_dataset(meta["dataset"]["path"])
+        own = dataset_at(meta["dataset"]["path"])
     except Exception as exc:  # noqa: BLE001 - the run's folder moved: say so, keep the rest of the page
         st.warning(f"The run's dataset folder cannot be read ({exc}); no images to show.")
         st.stop()
-paths = own.meta.drop_duplicates("id").set_index(own.meta.drop_duplicates("id")["id"].astype(str))["path"]
-run_pp = PreprocessConfig.from_dict(meta["preprocess"])
 right_cases, wrong_cases = confident_cases(preds, n_cases)
 for title, cases in (("Confidently right", right_cases), ("Confidently wrong", wrong_cases)):
     st.markdown(f"**{title}**")
@@ -151,14 +148,16 @@ for title, cases in (("Confidently right", right_cases), ("Confidently wrong", w
         continue
     cols = st.columns(n_cases)
     for col, row in zip(cols, cases.itertuples()):
-        path = paths.get(str(row.id))
-        try:
-            u8 = prepare(read_image(path), run_pp)
-        except (ImageReadError, TypeError, ValueError) as exc:
+        path = own.path_of(row.id)
+        if path is None:
+            col.error(f"{row.id}: image not found")
+            continue
+        try:  # evidence for the predicted sex (negative = toward female); cached, so the
+            # opacity slider only re-blends
+            u8, heat = cam_of_file(run_dir, path, negative=bool(row.p_male < 0.5))
+        except (ImageReadError, ValueError) as exc:
             col.error(f"{row.id}: {exc}")
             continue
-        predicted_male = row.p_male >= 0.5
-        heat = sex_evidence_cam(run_dir, u8, predicted_male, image_id=str(path))
         col.image(overlay(u8, heat, alpha=alpha), width="stretch",
                   caption=f"{row.id}: {'boy' if row.male else 'girl'}, P(male) {row.p_male:.2f}, "
                           f"{row.boneage:.0f} mo")

@@ -71,10 +71,10 @@ def _test_png(work: Path) -> tuple[bytes, str]:
 def _latency_run(arch: str, size: int, workspace: Path) -> Path:
     """One short epoch on the demo data: a real run folder of that architecture."""
     from h2a.data.demo import ensure_demo
-    from h2a.models import model_info
     from h2a.data.preprocess import PreprocessConfig
     from h2a.engine.config import TrainConfig
     from h2a.engine.trainer import train
+    from h2a.models import model_info
 
     demo = ensure_demo(n=120, seed=0)
     out = workspace / "models" / f"latency-{arch}-{size}"
@@ -104,10 +104,11 @@ def main() -> None:
         os.environ["H2A_MODELS_DIR"] = str(ws / "models")
     import torch
 
-    from h2a.inference.cam import overlay
     from h2a.data.imageio import read_header, read_image
-    from h2a.predict.predictor import Predictor, cam_to_image, cpu_threads, predict_files
     from h2a.data.preprocess import prepare
+    from h2a.inference.cam import overlay
+    from h2a.predict.batch import predict_files
+    from h2a.predict.predictor import Predictor, cam_to_image, cpu_threads
     from h2a.predict.report import pdf_report
 
     t0 = time.perf_counter()

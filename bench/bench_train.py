@@ -41,7 +41,7 @@ from h2a.models import create_model  # noqa: E402
 from h2a.data.preprocess import PreprocessConfig
 from h2a.data.transforms import augmentation  # noqa: E402
 from h2a.engine.config import TrainConfig
-from h2a.engine.trainer import make_optimizer  # noqa: E402
+from h2a.engine.optim import make_optimizer  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

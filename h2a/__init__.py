@@ -7,3 +7,6 @@ Research use only, not for clinical decisions.
 __version__ = "0.1.0"
 
 RESEARCH_NOTE = "Research use only, not for clinical decisions."
+
+# What a run can predict; the engine's Task objects (h2a.engine.tasks) implement each one.
+TASKS = ("boneage", "sex")

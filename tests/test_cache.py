@@ -17,7 +17,7 @@ import torch
 from h2a.data.cache import CachedImageDataset, TensorCache, build_cache, cache_dir_for, open_cache
 from h2a.data.datasets import load_dataset
 from h2a.data.preprocess import PreprocessConfig, prepare_file
-from h2a.data.transforms import augmentation, normalize
+from h2a.data.transforms import augmentation, input_norm, to_input
 
 FULLRES = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsna-fullres"
 CORRUPT_ID = "9999"
@@ -262,8 +262,9 @@ def test_dataloader_batch_then_normalize(built, ds):
     assert batch["image"].shape == (4, 1, 64, 64) and batch["image"].dtype == torch.uint8
     assert batch["target"].shape == (4,) and batch["target"].dtype == torch.float32
     assert batch["sex"].tolist() == [1.0, 0.0, 1.0, 0.0]
-    x = normalize(batch["image"], CFG)
+    x = to_input(batch["image"], input_norm("efficientnet_lite0", CFG))
     assert x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert torch.allclose(x, batch["image"].float() / 255 * 2 - 1)  # Lite0's weights want [-1, 1]
 
 
 def test_pickling_sends_the_location_not_the_pixels(built, ds):

@@ -116,3 +116,14 @@ def test_reference_band_matches_table() -> None:
     assert band["mean"][i] == pytest.approx(125.66)
     assert band["high"][i] == pytest.approx(120 + 2 * 11.73)
     assert len(GP_TABLE) == 24
+
+
+def test_caveats_are_coded_alerts() -> None:
+    from h2a.predict.alerts import Code, codes
+
+    assert assess(100.0, 100.0, male=False).alerts == []
+    girl_17 = assess(200.0, 204.0, male=False)  # past the girls' table and near mature
+    assert codes(girl_17.alerts) == [Code.REFERENCE_EXTRAPOLATED, Code.NEAR_MATURE]
+    assert [a.message for a in girl_17.alerts] == girl_17.notes[:2]  # the same sentences the notes print
+    assert codes(assess(1.0, 2.0, male=True).alerts) == [Code.REFERENCE_EXTRAPOLATED]  # below the table
+    assert codes(assess(200.0, 192.0, male=False).alerts) == [Code.NEAR_MATURE]

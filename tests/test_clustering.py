@@ -11,7 +11,16 @@ import pytest
 from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score
 
-from h2a.analysis.clustering import EmbeddingClusterer, axis_correlations, cluster_scores, purity, sweep_k
+from h2a.analysis.clustering import (
+    FOLLOWS_FROM,
+    STRENGTH_LEVELS,
+    EmbeddingClusterer,
+    axis_correlations,
+    cluster_scores,
+    cluster_verdict,
+    purity,
+    sweep_k,
+)
 
 
 def _blobs(n_per: int = 100, centers=((0.0,) * 8, (12.0,) * 8), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +130,7 @@ def test_cluster_command_json_and_csv(demo_dir, tmp_path, capsys) -> None:
     assert _cluster_cli(argv) == 0
     out = json.loads(capsys.readouterr().out)
     for key in ("n", "k", "ari_sex", "nmi_sex", "purity_sex", "silhouette", "clusters", "full", "boneage_eta2",
-                "umap_spearman_boneage", "embedding", "sweep_full"):
+                "umap_spearman_boneage", "embedding", "sweep_full", "verdict"):
         assert key in out, key
     from h2a.data.datasets import load_dataset
 
@@ -132,6 +141,7 @@ def test_cluster_command_json_and_csv(demo_dir, tmp_path, capsys) -> None:
     for c in out["clusters"] + out["full"]["clusters"]:
         assert 0 <= c["share_male"] <= 1 and 0 < c["boneage_mean"] < 240
     assert [r["k"] for r in out["sweep_full"]] == [2, 3, 4]
+    assert out["verdict"]["follows"] in ("sex", "age", "both", "neither") and out["verdict"]["reason"]
     import pandas as pd
 
     frame = pd.read_csv(out_csv)
@@ -152,13 +162,66 @@ def test_cluster_command_json_and_csv(demo_dir, tmp_path, capsys) -> None:
 def test_cluster_is_wired_into_python_m_h2a(demo_dir, capsys) -> None:
     from h2a.cli import build_parser, main
 
-    if "cluster" not in build_parser().format_help():
-        pytest.skip("`cluster` not wired into h2a.cli yet (register(sub) in build_parser)")
+    assert "cluster" in build_parser().format_help()
     # in-process (a subprocess would pay numba's UMAP compilation again)
     assert main(["cluster", "--data", str(demo_dir), "--image-size", "64", "--umap-neighbors", "10",
                  "--seed", "1", "--k", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["k"] == 3 and len(out["clusters"]) == 3 and len(out["full"]["clusters"]) == 3
+    assert out["verdict"] == cluster_verdict(out)  # the core's verdict, reported as computed
     assert main(["cluster", "--data", str(demo_dir), "--model", "no-such-run"]) == 2
     err = capsys.readouterr().err
     assert "no run" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- verdict
+
+def _scores(labels, male, age, labels_full=None) -> dict:
+    """Scores shaped like EmbeddingClusterer.scores: the map's at the top, the full space's in 'full'."""
+    out = cluster_scores(labels, male, age)
+    out["full"] = cluster_scores(labels if labels_full is None else labels_full, male, age)
+    return out
+
+
+def test_verdict_clusters_that_split_the_sexes_follow_sex() -> None:
+    rng = np.random.default_rng(0)
+    male = np.repeat([0, 1], 200)
+    age = rng.uniform(0, 228, 400)  # unrelated to the clusters
+    v = cluster_verdict(_scores(male.copy(), male, age))
+    assert v["follows"] == "sex" and v["sex"]["ari"] == pytest.approx(1.0) and v["sex"]["strength"] == "largely"
+    assert v["age"]["strength"] == "hardly at all" and v["age"]["follows"] is False
+    assert v["reason"].startswith("The clusters follow sex") and "ARI 1.00" in v["reason"]
+    assert v["thresholds"]["follows_from"] == FOLLOWS_FROM
+    json.dumps(v)
+
+
+def test_verdict_random_clusters_follow_neither() -> None:
+    rng = np.random.default_rng(1)
+    male = rng.integers(0, 2, 1000)
+    age = rng.uniform(0, 228, 1000)
+    v = cluster_verdict(_scores(rng.integers(0, 2, 1000), male, age, rng.integers(0, 2, 1000)))
+    assert v["follows"] == "neither" and v["sex"]["strength"] == v["age"]["strength"] == "hardly at all"
+    assert v["reason"].startswith("The clusters follow neither")
+
+
+def test_verdict_age_split_follows_age_and_both_and_unknown() -> None:
+    rng = np.random.default_rng(2)
+    age = rng.uniform(0, 228, 600)
+    male = rng.integers(0, 2, 600)
+    young_old = (age > np.median(age)).astype(int)  # uniform ages cut at the median: eta2 = 0.75
+    v = cluster_verdict(_scores(young_old, male, age))
+    assert v["follows"] == "age" and v["age"]["eta2"] == pytest.approx(0.75, abs=0.03)
+    assert v["age"]["strength"] == "largely"
+    # sex on the map, age on the full embedding: both, each figure from where it is found
+    both = cluster_verdict(_scores(male.copy(), male, age, labels_full=young_old))
+    assert both["follows"] == "both" and both["sex"]["space"] == "map" and both["age"]["space"] == "full embedding"
+    unknown = cluster_verdict(_scores(young_old, [np.nan] * 600, [np.nan] * 600))
+    assert unknown["follows"] == "unknown" and unknown["sex"]["ari"] is None
+
+
+def test_verdict_thresholds_are_the_band_edges() -> None:
+    bounds = [b for b, _ in STRENGTH_LEVELS[:-1]]
+    assert bounds == sorted(bounds) and FOLLOWS_FROM in bounds
+    for ari, label in ((0.0, "hardly at all"), (0.05, "a little"), (0.2, "partly"), (0.5, "largely")):
+        v = cluster_verdict({"k": 2, "ari_sex": ari, "boneage_eta2": None})
+        assert v["sex"]["strength"] == label and v["follows"] == ("sex" if ari >= FOLLOWS_FROM else "neither")

@@ -161,3 +161,30 @@ def test_labels_only_folder_loads_both_official_lists(labels_dir: Path) -> None:
     assert counts["validation"] == 1425 and counts["test"] == 200
     assert ds.meta["path"].isna().all()
     assert len(ds.problems) == 1625  # every row: image not found, labels kept
+
+
+def test_paths_by_id_is_one_cached_map_that_prefers_the_row_with_an_image(tmp_path: Path) -> None:
+    root = tmp_path / "twice"
+    _png(root / "imgs" / "1.png")
+    _png(root / "imgs" / "3.png")
+    # id 2 has no image anywhere; id 3 is in both CSVs with one image file
+    (root / "boneage-training-dataset.csv").write_text("id,boneage,male\n1,120,True\n2,36,False\n3,50,True\n")
+    (root / "boneage-validation-dataset.csv").write_text("Image ID,male,Bone Age (months)\n3,True,50\n4,False,30\n")
+    ds = load_dataset(root)
+    assert (ds.meta["id"] == "3").sum() == 2  # the same id in two splits
+    paths = ds.paths_by_id()
+    assert paths.index.is_unique and list(paths.index) == ["1", "2", "3", "4"]  # CSV order, one entry per id
+    assert paths["1"] == str((root / "imgs" / "1.png").resolve())
+    assert paths["3"] == str((root / "imgs" / "3.png").resolve())
+    assert paths["2"] is None and paths["4"] is None
+    assert ds.paths_by_id() is paths  # built once per Dataset
+    assert ds.path_of(3) == paths["3"] and ds.path_of("1") == paths["1"]  # ids as int or str
+    assert ds.path_of("2") is None and ds.path_of("no-such-id") is None
+
+
+def test_paths_by_id_prefers_an_image_when_the_first_row_has_none() -> None:
+    meta = pd.DataFrame({"id": ["7", "7", "8"], "split": ["train", "validation", "train"],
+                         "boneage": [1.0, 1.0, 2.0], "male": [True, True, False],
+                         "path": [None, "/x/7.png", "/x/8.png"], "source": ["a", "b", "a"], "line": [2, 2, 3]})
+    ds = datasets.Dataset(root=Path("/x"), meta=meta)
+    assert ds.paths_by_id().to_dict() == {"7": "/x/7.png", "8": "/x/8.png"}

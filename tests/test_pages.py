@@ -97,3 +97,33 @@ def test_preprocessing_config_saves_by_name(monkeypatch, demo_dir) -> None:
     at.text_input(key="pp_save_name").set_value("../evil").run()
     at.button(key="pp_save").click().run()
     assert at.error and "name" in at.error[0].value.lower()
+
+
+@pytest.mark.parametrize("arch, normalize", [("efficientnet_lite0", "imagenet"), ("resnet18", "imagenet"),
+                                             ("efficientnet_lite0", "per_image")])
+def test_preprocessing_page_shows_the_engines_model_input(monkeypatch, demo_dir, arch, normalize) -> None:
+    """The displayed input statistics are exactly what h2a.data.transforms feeds the model."""
+    import numpy as np
+    import torch
+
+    from h2a.data.datasets import load_dataset
+    from h2a.data.imageio import read_image
+    from h2a.data.preprocess import PreprocessConfig, prepare
+    from h2a.data.transforms import array_input, input_norm
+
+    at = _render(_app(monkeypatch, None), "app_pages/preprocessing.py")
+    at.selectbox(key="pp_arch").set_value(arch).run()
+    at.radio(key="pp_normalize").set_value(normalize).run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = next(df.value for df in at.dataframe if "architecture" in df.value.columns).iloc[0]
+    assert shown["architecture"] == arch and shown["normalize"] == normalize
+    meta = load_dataset(demo_dir).meta
+    path = meta.loc[meta["id"].astype(str) == str(shown["image"]), "path"].iloc[0]
+    cfg = PreprocessConfig(normalize=normalize)  # the page's defaults
+    x = array_input(prepare(read_image(path), cfg), input_norm(arch, cfg), torch.device("cpu"))[0, 0].numpy()
+    for name, value in (("mean", x.mean()), ("sd", x.std()), ("min", x.min()), ("max", x.max())):
+        assert shown[name] == pytest.approx(float(value), abs=1e-6), name
+    if arch == "efficientnet_lite0" and normalize == "imagenet":  # Lite0 is fed 0.5/0.5, not the grey ImageNet stats
+        assert shown["min"] >= -1.0 - 1e-6 and shown["max"] <= 1.0 + 1e-6
+        grey = (prepare(read_image(path), cfg).astype(np.float32) / 255 - 0.449) / 0.226
+        assert abs(shown["mean"] - grey.mean()) > 0.05

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from h2a.predict.clinical import gp_reference
 from h2a.data.datasets import load_dataset
 from h2a.data.imageio import read_image
-from h2a.predict.predictor import NoModelError, Predictor, cam_to_image, predict_files
 from h2a.data.preprocess import PreprocessConfig, prepare
+from h2a.predict.alerts import Alert, Code, codes
+from h2a.predict.batch import predict_files
+from h2a.predict.clinical import gp_reference
+from h2a.predict.predictor import NoModelError, Predictor, cam_to_image
 from h2a.predict.report import batch_csv, pdf_report
 from tests.conftest import run_cli
 from tests.corpus import PATIENT_ID, PATIENT_NAME, make_dicom
-
-OOD_WORDS = "looks unlike the model's training images"
 
 
 def _val_image(tiny_run: Path, demo_dir: Path, k: int = 0) -> tuple[Path, bool, float]:
@@ -130,7 +130,8 @@ def test_given_sex_wins_and_disagreement_is_a_warning(files, tiny_run) -> None:
     assert (untagged["sex"], untagged["sex_source"]) == ("male", "given")
     assert untagged["chronological_age_months"] is None and untagged["sds"] is None  # no age anywhere
     assert (mono1["sex"], mono1["sex_source"]) == ("male", "given")
-    assert any("differs from the DICOM PatientSex (F)" in w for w in mono1["warnings"])
+    [mismatch] = [w for w in mono1["warnings"] if w["code"] == "sex_mismatch"]
+    assert "differs from the DICOM PatientSex (F)" in mismatch["message"]
 
 
 def test_given_age_beats_dicom_dates(files, tiny_run) -> None:
@@ -170,17 +171,17 @@ def test_ood_warning_for_white_and_noise_not_for_a_demo_image(files, tiny_run, d
     p = Predictor(str(tiny_run))
     demo = p.predict_image(str(files["png"]), sex="female")
     assert demo.ood_score is not None and demo.ood_score <= 1.0
-    assert not any(OOD_WORDS in w for w in demo.warnings)
+    assert Code.OUT_OF_DISTRIBUTION not in codes(demo.warnings)
     other, male, _ = _val_image(tiny_run, demo_dir, k=3)
-    assert not any(OOD_WORDS in w for w in p.predict_image(str(other), sex=male).warnings)
+    assert Code.OUT_OF_DISTRIBUTION not in codes(p.predict_image(str(other), sex=male).warnings)
     for name in ("white", "noise"):
         r = p.predict_image(str(files[name]), sex="female")
         assert r.ood_score > 1.0, name
-        assert any(OOD_WORDS in w for w in r.warnings), (name, r.warnings)
+        assert codes(r.warnings)[0] == Code.OUT_OF_DISTRIBUTION, (name, r.warnings)  # the most important first
     white = p.predict_image(str(files["white"]), sex="female")
-    assert any("nearly uniform" in w for w in white.warnings)
+    assert Code.UNIFORM in codes(white.warnings)
     noise = p.predict_image(str(files["noise"]), sex="female")
-    assert any("looks like noise" in w for w in noise.warnings)
+    assert Code.NOISE in codes(noise.warnings) and Code.UNIFORM not in codes(noise.warnings)
     assert (tiny_run / "ood.npz").exists()  # computed once, cached in the run folder
 
 
@@ -256,3 +257,95 @@ def test_cli_json_dicom_tags_and_given_sex(files, tiny_run) -> None:
     one = json.loads(proc.stdout)
     assert (one["sex"], one["sex_source"]) == ("female", "given")
     assert one["chronological_age_months"] == 96 and one["classification"]
+
+
+# ---------------------------------------------------------------- coded warnings
+
+def _smooth(h: int, w: int) -> np.ndarray:
+    """A smooth gradient in [0, 1]: structure without noise, so only the check under test fires."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return (0.5 + 0.4 * np.sin(x / 13.0) * np.cos(y / 17.0)).astype(np.float32)
+
+
+def test_image_checks_give_codes() -> None:
+    from types import SimpleNamespace
+
+    from h2a.predict.checks import image_checks
+
+    assert image_checks(_smooth(400, 300)) == []  # a plausible image: no alert at all
+    black = image_checks(np.zeros((400, 300), np.float32))
+    assert codes(black) == [Code.UNIFORM] and all(isinstance(a, Alert) for a in black)
+    assert codes(image_checks(np.random.default_rng(0).random((400, 300), dtype=np.float32))) == [Code.NOISE]
+    assert codes(image_checks(_smooth(100, 400))) == [Code.ASPECT]
+    assert codes(image_checks(_smooth(400, 300), colourfulness=0.3)) == [Code.COLOUR]
+    assert codes(image_checks(_smooth(400, 300), colourfulness=0.01)) == []
+    dicom = SimpleNamespace(dicom={"body_part": "CHEST", "modality": "CT"})
+    assert codes(image_checks(_smooth(400, 300), dicom)) == [Code.BODY_PART, Code.MODALITY]
+    hand = SimpleNamespace(dicom={"body_part": "HAND", "modality": "CR"})
+    assert image_checks(_smooth(400, 300), hand) == []
+
+
+def test_alert_json_round_trip() -> None:
+    a = Alert(Code.NEAR_MATURE, "near the end of the atlas")
+    assert a.to_dict() == {"code": "near_mature", "message": "near the end of the atlas"}
+    assert json.loads(json.dumps(a.to_dict())) == a.to_dict()
+    assert Alert.from_dict(a.to_dict()) == a
+    with pytest.raises(ValueError):
+        Alert.from_dict({"code": "no such code", "message": "x"})
+
+
+def test_colour_photo_and_black_image_are_coded(tiny_run, tmp_path) -> None:
+    p = Predictor(str(tiny_run))
+    rgb = np.zeros((300, 240, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, 240, dtype=np.uint8)[None, :]
+    rgb[..., 1] = np.linspace(255, 0, 300, dtype=np.uint8)[:, None]
+    rgb[100:200, 80:160, 2] = 220
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    photo = p.predict_image(buf.getvalue(), "photo.png", sex="male", tta=1, cam=False)
+    assert photo.ok and Code.COLOUR in codes(photo.warnings), photo.warnings
+    black = tmp_path / "black.png"
+    Image.fromarray(np.zeros((300, 240), np.uint8)).save(black)
+    r = p.predict_image(str(black), sex="male", tta=1, cam=False)
+    assert r.ok and Code.UNIFORM in codes(r.warnings) and Code.COLOUR not in codes(r.warnings)
+    d = r.to_dict()
+    assert all(set(w) == {"code", "message"} for w in d["warnings"])
+    assert "uniform" in [w["code"] for w in d["warnings"]]
+    json.dumps(d)  # JSON-ready as it is
+
+
+def test_age_beyond_reference_and_synthetic_model_are_coded(files, tiny_run) -> None:
+    p = Predictor(str(tiny_run))
+    girl = p.predict_image(str(files["png"]), sex="female", age_months=17 * 12, tta=1, cam=False)
+    assert girl.assessment.out_of_table
+    assert Code.REFERENCE_EXTRAPOLATED in codes(girl.warnings)
+    [ref] = [w for w in girl.warnings if w.code == Code.REFERENCE_EXTRAPOLATED]
+    assert ref.message in girl.assessment.notes  # the same sentence, once
+    assert Code.SYNTHETIC_MODEL in codes(girl.warnings)  # the tiny run learned from demo images
+    inside = p.predict_image(str(files["png"]), sex="female", age_months=10 * 12, tta=1, cam=False)
+    assert Code.REFERENCE_EXTRAPOLATED not in codes(inside.warnings)
+
+
+def test_pdf_and_csv_carry_coded_warnings(files, tiny_run) -> None:
+    from pypdf import PdfReader
+
+    r = Predictor(str(tiny_run)).predict_image(str(files["white"]), sex="female", age_months=120, tta=1)
+    [uniform] = [w for w in r.warnings if w.code == Code.UNIFORM]
+    text = " ".join(PdfReader(io.BytesIO(pdf_report(r))).pages[0].extract_text().split())
+    assert "Warnings" in text and " ".join(uniform.message.split()) in text
+    rows = batch_csv([r, r.to_dict()]).decode().splitlines()
+    header = rows[0].split(",")
+    assert "warning_codes" in header
+    for row in rows[1:]:
+        assert "uniform" in row and "out_of_distribution" in row and "nearly uniform" in row
+
+
+def test_cli_json_warnings_are_objects(files, tiny_run) -> None:
+    proc = run_cli("predict", "--model", str(tiny_run), str(files["white"]), "--sex", "female", "--tta", "1",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    one = json.loads(proc.stdout)
+    assert one["warnings"] and all(set(w) == {"code", "message"} for w in one["warnings"])
+    got = [w["code"] for w in one["warnings"]]
+    assert got[0] == "out_of_distribution" and "uniform" in got
+    assert set(got) <= {c.value for c in Code}

@@ -3,6 +3,7 @@ and the real page in headless Chromium with a file uploaded through the browser.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -43,7 +44,10 @@ def upload_files(tmp_path_factory, demo_png) -> dict[str, bytes]:
     v16 = u8.astype(np.uint16) * 257
     mono1 = make_dicom(d / "hand.dcm", photometric="MONOCHROME1", array=65535 - v16, sex="F",
                        birth_date="20150302", study_date="20260115", window=(32767.5, 65536))
-    return {"png": demo_png.read_bytes(), "dcm": mono1.read_bytes(), "corrupt": b"\x89PNG\r\n\x1a\n" + b"\0" * 64}
+    white = io.BytesIO()
+    Image.fromarray(np.full((400, 300), 255, np.uint8)).save(white, format="PNG")
+    return {"png": demo_png.read_bytes(), "dcm": mono1.read_bytes(), "corrupt": b"\x89PNG\r\n\x1a\n" + b"\0" * 64,
+            "white": white.getvalue()}
 
 
 def _submit(at: AppTest) -> AppTest:
@@ -124,6 +128,42 @@ def test_batch_table_shows_errors_per_file(tiny_run, upload_files) -> None:
 def _results(at: AppTest):
     """The batch results table (the input table is a data_editor, also listed as a dataframe)."""
     return next(d.value for d in at.dataframe if "bone age (mo)" in d.value.columns)
+
+
+def test_coded_warnings_are_shown_by_code(tiny_run, upload_files) -> None:
+    """A blank image: the page shows the 'uniform' and OOD alerts as errors (the estimate may be
+    meaningless) and the synthetic-model alert as a warning, each with its own message."""
+    from h2a.data.imageio import read_image
+    from h2a.predict.alerts import Code
+    from h2a.predict.checks import image_checks
+
+    at = open_page(PAGE)
+    at.file_uploader(key="predict_files").set_value(("blank.png", upload_files["white"], "image/png")).run()
+    at.radio[0].set_value("female")
+    _submit(at)
+    [uniform] = [a for a in image_checks(read_image(upload_files["white"], "blank.png")) if a.code == Code.UNIFORM]
+    errors = [e.value for e in at.error]
+    assert uniform.message in errors, errors
+    assert any("unlike the model's training images" in e for e in errors), errors
+    assert any("SYNTHETIC" in w.value for w in at.warning)
+    assert at.metric  # the numbers are still shown, under the alerts
+
+
+def test_batch_table_columns_read_codes() -> None:
+    """The batch table's OOD column and warnings column come from codes, not from wording."""
+    from h2a.app.predict_ui import results_frame
+    from h2a.predict.alerts import Alert, Code
+    from h2a.predict.predictor import PredictionResult
+
+    def result(*alerts: Alert) -> PredictionResult:
+        return PredictionResult(file="x.png", bone_age_months=100.0, interval_months=(90.0, 110.0),
+                                warnings=list(alerts))
+
+    reworded = Alert(Code.OUT_OF_DISTRIBUTION, "reworded: nothing like the training set")
+    lookalike = Alert(Code.NOISE, "this image looks unlike the model's training images")  # old wording, other code
+    frame = results_frame([result(reworded), result(lookalike), result()])
+    assert list(frame["OOD"]) == ["yes", "no", "no"]
+    assert list(frame["warnings"]) == ["out_of_distribution", "noise", ""]
 
 
 def test_no_model_offers_to_train_instead_of_failing(monkeypatch, tmp_path, demo_dir) -> None:

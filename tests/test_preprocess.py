@@ -1,4 +1,5 @@
-"""PreprocessConfig, prepare (geometry + contrast), augmentation, normalisation, saved configs."""
+"""PreprocessConfig, prepare (geometry + contrast), augmentation, the model-input transform,
+saved configs."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ import pytest
 import torch
 
 from h2a.data.preprocess import (
-    IMAGENET_GRAY_MEAN,
-    IMAGENET_GRAY_STD,
     PreprocessConfig,
     list_configs,
     load_config,
     prepare,
     save_config,
 )
-from h2a.data.transforms import augment_samples, augmentation, normalize
+from h2a.data.transforms import (
+    array_input,
+    augment_samples,
+    augmentation,
+    input_norm,
+    to_input,
+)
+from h2a.models import model_info
 
 
 def tall_white(h: int = 200, w: int = 100) -> np.ndarray:
@@ -151,19 +157,19 @@ def test_dict_round_trip_ignores_unknown_keys():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"size": 0}, "size must be an integer"),
-        ({"size": "256"}, "size must be an integer"),
-        ({"size": 100.5}, "size must be an integer"),
-        ({"resize": "stretch"}, "resize must be one of squash, pad, crop"),
+        ({"size": 0}, "size .*must be an integer from 16 to 2048"),
+        ({"size": "256"}, "size .*must be an integer"),
+        ({"size": 100.5}, "size .*must be an integer"),
+        ({"resize": "stretch"}, "resize .*must be one of squash, pad, crop"),
         ({"contrast": "gamma"}, "contrast must be one of none, hist_eq, clahe"),
-        ({"clahe_clip": 0}, "clahe_clip must be"),
-        ({"clahe_grid": 0}, "clahe_grid must be"),
-        ({"normalize": "zscore"}, "normalize must be one of imagenet, per_image"),
-        ({"flip": "yes"}, "flip must be true or false"),
-        ({"shift": 0.9}, "shift must be a fraction"),
-        ({"rotation": -5}, "rotation must be from 0 to 180"),
-        ({"zoom": 1.5}, "zoom must be a fraction"),
-        ({"zoom": float("nan")}, "zoom must be a fraction"),
+        ({"clahe_clip": 0}, "clahe_clip .*must be a number > 0 and <= 100"),
+        ({"clahe_grid": 0}, "clahe_grid .*must be an integer from 1 to 64"),
+        ({"normalize": "zscore"}, "normalize .*must be one of imagenet, per_image"),
+        ({"flip": "yes"}, "flip .*must be true or false"),
+        ({"shift": 0.9}, "shift .*must be a number from 0 to 0.5"),
+        ({"rotation": -5}, "rotation .*must be a number from 0 to 180"),
+        ({"zoom": 1.5}, "zoom .*must be a number >= 0 and < 1"),
+        ({"zoom": float("nan")}, "zoom .*must be a number"),
     ],
 )
 def test_from_dict_rejects_bad_values_clearly(bad, message):
@@ -182,27 +188,57 @@ def test_from_dict_needs_a_mapping():
         PreprocessConfig.from_dict([1, 2])
 
 
-# ---------------------------------------------------------------- normalisation
+# ---------------------------------------------------------------- model input (h2a.data.transforms)
 
-def test_normalize_imagenet_matches_the_formula():
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "resnet18"])
+def test_imagenet_norm_comes_from_the_architecture(arch):
+    """The mean/std are the architecture's registry values (Lite0: 0.5/0.5), not a constant."""
+    norm = input_norm(arch, PreprocessConfig(normalize="imagenet"))
+    mean, std = model_info(arch).norm(1)
+    assert norm == (pytest.approx(mean[0]), pytest.approx(std[0]))
     x = torch.full((2, 1, 8, 8), 128, dtype=torch.uint8)
-    y = normalize(x, PreprocessConfig(normalize="imagenet"))
+    y = to_input(x, norm)
     assert y.dtype == torch.float32 and y.shape == x.shape
-    assert torch.allclose(y, torch.full_like(y, (128 / 255 - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD))
-    single = normalize(x[0], PreprocessConfig())
-    assert single.shape == (1, 8, 8)
+    assert torch.allclose(y, torch.full_like(y, (128 / 255 - norm[0]) / norm[1]), atol=1e-6)
 
 
-def test_normalize_per_image_gives_zero_mean_unit_std_per_sample():
+def test_lite0_input_is_not_normalised_with_the_grey_imagenet_constants():
+    assert input_norm("efficientnet_lite0", PreprocessConfig()) == (pytest.approx(0.5), pytest.approx(0.5))
+    y = to_input(torch.tensor([[[[0, 255]]]], dtype=torch.uint8), input_norm("efficientnet_lite0", PreprocessConfig()))
+    assert torch.allclose(y.flatten(), torch.tensor([-1.0, 1.0]))
+
+
+def test_per_image_gives_zero_mean_unit_std_per_sample():
+    assert input_norm("efficientnet_lite0", PreprocessConfig(normalize="per_image")) is None
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8, generator=g)
     x[1] = x[1] // 4  # a darker sample must be normalised on its own stats
-    y = normalize(x, PreprocessConfig(normalize="per_image"))
+    y = to_input(x, None)
     for i in range(3):
         assert abs(y[i].mean().item()) < 1e-5
-        assert abs(y[i].std(unbiased=False).item() - 1) < 1e-4
-    flat = normalize(torch.full((1, 8, 8), 7, dtype=torch.uint8), PreprocessConfig(normalize="per_image"))
+        assert abs(y[i].std().item() - 1) < 1e-4
+    flat = to_input(torch.full((1, 1, 8, 8), 7, dtype=torch.uint8), None)
     assert torch.isfinite(flat).all() and (flat == 0).all()
+
+
+def test_array_input_matches_to_input_for_images_and_batches():
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    norm = input_norm("efficientnet_lite0", PreprocessConfig())
+    cpu = torch.device("cpu")
+    one = array_input(batch[0], norm, cpu)
+    many = array_input(batch, norm, cpu)
+    assert one.shape == (1, 1, 8, 8) and many.shape == (3, 1, 8, 8)
+    assert torch.equal(many, to_input(torch.from_numpy(batch)[:, None], norm))
+    assert torch.equal(one[0], many[0])
+
+
+def test_to_input_leaves_its_input_untouched():
+    u8 = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    before = u8.clone()
+    for norm in (input_norm("efficientnet_lite0", PreprocessConfig()), None):
+        y = to_input(u8, norm)
+        assert torch.equal(u8, before) and y.dtype == torch.float32
 
 
 # ---------------------------------------------------------------- augmentation
@@ -286,19 +322,7 @@ def test_loading_a_missing_or_broken_config_is_clear(tmp_path):
     with pytest.raises(ValueError, match="broken.json: not valid JSON"):
         load_config("broken", directory=tmp_path)
     (tmp_path / "badvalue.json").write_text('{"resize": "stretch"}')
-    with pytest.raises(ValueError, match="resize must be one of"):
+    with pytest.raises(ValueError, match="resize .*must be one of"):
         load_config("badvalue", directory=tmp_path)
     assert list_configs(tmp_path) == ["badvalue", "broken", "one"]
     assert list_configs(tmp_path / "nothing-here") == []
-
-
-def test_normalize_leaves_a_float_input_untouched():
-    x = torch.rand(2, 1, 8, 8)
-    before = x.clone()
-    for mode in ("imagenet", "per_image"):
-        y = normalize(x, PreprocessConfig(normalize=mode))
-        assert torch.equal(x, before) and y.data_ptr() != x.data_ptr()
-    u8 = (x * 255).round().to(torch.uint8)
-    a = normalize(u8, PreprocessConfig(normalize="per_image"))
-    b = normalize(u8.float() / 255, PreprocessConfig(normalize="per_image"))
-    assert torch.allclose(a, b, atol=1e-4)

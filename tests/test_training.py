@@ -213,15 +213,16 @@ def test_ema_weights_are_what_is_saved(demo_dir: Path, workspace: Path) -> None:
     assert meta["metrics"]["n"] > 0
 
 
-def test_bn_momentum_replaces_lite0s_tf_value(demo_dir: Path, workspace: Path) -> None:
+def test_bn_momentum_is_set_on_every_batchnorm(demo_dir: Path, workspace: Path) -> None:
     import torch.nn as nn
 
-    from h2a.models import create_model
-    from h2a.models import set_bn_momentum
+    from h2a.models import create_model, set_bn_momentum
 
     model = create_model("efficientnet_lite0", "boneage", pretrained=False)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(m.momentum == 0.01 for m in bns)  # TF's value, as shipped
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]  # timm's BatchNormAct2d included
+    assert len(bns) == 49  # stem, 16 MBConv blocks (2 or 3 each), head
+    assert set_bn_momentum(model, 0.01) == len(bns)  # TensorFlow's value, as the weights were trained
+    assert all(m.momentum == 0.01 for m in bns)
     assert set_bn_momentum(model, 0.1) == len(bns)
     assert all(m.momentum == 0.1 for m in bns)
     with pytest.raises(TrainingError, match="bn_momentum"):
@@ -231,7 +232,7 @@ def test_bn_momentum_replaces_lite0s_tf_value(demo_dir: Path, workspace: Path) -
 def test_progressive_resizing_grows_to_the_full_size(demo_dir: Path, workspace: Path) -> None:
     import torch
 
-    from h2a.engine.trainer import progressive_size, resize_batch
+    from h2a.engine.optim import progressive_size, resize_batch
 
     sizes = [progressive_size(96, 128, p / 100) for p in range(101)]
     assert sizes[0] == 96 and sizes == sorted(sizes) and set(sizes) == {96, 112, 128}

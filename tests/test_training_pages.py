@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
-from h2a.settings import get_settings
 from h2a.engine.runs import read_json
+from h2a.settings import get_settings
 from tests.conftest import open_page
 
 
@@ -15,9 +14,8 @@ def test_training_page_starts_a_run_and_shows_progress(demo_dir, monkeypatch) ->
     monkeypatch.delenv("H2A_DATA_DIR", raising=False)
     at = open_page("app_pages/training.py")
     assert any("CPU" in w.value for w in at.warning)  # the device is named, with the speed warning
-    at.selectbox(key="boneage_arch").set_value("tiny_cnn")
+    at.selectbox(key="boneage_arch").set_value("tiny_cnn").run()  # outside the form: reruns the page
     at.text_input(key="boneage_name").set_value("page-run")
-    at.checkbox(key="boneage_pretrained").uncheck()
     at.select_slider(key="boneage_size").set_value(64)
     at.number_input(key="boneage_epochs").set_value(2)
     next(b for b in at.button if b.label == "Start training").click()
@@ -43,6 +41,29 @@ def test_training_page_starts_a_run_and_shows_progress(demo_dir, monkeypatch) ->
     assert len(at.get("plotly_chart")) >= 1  # live curves
     table = at.dataframe[-1].value
     assert "page-run" in set(table["run"])
+
+
+def test_training_form_offers_only_what_applies_to_the_architecture(demo_dir, monkeypatch) -> None:
+    """No ImageNet box where no weights exist (it used to fail with "put the file in
+    workspace/weights"); width multiplier and stochastic depth only where they apply."""
+    from h2a.models import model_info
+
+    monkeypatch.delenv("H2A_DATA_DIR", raising=False)
+    at = open_page("app_pages/training.py")
+    assert at.selectbox(key="boneage_arch").value == "efficientnet_lite0"
+    keys = {w.key for w in at.checkbox}
+    assert ("boneage_pretrained" in keys) == model_info("efficientnet_lite0").pretrained_available
+    assert "boneage_pretrained" in keys  # Lite0's weights ship with the bundled package
+    numbers = {w.key for w in at.number_input}
+    assert "boneage_drop_path" in numbers and "boneage_width_mult" not in numbers
+    assert at.number_input(key="boneage_lr").label == "Learning rate"  # label from the declaration
+
+    at.selectbox(key="boneage_arch").set_value("tiny_cnn").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "boneage_pretrained" not in {w.key for w in at.checkbox}
+    assert any("No ImageNet weights for tiny_cnn" in c.value for c in at.caption)
+    numbers = {w.key for w in at.number_input}
+    assert "boneage_width_mult" in numbers and "boneage_drop_path" not in numbers
 
 
 def test_evaluation_page_on_a_finished_run(tiny_run: Path, demo_dir, monkeypatch) -> None:

@@ -10,7 +10,9 @@ parameters that change them) when ``fit`` is given a ``cache_key``.
 
 ``cluster_scores`` judges a labelling against sex (adjusted Rand index, normalised mutual
 information, purity with its chance baseline) and bone age (per-cluster distribution,
-share of variance explained); ``sweep_k`` gives the elbow and silhouette curves.
+share of variance explained); ``cluster_verdict`` turns those figures into the one answer
+the page, the CLI and a report give ("the clusters follow sex / age / both / neither"),
+with its thresholds defined here only; ``sweep_k`` gives the elbow and silhouette curves.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from sklearn.base import BaseEstimator
 from h2a.settings import get_settings
 from h2a.progress import ProgressFn, report
 
-__all__ = ["EmbeddingClusterer", "cluster_scores", "purity", "sweep_k", "axis_correlations", "umap_cache_dir"]
+__all__ = ["EmbeddingClusterer", "cluster_scores", "cluster_verdict", "purity", "sweep_k", "axis_correlations",
+           "umap_cache_dir", "STRENGTH_LEVELS", "FOLLOWS_FROM"]
 
 UMAP_VERSION = 1
 SILHOUETTE_SAMPLE = 4000  # silhouette is O(n^2): score a fixed random sample beyond this
@@ -102,6 +105,73 @@ def cluster_scores(labels: Sequence[int], male: Sequence[float], boneage: Sequen
         })
     out["clusters"] = clusters
     return out
+
+
+# ---------------------------------------------------------------- verdict
+
+# How strongly a clustering follows a label, by the upper bound of each band. Sex is judged
+# by the adjusted Rand index (0 = chance, 1 = the clusters are the sexes), bone age by eta
+# squared (share of its variance the clusters explain; random clusters give ~(k-1)/n). One
+# scale for both: a k=2 median cut of a normal age distribution reaches eta2 = 2/pi = 0.64,
+# so "largely" (>= 0.5) is near the best two clusters can do for age, as ARI 0.5 is for sex.
+STRENGTH_LEVELS: tuple[tuple[float, str], ...] = (
+    (0.05, "hardly at all"),
+    (0.2, "a little"),
+    (0.5, "partly"),
+    (float("inf"), "largely"),
+)
+FOLLOWS_FROM = 0.2  # from "partly" up, the clusters are said to follow the label
+
+
+def _strength(value: float | None) -> str | None:
+    if value is None or not np.isfinite(value):
+        return None
+    return next(label for bound, label in STRENGTH_LEVELS if value < bound)
+
+
+def _best(scores: dict, key: str) -> tuple[float | None, str | None]:
+    """The larger figure of the map's and the full embedding's clustering, and where it is.
+
+    The larger one, because a structure k-means finds in either space is there; the page
+    and the CLI show both figures next to the verdict."""
+    found = [(scores.get(key), "map"), ((scores.get("full") or {}).get(key), "full embedding")]
+    found = [(float(v), where) for v, where in found if v is not None and np.isfinite(v)]
+    return max(found) if found else (None, None)
+
+
+def cluster_verdict(scores: dict) -> dict:
+    """Do the clusters follow sex, bone age, both or neither? From ``EmbeddingClusterer.scores``
+    (or ``cluster_scores``, the map only).
+
+    Returns ``follows`` ('sex' | 'age' | 'both' | 'neither' | 'unknown' when neither
+    figure exists, e.g. no labels), ``sex`` and ``age`` (figure, where it came from, its
+    strength label), ``reason`` (one plain sentence) and the ``thresholds`` used.
+    """
+    ari, ari_where = _best(scores, "ari_sex")
+    eta2, eta2_where = _best(scores, "boneage_eta2")
+    sex = {"ari": ari, "space": ari_where, "strength": _strength(ari),
+           "follows": ari is not None and ari >= FOLLOWS_FROM}
+    age = {"eta2": eta2, "space": eta2_where, "strength": _strength(eta2),
+           "follows": eta2 is not None and eta2 >= FOLLOWS_FROM}
+    if ari is None and eta2 is None:
+        follows = "unknown"
+    elif sex["follows"] and age["follows"]:
+        follows = "both"
+    else:
+        follows = "sex" if sex["follows"] else "age" if age["follows"] else "neither"
+    parts = []
+    if ari is not None:
+        parts.append(f"sex {sex['strength']} (ARI {ari:.2f}, {ari_where})")
+    if eta2 is not None:
+        parts.append(f"bone age {age['strength']} ({100 * eta2:.0f}% of its variance explained, {eta2_where})")
+    k = scores.get("k")
+    lead = {"sex": "The clusters follow sex", "age": "The clusters follow bone age",
+            "both": "The clusters follow both sex and bone age", "neither": "The clusters follow neither sex nor bone age",
+            "unknown": "No verdict: neither sex nor bone age is known for these images"}[follows]
+    reason = lead + (f" (k = {k})" if k else "") + (": " + "; ".join(parts) if parts else "") + "."
+    return {"follows": follows, "sex": sex, "age": age, "reason": reason, "k": k,
+            "thresholds": {"levels": [[None if np.isinf(b) else b, label] for b, label in STRENGTH_LEVELS],
+                           "follows_from": FOLLOWS_FROM}}
 
 
 def silhouette(X: np.ndarray, labels: np.ndarray, random_state: int = 0) -> float | None:
@@ -275,6 +345,7 @@ class EmbeddingClusterer(BaseEstimator):
                          "n_neighbors": int(self.n_neighbors), "min_dist": float(self.min_dist),
                          "metric": self.metric, "seed": int(self.random_state)}
         out["umap_from_cache"] = bool(self.umap_from_cache_)
+        out["verdict"] = cluster_verdict(out)
         return out
 
     def frame(self, ids: Sequence[str], male: Sequence[float], boneage: Sequence[float]) -> pd.DataFrame:

@@ -132,14 +132,14 @@ def by_age_band(preds: pd.DataFrame, n_boot: int = 300, seed: int = 0, width: in
 
     ``preds`` is a sex predictions frame (``male``, ``p_male``, ``correct``, ``boneage``).
     """
-    from h2a.inference.metrics import _band_order, age_band_labels
+    from h2a.inference.metrics import age_band_labels, band_order
 
     df = preds[np.isfinite(preds["boneage"].to_numpy(dtype=float))]
     if df.empty:
         return pd.DataFrame(columns=["band", "n", "share_male", "accuracy", "auc", "auc_low", "auc_high"])
     bands = age_band_labels(df["boneage"].to_numpy(dtype=float), width)
     rows = []
-    for b in _band_order(bands):
+    for b in band_order(bands):
         sub = df[bands == b]
         y = sub["male"].astype(int).to_numpy()
         ci = bootstrap_auc(y, sub["p_male"].to_numpy(), n=n_boot, seed=seed)

@@ -1,5 +1,6 @@
 """App-layer helpers for the sex and clusters pages: cached embeddings and clusterings,
-the cluster map figure, the image grid for selected points, and sex-evidence CAMs.
+the cluster map figure and the image grid for selected points (sex-evidence CAMs come from
+``h2a.app.cam_ui``).
 
 Embeddings are cached on disk by ``h2a.analysis.embeddings`` (the first computation shows a
 progress bar); here a process-wide memo keeps the loaded array, and ``st.cache_data``
@@ -7,8 +8,6 @@ keeps clusterings and k sweeps keyed by the embedding key and the parameters.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,13 +37,11 @@ def _memo() -> dict:
 def _source_token(source: str) -> tuple:
     if source == SOURCE_PRETRAINED:
         return (source,)
-    from h2a.engine.runs import MODEL, resolve_run
+    from h2a.app.runs_ui import model_mtime
+    from h2a.engine.runs import resolve_run
 
     run_dir = resolve_run(source)
-    try:
-        return (str(run_dir), (run_dir / MODEL).stat().st_mtime_ns)
-    except OSError:
-        return (str(run_dir), 0)
+    return (str(run_dir), model_mtime(run_dir))
 
 
 def embeddings_for(ds, source: str, preprocess=None, arch: str = "efficientnet_lite0"):
@@ -187,31 +184,3 @@ def bands_for(preds: pd.DataFrame) -> pd.DataFrame:
     from h2a.analysis.sex import by_age_band
 
     return by_age_band(preds)
-
-
-def sex_evidence_cam(run_dir: str | Path, image_u8: np.ndarray, toward_male: bool,
-                     image_id: str | None = None) -> np.ndarray:
-    """Grad-CAM of the evidence for the predicted sex (male: positive logit, female: negative).
-
-    With ``image_id`` (e.g. the file path) the map is cached per (run, model file, image,
-    direction), so moving a slider does not recompute it."""
-    from h2a.app.runs_ui import _mtime
-
-    if image_id is None:
-        return _sex_cam(str(run_dir), _mtime(str(run_dir)), None, toward_male, image_u8)
-    return _sex_cam_cached(str(run_dir), _mtime(str(run_dir)), str(image_id), toward_male, image_u8)
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def _sex_cam_cached(run_dir: str, mtime: float, image_id: str, toward_male: bool, _image_u8: np.ndarray) -> np.ndarray:
-    return _sex_cam(run_dir, mtime, image_id, toward_male, _image_u8)
-
-
-def _sex_cam(run_dir: str, mtime: float, image_id: str | None, toward_male: bool, image_u8: np.ndarray) -> np.ndarray:
-    from h2a.app.runs_ui import loaded_run
-    from h2a.inference.cam import grad_cam
-    from h2a.data.transforms import array_input
-
-    run = loaded_run(run_dir)
-    x = array_input(image_u8, run.norm, run.device)
-    return grad_cam(run.model, x, None, negative=not toward_male)[0]

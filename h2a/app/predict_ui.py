@@ -3,7 +3,8 @@ result view (numbers, image next to the heat map, clinical chart, PDF), the batc
 and the offer to train a quick demo model when no bone-age run exists yet.
 
 Compute lives in ``h2a.predict.predictor`` / ``h2a.predict.clinical`` / ``h2a.predict.report``; this module only
-caches it and draws it.
+caches it and draws it. Warnings are coded (``h2a.predict.alerts``): the page decides by
+``code``, never by the wording of a message.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ import streamlit as st
 
 from h2a import RESEARCH_NOTE
 from h2a.app.charts import style
-from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, reference_band
-from h2a.settings import get_settings
-from h2a.predict.predictor import PredictionResult, Predictor, header_facts
 from h2a.engine.runs import FINAL_STATES, MODEL, RunSummary, list_runs
+from h2a.predict.alerts import Alert, Code
+from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, reference_band
+from h2a.predict.inputs import header_facts
+from h2a.predict.predictor import PredictionResult, Predictor
+from h2a.settings import get_settings
 
 SEXES = ["female", "male"]
-OOD_WORDS = "looks unlike the model's training images"
+# Alerts that say the estimate itself may be meaningless are shown as errors, the rest as warnings.
+SEVERE = frozenset({Code.OUT_OF_DISTRIBUTION, Code.UNIFORM, Code.NOISE, Code.COLOUR, Code.BODY_PART,
+                    Code.MODALITY})
 
 
 # ---------------------------------------------------------------- runs and the cached predictor
@@ -105,9 +110,9 @@ def offer_demo_training() -> None:
     """Say that no bone-age model exists and offer to train one in the background."""
     from h2a.app.state import sidebar_dataset
     from h2a.app.training_ui import show_run
-    from h2a.engine.jobs import JobError, start_training
     from h2a.data.preprocess import PreprocessConfig
     from h2a.engine.config import TrainConfig
+    from h2a.engine.jobs import JobError, start_training
 
     settings = get_settings()
     running = [r for r in list_runs(task="boneage") if r.status not in FINAL_STATES + ("stopped", "unknown")]
@@ -189,6 +194,15 @@ def _numbers_frame(res: PredictionResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["", "value"])
 
 
+def show_alerts(alerts: list[Alert]) -> None:
+    """One box per alert, chosen by its code: an error box when the estimate may be meaningless."""
+    for w in alerts:
+        if w.code in SEVERE:
+            st.error(w.message, icon=":material/report:")
+        else:
+            st.warning(w.message, icon=":material/warning:")
+
+
 def show_result(res: PredictionResult, key: str) -> None:
     """Everything about one file: warnings first, the numbers, image and heat map, context, PDF."""
     from h2a.inference.cam import overlay
@@ -197,8 +211,7 @@ def show_result(res: PredictionResult, key: str) -> None:
     if not res.ok:
         st.error(f"**{res.file}**: {res.error}", icon=":material/error:")
         return
-    for w in res.warnings:
-        st.warning(w, icon=":material/warning:")
+    show_alerts(res.warnings)
     a = res.assessment
     lo, hi = res.interval_months
     c = st.columns(4)
@@ -272,8 +285,9 @@ def results_frame(results: list[PredictionResult]) -> pd.DataFrame:
             "95% interval": f"{r.interval_months[0]:.0f}–{r.interval_months[1]:.0f}" if r.ok else None,
             "SDS": round(a.sds, 2) if a else None,
             "class": a.classification if a else None,
-            "warnings": len([w for w in r.warnings]) if r.ok else None,
-            "OOD": ("yes" if any(OOD_WORDS in w for w in r.warnings) else "no") if r.ok else None,
+            "warnings": ", ".join(w.code for w in r.warnings) if r.ok else None,
+            "OOD": ("yes" if any(w.code == Code.OUT_OF_DISTRIBUTION for w in r.warnings) else "no")
+            if r.ok else None,
             "error": r.error,
         })
     return pd.DataFrame(rows)

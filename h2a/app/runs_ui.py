@@ -1,18 +1,21 @@
-"""Cached access to trained runs for the pages: loaded models, evaluations, CAM images."""
+"""Cached access to trained runs for the pages: loaded models and evaluations.
+
+Grad-CAM maps live in ``h2a.app.cam_ui`` (cached per image and direction).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
-import torch
 
 from h2a.engine.runs import MODEL
 
 
-def _mtime(run_dir: str) -> float:
+def model_mtime(run_dir: str | Path) -> float:
+    """mtime of a run's model.pt (0 when absent): part of every cache key of a run, so a
+    retrained model is loaded and evaluated afresh."""
     try:
         return (Path(run_dir) / MODEL).stat().st_mtime
     except OSError:
@@ -28,7 +31,7 @@ def _loaded(run_dir: str, mtime: float):
 
 def loaded_run(run_dir: str | Path):
     """A run's model loaded once per process (and again only when model.pt changes)."""
-    return _loaded(str(run_dir), _mtime(str(run_dir)))
+    return _loaded(str(run_dir), model_mtime(run_dir))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -44,15 +47,4 @@ def evaluation(run_dir: str | Path, data: str | None, split: str | None, tta: bo
                views: int = 0) -> tuple[dict, pd.DataFrame]:
     """(metrics, predictions) of a run on data, computed once per input combination;
     ``views`` augmented copies join the averaged prediction (0 = none)."""
-    return _evaluation(str(run_dir), _mtime(str(run_dir)), data, split, tta, int(views))
-
-
-def cam_for(run_dir: str | Path, image_u8: np.ndarray, male: bool) -> np.ndarray:
-    """Grad-CAM heatmap (H, W) in [0, 1] of one preprocessed image under a run's model."""
-    from h2a.inference.cam import grad_cam
-    from h2a.data.transforms import array_input
-
-    run = loaded_run(run_dir)
-    x = array_input(image_u8, run.norm, run.device)
-    sex = torch.tensor([1.0 if male else 0.0], device=run.device) if run.model.use_sex else None
-    return grad_cam(run.model, x, sex)[0]
+    return _evaluation(str(run_dir), model_mtime(run_dir), data, split, tta, int(views))

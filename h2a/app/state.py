@@ -88,6 +88,22 @@ def load_active(path: Path) -> ActiveData:
     return result
 
 
+def dataset_at(path: str | Path) -> Dataset:
+    """A dataset loaded once per process (again when a label CSV changes), without the
+    header scan: a run's own dataset, looked up by id on every rerun of a page (its
+    ``paths_by_id`` map is built once on the kept instance). Raises DatasetError."""
+    path = Path(path)
+    active_key = (str(path.resolve()), _token(path))  # load_active's key: reuse the active dataset
+    store = _store()
+    active = store.get(active_key)
+    if active is not None and active.ds is not None:
+        return active.ds
+    key = ("labels-only", *active_key)
+    if key not in store:
+        store[key] = load_dataset(path)
+    return store[key]
+
+
 def ensure_demo_with_progress() -> Path:
     """The embedded demo dataset, generated on first use with a visible progress bar."""
     from h2a.data.demo import ensure_demo

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import MISSING
 from pathlib import Path
 
 import pandas as pd
@@ -13,13 +14,22 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from h2a.app.charts import style
-from h2a.settings import get_settings
-from h2a.device import describe_device, gpu_count, resolve_device
-from h2a.engine.jobs import JobError, force_stop, log_tail, request_cancel, start_training
-from h2a.models import list_models, model_info
+from h2a.app.option_widgets import applies, label_of, option_widget, weights_hint
 from h2a.data.preprocess import PreprocessConfig, list_configs, load_config
+from h2a.device import describe_device, gpu_count, resolve_device
+from h2a.engine.config import TrainConfig, TrainingError
+from h2a.engine.jobs import (
+    JobError,
+    force_stop,
+    log_tail,
+    request_cancel,
+    start_training,
+)
 from h2a.engine.runs import FINAL_STATES, list_runs, run_status
-from h2a.engine.config import TrainConfig
+from h2a.engine.tasks import get_task
+from h2a.models import list_models, model_info
+from h2a.options import declaration, declarations
+from h2a.settings import get_settings
 
 TASK_WORDS = {"boneage": "bone-age", "sex": "sex"}
 
@@ -44,56 +54,65 @@ def _default_name(task: str, arch: str) -> str:
     return f"{task}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+# The form's layout: rows of TrainConfig field names ("size" is PreprocessConfig's). The
+# widgets, labels, help and ranges come from the declarations; an option whose
+# ``applies`` is false for the chosen architecture is left out.
+FORM_ROWS: tuple[tuple[str, ...], ...] = (
+    ("size", "epochs", "time_budget_min", "batch_size"),
+    ("lr", "optimizer", "scheduler", "loss"),
+    ("use_sex", "split", "val_fraction", "holdout_fraction"),
+    ("init_from", "freeze", "patience", "progressive_from"),
+    ("bn_momentum", "drop_path", "dropout", "weight_decay"),
+    ("ema", "amp", "seed"),
+)
+
+
 def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
-    """The run form; on submit starts a background run and returns its folder."""
+    """The run form; on submit starts a background run and returns its folder.
+
+    The architecture is picked outside the form so that changing it reruns the page and
+    the form offers only what applies to it (no ImageNet box where no weights exist).
+    """
     settings = get_settings()
     archs = list_models()
-    finished = [r for r in list_runs(task=task) if r.has_model]
+    finished = [r.name for r in list_runs(task=task) if r.has_model]
+    arch_decl = declaration(TrainConfig, "arch")
+    default_arch = arch_decl.default if arch_decl.default in archs else archs[0]
+    arch = st.selectbox(label_of(arch_decl), archs, index=archs.index(default_arch), key=f"{task}_arch",
+                        help=arch_decl.opt.help)
+    info = model_info(arch)
+    shown = {d.name for d in declarations(TrainConfig) if applies(d, info)}
     with st.form(f"train_form_{task}"):
-        c1, c2, c3 = st.columns(3)
-        arch = c1.selectbox("Architecture", archs, index=archs.index("efficientnet_lite0") if "efficientnet_lite0" in archs else 0,
-                            key=f"{task}_arch")
-        name = c2.text_input("Run name", value="", placeholder="auto: task-arch-time", key=f"{task}_name")
-        pretrained = c3.checkbox("ImageNet weights", value=True, key=f"{task}_pretrained",
-                                 help="EfficientNet-Lite0 ships them; other architectures need a weights file "
-                                      "in <workspace>/weights (the run says which).")
+        c1, c2, c3, c4 = st.columns(4)
+        name = c1.text_input("Run name", value="", placeholder="auto: task-arch-time", key=f"{task}_name")
         saved = list_configs()
-        c1, c2, c3, c4 = st.columns(4)
-        pp_name = c1.selectbox("Preprocessing", ["(size below, defaults)"] + saved, key=f"{task}_pp")
-        size = c2.select_slider("Image size (px)", [64, 96, 128, 160, 192, 224, 256, 299, 384, 500, 512], value=128,
-                                key=f"{task}_size")
-        epochs = c3.number_input("Epochs", 1, 500, 10, key=f"{task}_epochs")
-        budget = c4.number_input("Time budget (min, 0 = none)", 0.0, 1440.0, 0.0, step=1.0, key=f"{task}_budget")
-        c1, c2, c3, c4 = st.columns(4)
-        batch = c1.select_slider("Batch size", [4, 8, 16, 32, 64, 128, 256], value=32, key=f"{task}_batch")
-        lr = c2.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", key=f"{task}_lr")
-        optimizer = c3.selectbox("Optimizer", ["adamw", "adam", "sgd"], key=f"{task}_opt")
-        scheduler = c4.selectbox("LR schedule", ["cosine", "onecycle", "step", "exponential", "plateau", "cyclic", "none"],
-                                 key=f"{task}_sched")
-        c1, c2, c3, c4 = st.columns(4)
-        loss = c1.selectbox("Loss", ["l1", "mse", "huber"], key=f"{task}_loss", disabled=task == "sex",
-                            help="sex classification always uses binary cross-entropy")
-        use_sex = c2.checkbox("Sex as an input", value=task == "boneage", disabled=task == "sex", key=f"{task}_use_sex")
-        split = c3.selectbox("Validation split", ["stratified", "dataset"], key=f"{task}_split",
-                             format_func={"stratified": "stratified sex x age", "dataset": "the folder's own CSVs"}.get)
-        val_fraction = c4.slider("Validation share", 0.05, 0.5, 0.2, key=f"{task}_valfrac")
-        c1, c2, c3, c4 = st.columns(4)
-        holdout = c1.slider("Held-out test share", 0.0, 0.5, 0.0, key=f"{task}_holdout",
-                            help="set aside before anything else: never trained or tuned on")
-        init_from = c2.selectbox("Warm start from", ["(none)"] + [r.name for r in finished], key=f"{task}_init")
-        freeze = c3.number_input("Freeze first N blocks", 0, 20, 0, key=f"{task}_freeze")
-        patience = c4.number_input("Early stopping patience", 0, 100, 0, key=f"{task}_patience")
-        c1, c2, c3, c4 = st.columns(4)
-        progressive = c1.selectbox("Progressive resizing from (px)", ["off", 64, 96, 128, 192, 256, 384],
-                                   key=f"{task}_progressive",
-                                   help="early batches are trained smaller and grow in 16 px steps to the image "
-                                        "size, which the last 30% of the run uses: more epochs in a time budget")
-        bn_momentum = c2.number_input("BatchNorm momentum", 0.001, 1.0, 0.1, format="%.3f", key=f"{task}_bn",
-                                      help="0.1 lets the running statistics follow radiographs quickly; "
-                                           "EfficientNet-Lite0 ships TensorFlow's 0.01")
-        drop_path = c3.number_input("Stochastic depth", 0.0, 0.9, 0.2, step=0.05, format="%.2f", key=f"{task}_droppath",
-                                    help="share of samples that skip the last trunk block, scaled down to 0 at "
-                                         "the first (EfficientNet-Lite0 only); lower fits faster in a short run")
+        pp_name = c2.selectbox("Preprocessing", ["(size below, defaults)"] + saved, key=f"{task}_pp",
+                               help="a config saved on the Preprocessing page; otherwise the defaults at "
+                                    "the image size below")
+        values: dict = {}
+        if "pretrained" in shown:
+            values["pretrained"] = option_widget(c3, TrainConfig, "pretrained", key=f"{task}_pretrained")
+        else:
+            values["pretrained"] = False
+            c3.caption(f"No ImageNet weights for {arch}: {weights_hint(info, settings.workspace)}.")
+        if "width_mult" in shown:
+            values["width_mult"] = option_widget(c4, TrainConfig, "width_mult", key=f"{task}_width_mult")
+        for row in FORM_ROWS:
+            fields_here = [f for f in row if f == "size" or f in shown]
+            cols = st.columns(4)
+            for col, field in zip(cols, fields_here):
+                key = f"{task}_{field}"
+                if field == "size":  # a run's default size, not the cache's
+                    values["size"] = option_widget(col, PreprocessConfig, "size", key=key,
+                                                   value=declaration(TrainConfig, "preprocess").default["size"])
+                elif field == "init_from":
+                    values[field] = option_widget(col, TrainConfig, field, key=key, values=[None] + finished,
+                                                  labels={None: "(none)"})
+                elif field in ("loss", "use_sex") and task == "sex":  # sex classification has neither
+                    values[field] = option_widget(col, TrainConfig, field, key=key, disabled=True,
+                                                  value=False if field == "use_sex" else MISSING)
+                else:
+                    values[field] = option_widget(col, TrainConfig, field, key=key)
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return None
@@ -101,23 +120,14 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}", name):
         st.error("Run names use letters, digits, '.', '-' and '_' only.")
         return None
-    if pretrained and not model_info(arch).pretrained_available:
-        st.error(f"No ImageNet weights on disk for {arch}: untick 'ImageNet weights' or put the file in "
-                 f"{settings.workspace / 'weights'} (see the README).")
-        return None
-    pcfg = load_config(pp_name) if pp_name in saved else PreprocessConfig(size=int(size))
-    cfg = TrainConfig(
-        data=str(data_dir), out=str(settings.models_dir / name), task=task, arch=arch, pretrained=pretrained,
-        use_sex=bool(use_sex) and task == "boneage", preprocess=pcfg.to_dict(), epochs=int(epochs),
-        time_budget_min=float(budget) or None, batch_size=int(batch), lr=float(lr), optimizer=optimizer,
-        scheduler=scheduler, loss=loss, init_from=None if init_from == "(none)" else init_from, freeze=int(freeze),
-        split=split, val_fraction=float(val_fraction), holdout_fraction=float(holdout), patience=int(patience),
-        workers=min(4, settings.workers), bn_momentum=float(bn_momentum), drop_path=float(drop_path),
-        progressive_from=None if progressive == "off" else int(progressive),
-    )
+    size = values.pop("size")
     try:
+        pcfg = load_config(pp_name) if pp_name in saved else PreprocessConfig(size=int(size))
+        cfg = TrainConfig(data=str(data_dir), out=str(settings.models_dir / name), task=task, arch=arch,
+                          preprocess=pcfg.to_dict(), workers=min(4, settings.workers), **values)
+        cfg.validate()
         run_dir = start_training(cfg)
-    except (JobError, ValueError, RuntimeError) as exc:
+    except (JobError, TrainingError, ValueError, RuntimeError) as exc:
         st.error(str(exc))
         return None
     st.toast(f"Started {name}{' on synthetic data' if synthetic else ''}")
@@ -134,12 +144,13 @@ def _eta(seconds: float | None) -> str:
 def curves(history: list[dict], task: str, title: str = "") -> go.Figure:
     """Loss (left) and the validation headline metric (right) per epoch."""
     hist = pd.DataFrame(history)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation MAE (months)" if task == "boneage" else "validation AUC"))
+    spec = get_task(task)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", spec.headline_label))
     if not hist.empty:
         fig.add_scatter(x=hist["epoch"], y=hist["train_loss"], name="train loss", row=1, col=1)
         if "val_loss" in hist:
             fig.add_scatter(x=hist["epoch"], y=hist["val_loss"], name="validation loss", row=1, col=1)
-        key = "val_mae" if task == "boneage" else "val_auc"
+        key = spec.epoch_key
         if key in hist:
             fig.add_scatter(x=hist["epoch"], y=hist[key], name="validation " + key[4:].upper(), row=1, col=2)
     fig.update_xaxes(title_text="epoch")
@@ -199,7 +210,7 @@ def runs_table(task: str) -> pd.DataFrame:
         rows.append({
             "run": r.name, "status": r.status, "arch": r.arch,
             "epoch": f"{r.epoch or 0}/{r.epochs or '?'}",
-            ("val MAE (mo)" if task == "boneage" else "val AUC"): r.headline,
+            get_task(task).headline_label: r.headline,
             "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
         })
     return pd.DataFrame(rows)

@@ -9,7 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from h2a.cli.common import CliError, add_preprocess_options, load_data, preprocess_config_from_args, print_json
+from h2a.cli.common import (
+    CliError,
+    add_preprocess_options,
+    load_data,
+    preprocess_config_from_args,
+    preprocess_values,
+    print_json,
+)
 from h2a.progress import StderrProgress
 
 
@@ -58,8 +65,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     ds = load_data(args.data)
     source = args.model or "pretrained"
-    explicit_pp = getattr(args, "config", None) or getattr(args, "image_size", None) or any(
-        getattr(args, a, None) is not None for a in ("resize", "contrast", "clahe_clip", "clahe_grid", "normalize"))
+    explicit_pp = getattr(args, "config", None) or preprocess_values(args)
     pcfg = preprocess_config_from_args(args, size=128) if (explicit_pp or not args.model) else None
     if args.k < 2:
         raise CliError("--k must be at least 2")
@@ -116,5 +122,7 @@ def _print_text(s: dict) -> None:
               f"{_fmt(c['boneage_max'], '.0f')})\n")
     rho = s.get("umap_spearman_boneage") or [None, None]
     w(f"Spearman of UMAP axes with bone age: x {_fmt(rho[0], '+.2f')}, y {_fmt(rho[1], '+.2f')}\n")
+    if s.get("verdict"):
+        w(f"Verdict: {s['verdict']['reason']}\n")
     if s.get("csv"):
         w(f"coordinates and clusters written to {s['csv']}\n")

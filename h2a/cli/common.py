@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from h2a.options import add_arguments, values_from_args
+
 
 class CliError(Exception):
     """An expected, user-facing failure: printed as one line, exit code 2."""
@@ -28,35 +30,50 @@ def load_data(data: str):
         raise CliError(str(exc)) from exc
 
 
-def add_preprocess_options(p: argparse.ArgumentParser) -> None:
-    """Options that build a PreprocessConfig; shared by cache, train and cluster."""
+def add_preprocess_options(p: argparse.ArgumentParser, augmentation: bool = False,
+                           defaults: dict | None = None) -> None:
+    """Flags built from PreprocessConfig's declarations; shared by cache, train and cluster.
+
+    Augmentation flags only matter to training, so only train asks for them; ``defaults``
+    are the command's own (shown in --help; pass the same to preprocess_config_from_args).
+    """
+    from h2a.data.preprocess import PreprocessConfig
+
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--config", help="name of a saved preprocessing config (overrides the options below)")
-    g.add_argument("--image-size", type=int, default=None, help="output side in pixels")
-    g.add_argument("--resize", choices=["squash", "pad", "crop"], default=None)
-    g.add_argument("--contrast", choices=["none", "hist_eq", "clahe"], default=None)
-    g.add_argument("--clahe-clip", type=float, default=None)
-    g.add_argument("--clahe-grid", type=int, default=None)
-    g.add_argument("--normalize", choices=["imagenet", "per_image"], default=None)
+    g.add_argument("--config", metavar="NAME",
+                   help="name of a saved preprocessing config (overrides the options below)")
+    add_arguments(p, PreprocessConfig, groups=["preprocessing"], into=g, defaults=defaults)
+    if augmentation:
+        add_arguments(p, PreprocessConfig, groups=["augmentation"])
+
+
+def preprocess_values(args: argparse.Namespace) -> dict:
+    """The preprocessing options given on the command line, by field name (empty: none)."""
+    from h2a.data.preprocess import PreprocessConfig
+
+    return values_from_args(PreprocessConfig, args)
 
 
 def preprocess_config_from_args(args: argparse.Namespace, **defaults):
-    from h2a.data.preprocess import PreprocessConfig, load_config
+    """--config NAME, else the declared defaults, then ``defaults``, then the given flags.
 
+    Augmentation flags given with --config still apply (they never change the cache).
+    """
+    from h2a.data.preprocess import PreprocessConfig, load_config
+    from h2a.options import declarations
+
+    given = preprocess_values(args)
     if getattr(args, "config", None):
         try:
-            return load_config(args.config)
+            base = load_config(args.config).to_dict()
         except (FileNotFoundError, ValueError) as exc:
             raise CliError(f"preprocessing config {args.config!r}: {exc}") from exc
-    values = dict(defaults)
-    for field, attr in (("size", "image_size"), ("resize", "resize"), ("contrast", "contrast"),
-                        ("clahe_clip", "clahe_clip"), ("clahe_grid", "clahe_grid"), ("normalize", "normalize")):
-        value = getattr(args, attr, None)
-        if value is not None:
-            values[field] = value
+        aug_names = {d.name for d in declarations(PreprocessConfig) if d.opt.group == "augmentation"}
+        aug = {k: v for k, v in given.items() if k in aug_names}
+        values = {**base, **aug}
+    else:
+        values = {**defaults, **given}
     try:
-        cfg = PreprocessConfig(**values)
-        cfg.validate()
+        return PreprocessConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
         raise CliError(f"preprocessing: {exc}") from exc
-    return cfg

@@ -26,6 +26,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"within 12 mo {100 * metrics['within_12_months']:.1f}%")
         print("MAE by sex: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["mae_by_sex"].items()))
         print("MAE by age: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["mae_by_age_bin"].items()))
+        ba = metrics["bland_altman"]
+        if ba["sd"] is not None:
+            print(f"Bland-Altman: bias {ba['bias']:+.2f} mo, SD {ba['sd']:.2f}, 95% limits of agreement "
+                  f"{ba['loa_low']:+.2f} to {ba['loa_high']:+.2f} mo (n {ba['n']})")
     else:
         print(f"AUC {metrics['auc']:.3f}, accuracy {metrics['accuracy']:.3f}, "
               f"balanced accuracy {metrics['balanced_accuracy']:.3f}")

@@ -1,4 +1,9 @@
-"""``h2a predict``: bone age for image files, with clinical context and reports."""
+"""``h2a predict``: bone age for image files, with clinical context and reports.
+
+``--json`` prints ``h2a.predict.batch.predict_files``' records as they are: each warning
+is ``{"code": ..., "message": ...}`` (codes in ``h2a.predict.alerts``), so scripts can
+filter on codes rather than on wording.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from h2a.cli.common import CliError, print_json
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from h2a.predict.predictor import predict_files
+    from h2a.predict.batch import predict_files
 
     try:
         results = predict_files(args.model, args.files, sex=args.sex, dob=args.dob, exam_date=args.exam_date,
@@ -27,7 +32,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 extra = f"  SDS {r['sds']:+.2f} ({r['classification']})" if r.get("sds") is not None else ""
                 print(f"{r['file']}: bone age {r['bone_age_months']:.1f} months ({lo:.0f}-{hi:.0f}){extra}")
                 for w in r.get("warnings", []):
-                    print(f"  warning: {w}")
+                    print(f"  warning [{w['code']}]: {w['message']}")
     return 0 if all(not r.get("error") for r in results) else 1
 
 

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from h2a.settings import get_settings
-from h2a.data.preprocess import PreprocessConfig, _prepare_chunk
+from h2a.data.preprocess import PreprocessConfig, prepare_chunk
 from h2a.processes import pid_alive
 from h2a.progress import ProgressFn, report
 
@@ -214,13 +214,13 @@ def _run_chunks(
 
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
-            collect(_prepare_chunk(task))
+            collect(prepare_chunk(task))
         return errors
     _run_in_workers(tasks, min(workers, len(tasks)), collect)
     return errors
 
 
-_WORKER_CMD = "from h2a.data.preprocess import _worker_main; _worker_main()"
+_WORKER_CMD = "from h2a.data.preprocess import worker_main; worker_main()"
 _IN_FLIGHT = 2  # tasks queued per worker, so none idles while its next task is sent
 
 

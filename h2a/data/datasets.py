@@ -81,6 +81,7 @@ class Dataset:
     synthetic: bool = False
     sources: dict[str, str] = field(default_factory=dict)  # csv file -> format name
     _fingerprint: str | None = field(default=None, repr=False)
+    _paths: pd.Series | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -118,6 +119,28 @@ class Dataset:
         """Rows with an image and both labels, as training and evaluation need."""
         m = self.with_images()
         return m[m["boneage"].notna() & m["male"].notna()]
+
+    def paths_by_id(self) -> pd.Series:
+        """Image path (str or None) indexed by id (str), one entry per id; built once.
+
+        Pages, the engine and the predictor all look images up by id. The same id may sit
+        in two splits (a train and a validation CSV), so the row with an image wins, then
+        the first listed; the index is unique, so ``.get(id)`` is a scalar, never a Series.
+        """
+        if self._paths is None:
+            m = self.meta
+            order = m["path"].isna().to_numpy().argsort(kind="stable")  # rows with an image first
+            first = m.iloc[order].drop_duplicates("id", keep="first")
+            paths = pd.Series(first["path"].to_numpy(dtype=object), index=first["id"].astype(str).to_numpy(),
+                              name="path", dtype=object)
+            paths.index.name = "id"
+            self._paths = paths.loc[m["id"].astype(str).drop_duplicates().to_numpy()]  # CSV order
+        return self._paths
+
+    def path_of(self, image_id: object) -> str | None:
+        """Image path of one id, or None when the id is unknown or its image is missing."""
+        path = self.paths_by_id().get(str(image_id))
+        return path if isinstance(path, str) else None
 
     def problem_frame(self) -> pd.DataFrame:
         return pd.DataFrame([p.to_dict() for p in self.problems], columns=["item", "problem"])

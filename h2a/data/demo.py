@@ -627,7 +627,7 @@ def _render_job(job: tuple[str, int, int, bool, int, bool]) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _worker_main(spec_json: str | None = None) -> None:
+def worker_main(spec_json: str | None = None) -> None:
     """Entry point of a worker subprocess: render every ``shards``-th image.
 
     WHY plain subprocesses, not multiprocessing: spawn/forkserver re-import the caller's
@@ -674,7 +674,7 @@ def _run_workers(root: Path, n: int, seed: int, val_fraction: float, nw: int,
                                "shard": k, "shards": nw})
             err = tempfile.TemporaryFile()
             errs.append(err)
-            p = subprocess.Popen([sys.executable, "-c", "from h2a.data.demo import _worker_main; _worker_main()", spec],
+            p = subprocess.Popen([sys.executable, "-c", "from h2a.data.demo import worker_main; worker_main()", spec],
                                  stdout=subprocess.PIPE, stderr=err, env=env, text=True)
             procs.append(p)
             t = threading.Thread(target=pump, args=(p.stdout,), daemon=True)

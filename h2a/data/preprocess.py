@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
+from h2a.options import declarations, option, problems
 from h2a.settings import get_settings
 
 # Bump when ``prepare`` changes its output for the same config: old caches then miss.
@@ -42,87 +43,81 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Everything needed to turn a decoded radiograph into a model input."""
+    """Everything needed to turn a decoded radiograph into a model input.
 
-    size: int = 256
-    resize: str = "pad"
-    contrast: str = "none"
-    clahe_clip: float = 2.0
-    clahe_grid: int = 8
-    normalize: str = "imagenet"
-    flip: bool = True
-    shift: float = 0.05
-    rotation: float = 10.0
-    zoom: float = 0.10
+    Each field is declared once (``h2a.options.option``): the CLI flags, the checks and
+    the page widgets are built from these declarations.
+    """
+
+    size: int = option(256, minimum=16, maximum=2048, cli="--image-size", group="preprocessing",
+                       label="Image size", unit="px",
+                       form={"widget": "select_slider",
+                             "values": [64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 500, 512]},
+                       help="output side in pixels")
+    resize: str = option("pad", choices=RESIZE_MODES, group="preprocessing", label="Geometry",
+                         help="pad: keep aspect, black bars; squash: plain resize; crop: keep aspect, centre crop")
+    contrast: str = option("none", choices=CONTRAST_MODES, group="preprocessing", label="Contrast",
+                           form={"labels": {"none": "none", "hist_eq": "hist. equalisation", "clahe": "CLAHE"}},
+                           help="contrast enhancement of the image content (padding excluded)")
+    clahe_clip: float = option(2.0, minimum=0.0, exclusive_min=True, maximum=100.0, group="preprocessing",
+                               label="CLAHE clip limit", form={"widget": "slider", "min": 0.5, "max": 8.0, "step": 0.5},
+                               help="CLAHE clip limit (with --contrast clahe)")
+    clahe_grid: int = option(8, minimum=1, maximum=64, group="preprocessing", label="CLAHE grid",
+                             form={"widget": "slider", "min": 2, "max": 16},
+                             help="CLAHE tiles per side (with --contrast clahe)")
+    normalize: str = option("imagenet", choices=NORMALIZE_MODES, group="preprocessing", label="Normalisation",
+                            help="imagenet: the mean/std the architecture's pretrained weights expect; "
+                                 "per_image: each image to zero mean and unit sd")
+    flip: bool = option(True, group="augmentation", label="Horizontal flip",
+                        help="random horizontal flip while training")
+    shift: float = option(0.05, minimum=0.0, maximum=0.5, group="augmentation", label="Shift",
+                          unit="fraction of size", form={"widget": "slider", "max": 0.3, "step": 0.01},
+                          help="random shift while training, as a fraction of the size")
+    rotation: float = option(10.0, minimum=0.0, maximum=180.0, group="augmentation", label="Rotation",
+                             unit="degrees", form={"widget": "slider", "max": 45.0, "step": 1.0},
+                             help="random rotation while training, up to this many degrees")
+    zoom: float = option(0.10, minimum=0.0, maximum=1.0, exclusive_max=True, group="augmentation",
+                         label="Zoom", unit="±fraction", form={"widget": "slider", "max": 0.5, "step": 0.01},
+                         help="random zoom while training, by up to this fraction either way")
 
     def __post_init__(self) -> None:
         # Coerce ints given for float fields so equal configs hash and serialise equally.
-        for name in ("clahe_clip", "shift", "rotation", "zoom"):
-            value = getattr(self, name)
-            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                object.__setattr__(self, name, float(value))
-        for name in ("size", "clahe_grid"):
-            value = getattr(self, name)
-            if isinstance(value, np.integer):
-                object.__setattr__(self, name, int(value))
-        if isinstance(self.flip, np.bool_):
-            object.__setattr__(self, "flip", bool(self.flip))
+        for d in declarations(type(self)):
+            value = getattr(self, d.name)
+            if d.type is float and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                object.__setattr__(self, d.name, float(value))
+            elif d.type is int and isinstance(value, np.integer):
+                object.__setattr__(self, d.name, int(value))
+            elif d.type is bool and isinstance(value, np.bool_):
+                object.__setattr__(self, d.name, bool(value))
         self.validate()
 
     # -- validation ---------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ValueError with a message a user can act on; called on construction."""
-        problems: list[str] = []
+        """Raise ValueError naming every bad option at once; called on construction.
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        if not is_int(self.size) or not 16 <= self.size <= 2048:
-            problems.append(f"size must be an integer from 16 to 2048 pixels, got {self.size!r}")
-        if self.resize not in RESIZE_MODES:
-            problems.append(f"resize must be one of {', '.join(RESIZE_MODES)}; got {self.resize!r}")
-        if self.contrast not in CONTRAST_MODES:
-            problems.append(
-                f"contrast must be one of {', '.join(CONTRAST_MODES)}; got {self.contrast!r}"
-            )
-        if not is_num(self.clahe_clip) or not 0 < self.clahe_clip <= 100:
-            problems.append(f"clahe_clip must be a number > 0 and <= 100, got {self.clahe_clip!r}")
-        if not is_int(self.clahe_grid) or not 1 <= self.clahe_grid <= 64:
-            problems.append(f"clahe_grid must be an integer from 1 to 64, got {self.clahe_grid!r}")
-        if self.normalize not in NORMALIZE_MODES:
-            problems.append(
-                f"normalize must be one of {', '.join(NORMALIZE_MODES)}; got {self.normalize!r}"
-            )
-        if not isinstance(self.flip, bool):
-            problems.append(f"flip must be true or false, got {self.flip!r}")
-        if not is_num(self.shift) or not 0 <= self.shift <= 0.5:
-            problems.append(f"shift must be a fraction from 0 to 0.5, got {self.shift!r}")
-        if not is_num(self.rotation) or not 0 <= self.rotation <= 180:
-            problems.append(f"rotation must be from 0 to 180 degrees, got {self.rotation!r}")
-        if not is_num(self.zoom) or not 0 <= self.zoom < 1:
-            problems.append(f"zoom must be a fraction from 0 to below 1, got {self.zoom!r}")
-        if problems:
-            raise ValueError("Invalid preprocessing config: " + "; ".join(problems))
+        Types, choices and ranges come from the declarations; there is no cross-field rule.
+        """
+        found = problems(self)
+        if found:
+            raise ValueError("Invalid preprocessing config: " + "; ".join(found))
 
     # -- serialisation ------------------------------------------------------------
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessConfig":
+    def from_dict(cls, d: dict) -> PreprocessConfig:
         """Build from JSON-like data; unknown keys are ignored so old/new files still load."""
         if not isinstance(d, dict):
             raise ValueError(f"Preprocessing config must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         # JSON may carry 256.0 for an int field; accept integral floats only.
-        for name in ("size", "clahe_grid"):
-            v = kwargs.get(name)
-            if isinstance(v, float) and v.is_integer():
-                kwargs[name] = int(v)
+        for decl in declarations(cls):
+            v = kwargs.get(decl.name)
+            if decl.type is int and isinstance(v, float) and v.is_integer():
+                kwargs[decl.name] = int(v)
         return cls(**kwargs)
 
     def deterministic_dict(self) -> dict:
@@ -224,7 +219,7 @@ def prepare_file(path_or_bytes: str | os.PathLike | bytes, cfg: PreprocessConfig
     return prepare(read_image(path_or_bytes, name=name), cfg)
 
 
-def _prepare_chunk(task: Sequence) -> tuple[int, list[tuple[int, str]], int]:
+def prepare_chunk(task: Sequence) -> tuple[int, list[tuple[int, str]], int]:
     """Prepare a slice of rows straight into the tensor-cache memmap.
 
     Lives here (not in ``h2a.data.cache``) so cache worker processes never import torch.
@@ -262,7 +257,7 @@ def _prepare_chunk(task: Sequence) -> tuple[int, list[tuple[int, str]], int]:
     return start, errors, len(paths)
 
 
-def _worker_main() -> None:
+def worker_main() -> None:
     """Cache worker process loop: one JSON task per stdin line, one JSON reply per line.
 
     Started as ``python -c`` by ``h2a.data.cache`` rather than through multiprocessing, so it
@@ -276,7 +271,7 @@ def _worker_main() -> None:
     for line in sys.stdin:
         if not line.strip():
             continue
-        start, errors, count = _prepare_chunk(json.loads(line))
+        start, errors, count = prepare_chunk(json.loads(line))
         proto.write(json.dumps([start, errors, count]) + "\n")
         proto.flush()
 

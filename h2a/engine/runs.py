@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from h2a.engine.tasks import get_task
 from h2a.settings import get_settings
 from h2a.processes import pid_alive
 
@@ -108,8 +109,7 @@ class RunSummary:
     @property
     def headline(self) -> float | None:
         """The number runs are ranked by: validation MAE (lower better) or AUC."""
-        key = "mae" if self.task == "boneage" else "auc"
-        value = self.metrics.get(key)
+        value = self.metrics.get(get_task(self.task).headline_key)
         return float(value) if value is not None else None
 
 
@@ -174,7 +174,7 @@ def best_run(task: str = "boneage", root: Path | None = None) -> RunSummary | No
     done = [r for r in list_runs(root, task) if r.has_model and r.headline is not None]
     if not done:
         return None
-    return (min if task == "boneage" else max)(done, key=lambda r: r.headline)
+    return (min if get_task(task).lower_is_better else max)(done, key=lambda r: r.headline)
 
 
 def resolve_run(name_or_path: str | Path) -> Path:

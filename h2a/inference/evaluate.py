@@ -11,7 +11,6 @@ import torch
 
 from h2a.inference.arrays import predict_arrays
 from h2a.inference.loading import LoadedRun, load_run
-from h2a.inference.metrics import classification_metrics, predictions_frame, regression_metrics
 from h2a.progress import ProgressFn
 
 
@@ -51,7 +50,8 @@ def evaluate(
     same = data_path.resolve() == Path(own).resolve()
     split = split or ("validation" if same and not data else "all")
     ds = load_dataset(data_path)
-    labelled = ds.labelled() if run.task == "boneage" else ds.with_images()[ds.with_images()["male"].notna()]
+    task = run.task_obj
+    labelled = task.labelled(ds)
     if split in ("validation", "holdout"):
         wanted = set(run.meta["splits"].get(split, []))
         if not wanted:
@@ -68,12 +68,9 @@ def evaluate(
     raw = predict_arrays(run.model, cache.take(rows), male.astype(np.float32), run.norm, run.device,
                          flip_tta=flip_tta, augment=run.preprocess, views=tta_views, progress=progress)
     out = run.to_output(raw)
-    if run.task == "boneage":
-        metrics = regression_metrics(labelled["boneage"].to_numpy(), out, male)
-        preds = predictions_frame(labelled["id"], labelled["boneage"], out, male, "boneage")
-    else:
-        metrics = classification_metrics(male.astype(int), out, labelled["boneage"].to_numpy())
-        preds = predictions_frame(labelled["id"], male, out, male, "sex", boneage=labelled["boneage"])
+    ages = labelled["boneage"].to_numpy()
+    metrics = task.metrics(out, ages, male)
+    preds = task.predictions(labelled["id"], ages, male, out)
     metrics.update(run=run.path.name, data=str(data_path), split=split, flip_tta=flip_tta, tta_views=tta_views,
                    n_failed_images=int((~ok).sum()))
     return EvalResult(metrics, preds, run, cache, rows)

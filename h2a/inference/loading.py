@@ -12,6 +12,7 @@ from h2a.data.preprocess import PreprocessConfig
 from h2a.data.transforms import input_norm
 from h2a.device import use_channels_last
 from h2a.engine.runs import METADATA, MODEL, read_json, safe_load
+from h2a.engine.tasks import Task, task_of_run
 from h2a.models import H2AModel, create_model, fold_batchnorm
 
 
@@ -33,11 +34,14 @@ class LoadedRun:
     def task(self) -> str:
         return self.meta["task"]
 
+    @property
+    def task_obj(self) -> Task:
+        """The run's Task, with the target scaling it was trained with."""
+        return task_of_run(self.meta)
+
     def to_output(self, raw: np.ndarray) -> np.ndarray:
         """Model scalars -> months (bone age) or P(male) (sex)."""
-        if self.task == "boneage":
-            return raw * self.meta["target_std"] + self.meta["target_mean"]
-        return 1.0 / (1.0 + np.exp(-raw))
+        return self.task_obj.to_output(raw)
 
 
 def load_run(run_dir: str | Path, device: torch.device | None = None, *, fold_bn: bool = True) -> LoadedRun:

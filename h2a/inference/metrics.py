@@ -17,8 +17,35 @@ def band_order(labels) -> list[str]:
     return sorted(set(labels), key=lambda s: int(s.split("-")[0]))
 
 
+LOA_Z = 1.96  # limits of agreement: bias +/- 1.96 SD covers ~95% of differences (normal errors)
+
+
+def bland_altman(y: np.ndarray, pred: np.ndarray) -> dict:
+    """Bland-Altman agreement of predictions with the truth (differences = pred - y).
+
+    ``bias`` is the mean difference, ``sd`` its sample standard deviation (ddof=1, as
+    Bland & Altman 1986 and pandas use), ``loa_low``/``loa_high`` = bias -/+ LOA_Z * sd:
+    the range where ~95% of a new image's errors fall. One place, so the Evaluation page
+    and ``h2a evaluate --json`` give the same limits; ``sd`` and the limits are None with
+    fewer than two images.
+    """
+    diff = np.asarray(pred, float) - np.asarray(y, float)
+    diff = diff[np.isfinite(diff)]
+    n = len(diff)
+    bias = float(diff.mean()) if n else None
+    sd = float(diff.std(ddof=1)) if n > 1 else None
+    return {
+        "n": n,
+        "bias": bias,
+        "sd": sd,
+        "loa_low": None if sd is None else bias - LOA_Z * sd,
+        "loa_high": None if sd is None else bias + LOA_Z * sd,
+        "z": LOA_Z,
+    }
+
+
 def regression_metrics(y: np.ndarray, pred: np.ndarray, male: np.ndarray) -> dict:
-    """MAE, RMSE, R², share within 12 months, MAE by sex and by 2-year band."""
+    """MAE, RMSE, R², share within 12 months, MAE by sex and by 2-year band, Bland-Altman."""
     y, pred, male = np.asarray(y, float), np.asarray(pred, float), np.asarray(male, bool)
     err = pred - y
     ss_tot = float(((y - y.mean()) ** 2).sum())
@@ -38,6 +65,7 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray, male: np.ndarray) -> dic
         },
         "mae_by_age_bin": {b: float(np.abs(err[bands == b]).mean()) for b in band_order(bands)},
         "n_by_age_bin": {b: int((bands == b).sum()) for b in band_order(bands)},
+        "bland_altman": bland_altman(y, pred),
     }
 
 

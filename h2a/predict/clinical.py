@@ -12,6 +12,10 @@ Foundation Study, as printed with the Greulich & Pyle atlas (``../shared/CLINICA
 * a BA within two years of the end of the atlas (18 y girls, 19 y boys) means a
   near-mature skeleton, where the estimate and the SDS mean less.
 
+The two caveats (reference row extrapolated, near-mature skeleton) are also coded
+alerts (``Assessment.alerts``), so a prediction carries them as warnings without
+anyone matching on the notes' wording.
+
 Pure functions, no streamlit, no I/O.
 """
 
@@ -23,11 +27,22 @@ from datetime import date, datetime
 import numpy as np
 
 from h2a import RESEARCH_NOTE
+from h2a.predict.alerts import Alert, Code
 
 __all__ = [
-    "GP_TABLE", "REFERENCE_NAME", "REFERENCE_STATEMENT", "REFERENCE_LIMITS", "Assessment",
-    "gp_reference", "gp_rows", "reference_band", "chronological_age_months", "parse_date",
-    "classify", "assess", "months_to_text",
+    "GP_TABLE",
+    "REFERENCE_LIMITS",
+    "REFERENCE_NAME",
+    "REFERENCE_STATEMENT",
+    "Assessment",
+    "assess",
+    "chronological_age_months",
+    "classify",
+    "gp_reference",
+    "gp_rows",
+    "months_to_text",
+    "parse_date",
+    "reference_band",
 ]
 
 # CA (years), boys mean BA, boys SD, girls mean BA, girls SD (months). Brush Foundation
@@ -195,6 +210,7 @@ class Assessment:
     notes: list[str] = field(default_factory=list)
     out_of_table: bool = False
     near_mature: bool = False
+    alerts: list[Alert] = field(default_factory=list)  # the caveats above as coded warnings
     reference: str = REFERENCE_STATEMENT
     reference_limits: str = REFERENCE_LIMITS
     research_note: str = RESEARCH_NOTE
@@ -212,14 +228,16 @@ def assess(ba_months: float, ca_months: float, male: bool) -> Assessment:
         raise ValueError(f"chronological age cannot be negative ({ca:.1f} months)")
     mean, sd, note = gp_reference(ca, male)
     sds = (ba - ca) / sd
-    notes: list[str] = []
+    alerts: list[Alert] = []
     if note:
-        notes.append(note)
+        alerts.append(Alert(Code.REFERENCE_EXTRAPOLATED, note))
     end = ATLAS_END_MONTHS[bool(male)]
     near_mature = ba >= end - NEAR_MATURE_MARGIN_MONTHS
     if near_mature:
-        notes.append(f"bone age {ba / 12:.1f} y is near the end of the atlas ({end / 12:g} y for "
-                     f"{_sex_word(male)}): a near-mature skeleton, where the estimate and the SDS mean less")
+        alerts.append(Alert(Code.NEAR_MATURE, f"bone age {ba / 12:.1f} y is near the end of the atlas ({end / 12:g} y "
+                                              f"for {_sex_word(male)}): a near-mature skeleton, where the estimate "
+                                              "and the SDS mean less"))
+    notes = [a.message for a in alerts]
     notes.append(f"Reference: {REFERENCE_NAME}. {REFERENCE_LIMITS}")
     notes.append(RESEARCH_NOTE)
     return Assessment(
@@ -227,5 +245,5 @@ def assess(ba_months: float, ca_months: float, male: bool) -> Assessment:
         ba_minus_ca_months=ba - ca, ba_minus_ca_years=(ba - ca) / 12.0,
         reference_mean_months=mean, reference_sd_months=sd, sds=float(sds),
         classification=classify(sds), notes=notes, out_of_table=note is not None,
-        near_mature=near_mature,
+        near_mature=near_mature, alerts=alerts,
     )

@@ -13,18 +13,24 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from fpdf import FPDF
 from PIL import Image
 
 from h2a import RESEARCH_NOTE, __version__
-from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, months_to_text, reference_band
 from h2a.engine.runs import atomic_write_bytes
+from h2a.predict.alerts import codes, messages
+from h2a.predict.clinical import (
+    REFERENCE_LIMITS,
+    REFERENCE_STATEMENT,
+    months_to_text,
+    reference_band,
+)
 
-__all__ = ["pdf_report", "write_report", "batch_csv", "CSV_COLUMNS"]
+__all__ = ["CSV_COLUMNS", "batch_csv", "pdf_report", "write_report"]
 
 DISCLAIMER = (
     "Research use only, not for clinical decisions. This estimate comes from a machine-learning model "
@@ -58,7 +64,7 @@ def _fmt(v: float | None, spec: str = ".1f", suffix: str = "") -> str:
 
 
 class _Report(FPDF):
-    def footer(self) -> None:  # noqa: D401 - fpdf hook
+    def footer(self) -> None:  # fpdf hook: drawn on every page
         self.set_y(-12)
         self.set_font("helvetica", "I", 7)
         self.set_text_color(90, 90, 90)
@@ -95,19 +101,8 @@ def _numbers(result) -> list[tuple[str, str]]:
     ] + clinical_rows(result)
 
 
-def _chart(pdf: FPDF, result, x: float, y: float, w: float, h: float) -> None:
-    """BA vs CA (years): CA +/- 2 SD band, GP mean skeletal age, BA = CA, the patient."""
-    a = result.assessment
-    male = result.sex == "male"
-    band = reference_band(male)
-    ca_p = a.ca_months / 12
-    ba_p = result.bone_age_months / 12
-    lo_p, hi_p = (v / 12 for v in result.interval_months)
-    xmax = max(19.0, ca_p + 1)
-    ymax = max(21.0, hi_p + 1, ba_p + 1)
-    px = lambda v: x + w * v / xmax  # noqa: E731
-    py = lambda v: y + h - h * min(max(v, 0.0), ymax) / ymax  # noqa: E731
-
+def _chart_axes(pdf: FPDF, x: float, y: float, w: float, h: float, xmax: float, ymax: float, px, py) -> None:
+    """Frame, ticks every 2 years and the axis titles."""
     pdf.set_draw_color(120, 120, 120)
     pdf.set_line_width(0.2)
     pdf.rect(x, y, w, h)
@@ -124,27 +119,9 @@ def _chart(pdf: FPDF, result, x: float, y: float, w: float, h: float) -> None:
     with pdf.rotation(90, x - 7, y + h / 2 + 12):
         pdf.text(x - 7, y + h / 2 + 12, "bone age (years)")
 
-    ca_y = band["ca"] / 12
-    upper = [(px(c), py(v / 12)) for c, v in zip(ca_y, band["high"])]
-    lower = [(px(c), py(v / 12)) for c, v in zip(ca_y, band["low"])]
-    with pdf.local_context(fill_opacity=0.35):
-        pdf.set_fill_color(120, 190, 120)
-        pdf.polygon(upper + lower[::-1], style="F")
-    pdf.set_draw_color(150, 150, 150)
-    pdf.set_dash_pattern(dash=1, gap=1)
-    pdf.line(px(0), py(0), px(min(xmax, ymax)), py(min(xmax, ymax)))
-    pdf.set_dash_pattern()
-    pdf.set_draw_color(30, 110, 30)
-    pdf.set_line_width(0.4)
-    pdf.polyline([(px(c), py(v / 12)) for c, v in zip(ca_y, band["mean"])])
-    # the patient: interval bar and point
-    pdf.set_draw_color(200, 30, 30)
-    pdf.set_line_width(0.5)
-    pdf.line(px(ca_p), py(lo_p), px(ca_p), py(hi_p))
-    pdf.set_fill_color(200, 30, 30)
-    pdf.ellipse(px(ca_p) - 1.2, py(ba_p) - 1.2, 2.4, 2.4, style="F")
-    pdf.set_line_width(0.2)
-    # legend
+
+def _chart_legend(pdf: FPDF, x: float, y: float, male: bool) -> None:
+    """The key in the chart's top-left corner, drawn with the same styles as the curves."""
     lx, ly = x + 3, y + 4
     pdf.set_font("helvetica", "", 6.5)
     pdf.set_text_color(30, 30, 30)
@@ -169,18 +146,45 @@ def _chart(pdf: FPDF, result, x: float, y: float, w: float, h: float) -> None:
     pdf.set_text_color(0, 0, 0)
 
 
-def pdf_report(result, *, patient_label: str | None = None, alpha: float = 0.4,
-               include_file_name: bool = False) -> bytes:
-    """One A4 page for a successful ``PredictionResult``; returns the PDF bytes."""
-    if not result.ok:
-        raise ValueError(f"no report for a failed prediction: {result.error}")
-    pdf = _Report(format="A4")
-    pdf.set_auto_page_break(False)
-    pdf.set_margins(12, 10, 12)
-    pdf.add_page()
-    pdf.set_title("H2A bone-age estimate")
-    pdf.set_creator(f"H2A {__version__}")
+def _chart(pdf: FPDF, result, x: float, y: float, w: float, h: float) -> None:
+    """BA vs CA (years): CA +/- 2 SD band, GP mean skeletal age, BA = CA, the patient."""
+    a = result.assessment
+    male = result.sex == "male"
+    band = reference_band(male)
+    ca_p = a.ca_months / 12
+    ba_p = result.bone_age_months / 12
+    lo_p, hi_p = (v / 12 for v in result.interval_months)
+    xmax = max(19.0, ca_p + 1)
+    ymax = max(21.0, hi_p + 1, ba_p + 1)
+    px = lambda v: x + w * v / xmax
+    py = lambda v: y + h - h * min(max(v, 0.0), ymax) / ymax
 
+    _chart_axes(pdf, x, y, w, h, xmax, ymax, px, py)
+    ca_y = band["ca"] / 12
+    upper = [(px(c), py(v / 12)) for c, v in zip(ca_y, band["high"])]
+    lower = [(px(c), py(v / 12)) for c, v in zip(ca_y, band["low"])]
+    with pdf.local_context(fill_opacity=0.35):
+        pdf.set_fill_color(120, 190, 120)
+        pdf.polygon(upper + lower[::-1], style="F")
+    pdf.set_draw_color(150, 150, 150)
+    pdf.set_dash_pattern(dash=1, gap=1)
+    pdf.line(px(0), py(0), px(min(xmax, ymax)), py(min(xmax, ymax)))
+    pdf.set_dash_pattern()
+    pdf.set_draw_color(30, 110, 30)
+    pdf.set_line_width(0.4)
+    pdf.polyline([(px(c), py(v / 12)) for c, v in zip(ca_y, band["mean"])])
+    # the patient: interval bar and point
+    pdf.set_draw_color(200, 30, 30)
+    pdf.set_line_width(0.5)
+    pdf.line(px(ca_p), py(lo_p), px(ca_p), py(hi_p))
+    pdf.set_fill_color(200, 30, 30)
+    pdf.ellipse(px(ca_p) - 1.2, py(ba_p) - 1.2, 2.4, 2.4, style="F")
+    pdf.set_line_width(0.2)
+    _chart_legend(pdf, x, y, male)
+
+
+def _header(pdf: FPDF, result, patient_label: str | None, include_file_name: bool) -> None:
+    """Title, the research-use line and what identifies the image (only what the user typed)."""
     pdf.set_font("helvetica", "B", 16)
     pdf.cell(0, 8, "H2A bone-age estimate", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("helvetica", "B", 9)
@@ -197,7 +201,9 @@ def pdf_report(result, *, patient_label: str | None = None, alpha: float = 0.4,
     ident.append(f"Image {w} x {h} px, SHA-256 {(result.image_sha256 or '')[:16]}")
     pdf.cell(0, 4.5, _t(" · ".join(ident)), new_x="LMARGIN", new_y="NEXT")
 
-    # images (left) and numbers (right)
+
+def _images_and_numbers(pdf: FPDF, result, alpha: float) -> float:
+    """The radiograph and its Grad-CAM (left), the numbers (right); returns the y below both."""
     top = pdf.get_y() + 2
     img_w, img_h = 52.0, 70.0
     thumb, (iw, ih) = _jpeg(result.image)
@@ -222,35 +228,42 @@ def pdf_report(result, *, patient_label: str | None = None, alpha: float = 0.4,
         pdf.cell(29, 5, _t(label))
         pdf.set_font("helvetica", "B" if bold else "", 8.5)
         pdf.multi_cell(210 - 12 - nx - 29, 5, _t(value), align="L", new_x="LMARGIN", new_y="NEXT")
-    y = max(top + dh + 6, pdf.get_y() + 2)
+    return max(top + dh + 6, pdf.get_y() + 2)
 
-    # warnings
-    if result.warnings:
-        pdf.set_xy(12, y)
-        pdf.set_font("helvetica", "B", 8.5)
-        pdf.set_text_color(180, 90, 0)
-        pdf.cell(0, 5, "Warnings", new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("helvetica", "", 7.5)
-        for wtext in result.warnings[:8]:
-            pdf.multi_cell(0, 3.8, _t(f"- {wtext}"), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_text_color(0, 0, 0)
-        y = pdf.get_y() + 2
 
-    # chart
+def _warnings(pdf: FPDF, result, y: float) -> float:
+    """The coded alerts' messages (at most 8, most important first as the predictor orders them)."""
+    if not result.warnings:
+        return y
+    pdf.set_xy(12, y)
+    pdf.set_font("helvetica", "B", 8.5)
+    pdf.set_text_color(180, 90, 0)
+    pdf.cell(0, 5, "Warnings", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("helvetica", "", 7.5)
+    for alert in result.warnings[:8]:  # coded alerts: the reader gets the message
+        pdf.multi_cell(0, 3.8, _t(f"- {alert.message}"), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    return pdf.get_y() + 2
+
+
+def _context(pdf: FPDF, result, y: float) -> float:
+    """The BA vs CA chart, or why there is none; returns the y below it."""
     if result.assessment is not None:
         ch = min(75.0, 297 - 70 - y)
         if ch > 35:
             _chart(pdf, result, 22, y + 2, 120, ch)
-            y = y + ch + 12
-    else:
-        pdf.set_xy(12, y)
-        pdf.set_font("helvetica", "I", 8)
-        pdf.multi_cell(0, 4, "No chronological age was given, so there is no comparison with the reference "
-                             "(enter date of birth and exam date, or the age at the exam).",
-                       new_x="LMARGIN", new_y="NEXT")
-        y = pdf.get_y() + 2
+            return y + ch + 12
+        return y
+    pdf.set_xy(12, y)
+    pdf.set_font("helvetica", "I", 8)
+    pdf.multi_cell(0, 4, "No chronological age was given, so there is no comparison with the reference "
+                         "(enter date of birth and exam date, or the age at the exam).",
+                   new_x="LMARGIN", new_y="NEXT")
+    return pdf.get_y() + 2
 
-    # model, reference, disclaimer
+
+def _model_and_reference(pdf: FPDF, result, y: float) -> None:
+    """Which run(s) answered and how, the reference and its limits, the disclaimer."""
     pdf.set_xy(12, y)
     pdf.set_font("helvetica", "B", 8.5)
     pdf.cell(0, 4.5, "Model", new_x="LMARGIN", new_y="NEXT")
@@ -279,6 +292,24 @@ def pdf_report(result, *, patient_label: str | None = None, alpha: float = 0.4,
     pdf.set_text_color(180, 20, 20)
     pdf.multi_cell(0, 4, _t(DISCLAIMER), new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
+
+
+def pdf_report(result, *, patient_label: str | None = None, alpha: float = 0.4,
+               include_file_name: bool = False) -> bytes:
+    """One A4 page for a successful ``PredictionResult``; returns the PDF bytes."""
+    if not result.ok:
+        raise ValueError(f"no report for a failed prediction: {result.error}")
+    pdf = _Report(format="A4")
+    pdf.set_auto_page_break(False)
+    pdf.set_margins(12, 10, 12)
+    pdf.add_page()
+    pdf.set_title("H2A bone-age estimate")
+    pdf.set_creator(f"H2A {__version__}")
+    _header(pdf, result, patient_label, include_file_name)
+    y = _images_and_numbers(pdf, result, alpha)
+    y = _warnings(pdf, result, y)
+    y = _context(pdf, result, y)
+    _model_and_reference(pdf, result, y)
     return bytes(pdf.output())
 
 
@@ -292,7 +323,7 @@ def write_report(result, path: str | Path, **kwargs) -> Path:
 CSV_COLUMNS = [
     "file", "sex", "sex_source", "chronological_age_months", "chronological_age_source", "bone_age_months",
     "bone_age_years", "interval_low_months", "interval_high_months", "ba_minus_ca_months", "sds",
-    "classification", "warnings", "model_run", "error",
+    "classification", "warnings", "warning_codes", "model_run", "error",
 ]
 
 
@@ -301,7 +332,9 @@ def _row(r) -> dict:
     interval = d.get("interval_months") or [None, None]
     out = {k: d.get(k) for k in CSV_COLUMNS}
     out["interval_low_months"], out["interval_high_months"] = interval[0], interval[1]
-    out["warnings"] = "; ".join(d.get("warnings") or [])
+    alerts = d.get("warnings") or []
+    out["warnings"] = "; ".join(messages(alerts))  # for people
+    out["warning_codes"] = ";".join(codes(alerts))  # for filters and scripts: stable, unlike the wording
     return out
 
 

@@ -1,0 +1,217 @@
+"""Out-of-distribution (OOD) check: does this image look like the run's training images?
+
+A regression model answers for anything, so the answer needs a measure of whether the
+input resembles what the model learned from. The image's embedding (pooled
+``forward_features``, ``H2AModel.embed``, of the unaugmented copy, standardised per
+feature) is compared with embeddings of a seeded sample of the run's training images:
+mean distance to the k nearest training images, divided by a threshold = 1.25 x the 99th
+percentile of the same distance for the run's validation images (and of the training
+images' leave-one-out distance). A score above 1 adds an ``out_of_distribution`` alert.
+The reference is computed once per run and cached in the run folder as ``ood.npz``
+(keyed by model.pt's size and mtime, so a retrained run gets a fresh one).
+
+Core module: no streamlit.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from h2a.data.imageio import ImageReadError, read_image
+from h2a.data.preprocess import prepare
+from h2a.data.transforms import array_input
+from h2a.engine.runs import MODEL, atomic_write_bytes
+from h2a.inference.loading import LoadedRun
+from h2a.predict.alerts import Alert, Code
+
+__all__ = [
+    "OOD_FILE",
+    "OOD_K",
+    "OOD_UNCHECKED",
+    "OODReference",
+    "build_ood_reference",
+    "embed_images",
+    "knn_mean",
+    "load_ood_reference",
+    "ood_alert",
+    "pairwise_distances",
+    "reference_images",
+]
+
+OOD_FILE = "ood.npz"
+OOD_VERSION = 1
+OOD_K = 5
+OOD_MARGIN = 1.25
+OOD_TRAIN = 256
+OOD_VAL = 128
+
+OOD_UNCHECKED = Alert(Code.OOD_UNCHECKED, "the model's training images were not found, so H2A could not check "
+                                          "whether this image resembles them")
+
+
+@dataclass
+class OODReference:
+    """Standardised training embeddings and the distance threshold for one run."""
+
+    train: np.ndarray  # (n, D) float32, standardised
+    mu: np.ndarray  # (D,)
+    sd: np.ndarray  # (D,)
+    threshold: float
+    val_distances: np.ndarray
+    k: int = OOD_K
+
+    def distance(self, emb: np.ndarray) -> float:
+        z = (np.asarray(emb, np.float32).reshape(-1) - self.mu) / self.sd
+        d = np.sqrt(((self.train - z) ** 2).sum(axis=1)) / np.sqrt(z.size)
+        k = min(self.k, len(d))
+        return float(np.sort(d)[:k].mean())
+
+    def score(self, emb: np.ndarray) -> float:
+        """Distance / threshold: above 1 means unlike the training images."""
+        return self.distance(emb) / self.threshold
+
+
+def ood_alert(score: float) -> Alert | None:
+    """The alert for an OOD score (worst over an ensemble), None when in distribution."""
+    if score <= 1.0:
+        return None
+    return Alert(Code.OUT_OF_DISTRIBUTION, (
+        f"this image looks unlike the model's training images (embedding distance {score:.1f}x "
+        "the in-distribution threshold): the bone age below may be meaningless"))
+
+
+def _model_key(run_dir: Path) -> str:
+    st = (run_dir / MODEL).stat()
+    return f"{OOD_VERSION}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _sample(ids: list, n: int, rng: np.random.Generator) -> list[str]:
+    ids = [str(i) for i in ids]
+    return [ids[i] for i in sorted(rng.choice(len(ids), size=min(n, len(ids)), replace=False))] if ids else []
+
+
+def _load_prepared(run: LoadedRun, ids: list[str], cache, paths) -> np.ndarray:
+    """(n, S, S) uint8 for ``ids``: from the tensor cache when it has them, else decoded."""
+    if cache is not None:
+        try:
+            rows = cache.rows(ids)
+            return cache.take(rows[cache.ok[rows]])
+        except (KeyError, ValueError):
+            pass
+    out: list[np.ndarray] = []
+    for i in ids:
+        p = paths.get(i)
+        if not p:
+            continue
+        try:
+            out.append(prepare(read_image(p), run.preprocess))
+        except ImageReadError:
+            continue
+    s = run.preprocess.size
+    return np.stack(out) if out else np.zeros((0, s, s), np.uint8)
+
+
+def reference_images(run: LoadedRun, n_train: int, n_val: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded samples of the run's training and validation images, preprocessed as for the model.
+
+    From the tensor cache when it exists; else only the sampled files are decoded.
+    """
+    from h2a.data.cache import open_cache
+    from h2a.data.datasets import load_dataset
+
+    ds = load_dataset(run.meta["dataset"]["path"])
+    rng = np.random.default_rng(seed)
+    splits = run.meta.get("splits", {})
+    want_train = _sample(splits.get("train", []), n_train, rng)
+    want_val = _sample(splits.get("validation", []), n_val, rng)
+    cache = open_cache(ds, run.preprocess)
+    paths = ds.paths_by_id()
+    return _load_prepared(run, want_train, cache, paths), _load_prepared(run, want_val, cache, paths)
+
+
+@torch.no_grad()
+def embed_images(run: LoadedRun, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """(n, D) float32 embeddings of (n, S, S) uint8 model inputs, in batches."""
+    feats = []
+    for i in range(0, len(images), batch):
+        x = array_input(images[i:i + batch], run.norm, run.device)
+        feats.append(run.model.embed(x).float().cpu().numpy())
+    return np.concatenate(feats) if feats else np.zeros((0, run.model.num_features), np.float32)
+
+
+def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances between rows of a (n, D) and b (m, D) / sqrt(D), without an (n, m, D) array."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    sq = (a64 * a64).sum(1)[:, None] + (b64 * b64).sum(1)[None, :] - 2.0 * a64 @ b64.T
+    return np.sqrt(np.maximum(sq, 0.0)) / np.sqrt(a.shape[1])
+
+
+def knn_mean(dist: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the mean of its k smallest distances."""
+    k = min(k, dist.shape[1])
+    return np.sort(dist, axis=1)[:, :k].mean(axis=1)
+
+
+def build_ood_reference(run: LoadedRun, n_train: int = OOD_TRAIN, n_val: int = OOD_VAL) -> OODReference | None:
+    """Embed samples of the run's own images; None when they are not available."""
+    train_u8, val_u8 = reference_images(run, n_train, n_val)
+    if len(train_u8) < OOD_K + 2:
+        return None
+    train = embed_images(run, train_u8)
+    mu = train.mean(axis=0)
+    sd = train.std(axis=0)
+    sd = np.maximum(sd, 0.1 * float(np.median(sd)) + 1e-6).astype(np.float32)
+    z = ((train - mu) / sd).astype(np.float32)
+    pair = pairwise_distances(z, z)
+    np.fill_diagonal(pair, np.inf)
+    loo = knn_mean(pair, OOD_K)
+    ref_q = float(np.quantile(loo, 0.99))
+    val_d = np.zeros(0, np.float32)
+    if len(val_u8):
+        zv = (embed_images(run, val_u8) - mu) / sd
+        val_d = knn_mean(pairwise_distances(zv, z), OOD_K)
+        ref_q = max(ref_q, float(np.quantile(val_d, 0.99)))
+    threshold = max(OOD_MARGIN * ref_q, 1e-6)  # identical training embeddings must not divide by zero
+    return OODReference(z, mu.astype(np.float32), sd, threshold, val_d.astype(np.float32))
+
+
+def _read_cached(path: Path, key: str) -> OODReference | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["key"]) == key:
+                return OODReference(f["train"], f["mu"], f["sd"], float(f["threshold"]), f["val_distances"],
+                                    int(f["k"]))
+    except (OSError, KeyError, ValueError):
+        pass
+    return None
+
+
+def _write_cached(path: Path, key: str, ref: OODReference) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), train=ref.train, mu=ref.mu, sd=ref.sd, threshold=np.float64(ref.threshold),
+             val_distances=ref.val_distances, k=np.int64(ref.k))
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError:
+        pass  # a read-only run folder: keep it in memory only
+
+
+def load_ood_reference(run: LoadedRun, *, build: bool = True) -> OODReference | None:
+    """The run's OOD reference from ``ood.npz``, computed and cached there when missing or stale."""
+    path = run.path / OOD_FILE
+    key = _model_key(run.path)
+    ref = _read_cached(path, key)
+    if ref is not None or not build:
+        return ref
+    try:
+        ref = build_ood_reference(run)
+    except (OSError, ValueError, KeyError):  # dataset moved or unreadable: no embedding check
+        return None
+    if ref is not None:
+        _write_cached(path, key, ref)
+    return ref
