@@ -13,6 +13,7 @@ the arithmetic should give about 1.0; on a noisy 2-core machine expect ±5% betw
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -38,13 +39,14 @@ def worktree(ref: str) -> Path:
 def run_once(tree: Path, args: argparse.Namespace) -> dict[tuple[str, int, int], float]:
     """images/s per (arch, size, batch) from one bench_train.py process in ``tree``.
 
-    ``PYTHONSAFEPATH`` is unset and the tree is the working directory, so a baseline from
-    before the package was installable imports its own ``h2a`` (its bench script puts its
-    tree first on sys.path); this tree's comes from the editable install.
+    ``PYTHONPATH`` puts the tree first, so each side imports its own ``h2a`` whatever the
+    editable install points at (a baseline from before the package was installable also
+    puts its tree first on sys.path itself).
     """
     cmd = [sys.executable, "bench/bench_train.py", "--models", *args.models, "--sizes", *map(str, args.sizes),
            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--device", "cpu"]
-    out = subprocess.run(cmd, cwd=tree, check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, text=True).stdout
     return {(m["arch"], int(m["size"]), int(m["batch"])): float(m["ips"]) for m in LINE.finditer(out)}
 
 
@@ -56,12 +58,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--tree", type=Path, default=REPO, help="the new side (default: this checkout)")
     args = p.parse_args()
     base_tree = worktree(args.baseline)
+    new_tree = args.tree.resolve()
     results: dict[str, list[dict]] = {"baseline": [], "this tree": []}
     for r in range(args.rounds):
-        for label, tree in (("baseline", base_tree), ("this tree", REPO)) if r % 2 == 0 else \
-                (("this tree", REPO), ("baseline", base_tree)):
+        for label, tree in (("baseline", base_tree), ("this tree", new_tree)) if r % 2 == 0 else \
+                (("this tree", new_tree), ("baseline", base_tree)):
             results[label].append(run_once(tree, args))
         print(f"round {r + 1}/{args.rounds}: " + "; ".join(
             f"{k} {' '.join(f'{v:.1f}' for v in results[k][-1].values())} img/s" for k in results), flush=True)
