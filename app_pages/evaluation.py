@@ -10,6 +10,7 @@ import streamlit as st
 from h2a.app.charts import SEX_COLORS, style
 from h2a.app.cam_ui import cam_of_file
 from h2a.app.runs_ui import evaluation
+from h2a.app.robustness_ui import robustness_section
 from h2a.app.state import dataset_at, require_dataset, thumb_for
 from h2a.app.training_ui import curves
 from h2a.inference.cam import overlay
@@ -66,7 +67,13 @@ for name, (m, _) in results.items():
                  "within 12 mo": f"{100 * m['within_12_months']:.1f}%",
                  "MAE girls": round(m["mae_by_sex"].get("female", np.nan), 2),
                  "MAE boys": round(m["mae_by_sex"].get("male", np.nan), 2),
-                 "predict-the-mean MAE": round(m["mae_baseline_mean"], 2)})
+                 "predict-the-mean MAE": round(m["mae_baseline_mean"], 2),
+                 "interval coverage": (f"{100 * m['interval_coverage']:.1f}%"
+                                       if m.get("interval_coverage") is not None else None),
+                 "mean interval width (mo)": (round(m["interval_width_months"], 1)
+                                              if m.get("interval_width_months") is not None else None),
+                 "interval": "conformal" if "conformal" in str((m.get("interval_method") or {}).get("method"))
+                 else "old rule"})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 if len(results) > 1:
     fig = go.Figure()
@@ -112,13 +119,56 @@ left, right = st.columns(2)
 by_sex = pd.DataFrame({"sex": list(metrics["mae_by_sex"]), "MAE": list(metrics["mae_by_sex"].values())})
 left.plotly_chart(style(px.bar(by_sex, x="sex", y="MAE", color="sex", color_discrete_map=SEX_COLORS,
                                title="MAE by sex (months)")), width="stretch")
+coverage = metrics.get("coverage_by_age_bin") or {}
 by_bin = pd.DataFrame({"band": list(metrics["mae_by_age_bin"]), "MAE": list(metrics["mae_by_age_bin"].values()),
-                       "n": [metrics["n_by_age_bin"][b] for b in metrics["mae_by_age_bin"]]})
-right.plotly_chart(style(px.bar(by_bin, x="band", y="MAE", hover_data=["n"], title="MAE by 2-year bone-age band")),
+                       "n": [metrics["n_by_age_bin"][b] for b in metrics["mae_by_age_bin"]],
+                       "coverage": [coverage.get(b) for b in metrics["mae_by_age_bin"]],
+                       "width": [(metrics.get("width_by_age_bin") or {}).get(b) for b in metrics["mae_by_age_bin"]]})
+im = metrics.get("interval_method") or {}
+level = float(im.get("level") or 0.95)
+fig = go.Figure()
+fig.add_bar(x=by_bin["band"], y=by_bin["MAE"], name="MAE (months)", customdata=by_bin[["n"]],
+            hovertemplate="%{x}: MAE %{y:.1f} mo (n %{customdata[0]})<extra></extra>")
+if coverage:
+    fig.add_scatter(x=by_bin["band"], y=100 * by_bin["coverage"].astype(float), name="interval coverage (%)",
+                    mode="lines+markers", yaxis="y2", customdata=by_bin[["n", "width"]],
+                    hovertemplate="%{x}: coverage %{y:.0f}% of %{customdata[0]} images, mean width "
+                                  "%{customdata[1]:.1f} mo<extra></extra>")
+    fig.add_scatter(x=by_bin["band"], y=[100 * level] * len(by_bin), name=f"nominal {100 * level:g}%", mode="lines",
+                    yaxis="y2", line=dict(color="#aaa", dash="dash"), hoverinfo="skip")
+fig.update_layout(title="MAE and interval coverage by 2-year bone-age band", xaxis_title="band (true bone age)",
+                  yaxis_title="MAE (months)",
+                  yaxis2=dict(title="coverage (%)", overlaying="y", side="right", range=[50, 101], showgrid=False))
+right.plotly_chart(style(fig).update_layout(legend=dict(orientation="h", y=-0.3, x=0, xanchor="left")),
                    width="stretch")
+
+st.subheader("Intervals")
+if metrics.get("interval_coverage") is not None:
+    c = st.columns(3)
+    c[0].metric("Interval coverage", f"{100 * metrics['interval_coverage']:.1f}%",
+                help=f"share of images whose true bone age lies inside the interval (nominal {100 * level:g}%)")
+    c[1].metric("Mean width", f"{metrics['interval_width_months']:.1f} mo")
+    legacy = metrics.get("interval_legacy") or {}
+    if legacy and "conformal" in str(im.get("method")):
+        c[2].metric("Old rule on the same images", f"{100 * legacy['interval_coverage']:.1f}%",
+                    f"width {legacy['interval_width_months']:.1f} mo", delta_color="off",
+                    help="estimate ± 1.96 × max(TTA SD, validation RMSE): the rule before conformal intervals")
+    st.caption(f"Method: {im.get('method')}. Groups: {im.get('grouping')}. Calibrated procedure: "
+               f"{im.get('procedure_text') or im.get('procedure')}.")
+    for note in (im.get("note"), im.get("in_sample_note")):
+        if note:
+            st.warning(note, icon=":material/info:")
+    table = by_bin.assign(coverage=[None if v is None else f"{100 * v:.0f}%" for v in by_bin["coverage"]],
+                          MAE=by_bin["MAE"].round(1), width=by_bin["width"].astype(float).round(1))
+    st.dataframe(table.rename(columns={"MAE": "MAE (mo)", "width": "mean width (mo)"}), hide_index=True,
+                 width="stretch")
 meta = read_json(by_name[focus].path / "metadata.json") or {}
 if meta.get("history"):
     st.plotly_chart(curves(meta["history"], "boneage", "Training curves"), width="stretch")
+
+# ------------------------------------------------------------------ robustness
+robustness_section(by_name[focus].path, str(ds.root) if source == "active" else None,
+                   "all" if source == "active" else source)
 
 # ------------------------------------------------------------------ worst cases + CAM
 st.subheader("Worst cases")

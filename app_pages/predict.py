@@ -8,6 +8,7 @@ import streamlit as st
 from h2a import RESEARCH_NOTE
 from h2a.app import predict_ui as ui
 from h2a.predict.clinical import parse_date
+from h2a.predict.predictor import DEFAULT_TTA
 from h2a.predict.report import batch_csv
 
 st.title("Predict bone age")
@@ -24,9 +25,10 @@ labels = {ui.run_label(r): r for r in runs}
 c1, c2 = st.columns([4, 1])
 chosen = c1.multiselect("Model run(s)", list(labels), default=[next(iter(labels))], key="predict_runs",
                         help="The best validated bone-age run is preselected; several runs form an ensemble.")
-tta = int(c2.number_input("Test-time augmentations", 1, 32, 8, key="predict_tta",
+tta = int(c2.number_input("Test-time augmentations", 1, 32, DEFAULT_TTA, key="predict_tta",
                           help="Augmented copies per image (the run's own flip/shift/rotation/zoom ranges) "
-                               "behind the estimate and its interval; 1 = none."))
+                               f"behind the estimate; 1 = none. The conformal interval was calibrated with "
+                               f"{DEFAULT_TTA}: another number makes its coverage approximate."))
 if not chosen:
     st.info("Choose at least one model run.")
     st.stop()

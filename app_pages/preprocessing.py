@@ -21,7 +21,7 @@ from h2a.data.preprocess import (
     prepare,
     save_config,
 )
-from h2a.data.transforms import array_input, augment_samples, input_norm
+from h2a.data.transforms import array_input, augment_samples, augmentation, input_norm
 from h2a.models import list_models
 from h2a.options import declarations
 
@@ -54,6 +54,8 @@ with st.sidebar:
     for d in declarations(PreprocessConfig):
         if d.opt.group != group and d.opt.group == "augmentation":
             st.markdown("**Augmentation** (training only)")
+        if d.name == "aug_gamma":  # the first photometric field: how the image was made
+            st.caption("Photometric: how the image was made (0 = off)")
         group = d.opt.group
         disabled = d.name.startswith("clahe_") and st.session_state.get("pp_contrast") != "clahe"
         values[d.name] = option_widget(st, PreprocessConfig, d.name, key=f"pp_{d.name}", disabled=disabled,
@@ -143,10 +145,12 @@ for ident in picked:
 st.subheader("Augmented samples")
 first = _decode(usable.loc[usable["id"] == picked[0], "path"].iloc[0])
 if isinstance(first, np.ndarray):
-    if not (cfg.flip or cfg.shift or cfg.rotation or cfg.zoom):
+    if augmentation(cfg) is None:
         st.info("All augmentations are off: training sees the preprocessed image unchanged.")
     else:
-        samples = augment_samples(prepare(first, cfg), cfg, n=8, seed=st.session_state.get("pp_aug_seed", 0))
+        # photometric=True: every augmentation training applies (test-time copies are geometric only)
+        samples = augment_samples(prepare(first, cfg), cfg, n=8, seed=st.session_state.get("pp_aug_seed", 0),
+                                  photometric=True)
         if st.button("New samples", key="pp_aug_new"):
             st.session_state["pp_aug_seed"] = st.session_state.get("pp_aug_seed", 0) + 1
             st.rerun()

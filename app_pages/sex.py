@@ -16,9 +16,9 @@ from h2a.inference.cam import overlay
 from h2a.data.imageio import ImageReadError
 from h2a.engine.runs import read_json, summarize
 from h2a.analysis.sex import (
-    calibration_bins,
     confident_cases,
     expected_calibration_error,
+    reliability_frame,
     roc_points,
     summary,
 )
@@ -106,18 +106,27 @@ fig.add_hline(y=0.5, line_dash="dash", line_color="#aaa")
 fig.update_layout(title="AUC (95% bootstrap bars) and accuracy by bone age", yaxis_range=[0, 1.05],
                   xaxis_title="2-year bone-age band", yaxis_title="")
 left.plotly_chart(style(fig), width="stretch")
-cal = calibration_bins(y, p)
-ece = expected_calibration_error(y, p)
-fig = px.scatter(cal, x="mean_predicted", y="share_male", size="n", hover_data=["bin", "n"],
-                 title=f"Calibration: expected calibration error {ece:.3f}",
+cal = reliability_frame(preds)
+ece = metrics.get("ece", expected_calibration_error(y, p))
+ece_raw = metrics.get("ece_uncalibrated")
+title = (f"Calibration: ECE {ece_raw:.3f} raw -> {ece:.3f} calibrated" if ece_raw is not None and "p_male_raw" in preds
+         else f"Calibration: expected calibration error {ece:.3f}")
+fig = px.scatter(cal, x="mean_predicted", y="share_male", size="n", color="probabilities", hover_data=["bin", "n"],
+                 color_discrete_map={"calibrated": "#4fa3d9", "raw": "#e07b39"}, title=title,
                  labels={"mean_predicted": "mean predicted P(male)", "share_male": "observed share male"})
-fig.add_trace(go.Scatter(x=cal["mean_predicted"], y=cal["share_male"], mode="lines", showlegend=False,
-                         line=dict(color="#4fa3d9")))
+for name, colour in (("calibrated", "#4fa3d9"), ("raw", "#e07b39")):
+    part = cal[cal["probabilities"] == name]
+    if not part.empty:
+        fig.add_trace(go.Scatter(x=part["mean_predicted"], y=part["share_male"], mode="lines", showlegend=False,
+                                 line=dict(color=colour)))
 fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
                          line=dict(color="#aaa", dash="dash")))
 fig.update_xaxes(range=[0, 1])
 fig.update_yaxes(range=[0, 1])
 right.plotly_chart(style(fig), width="stretch")
+right.caption(f"{metrics.get('calibration', {}).get('method', 'no calibration')}; expected calibration error over "
+              "15 equal-width bins. Temperature scaling, fitted on the validation split, changes how sure the "
+              "probabilities are, never their order (the ROC-AUC is the same).")
 
 fig = px.histogram(preds.assign(sex=np.where(preds["male"], "male", "female")), x="p_male", color="sex", nbins=40,
                    barmode="overlay", opacity=0.6, color_discrete_map=SEX_COLORS,

@@ -143,21 +143,23 @@ def test_given_age_beats_dicom_dates(files, tiny_run) -> None:
         predict_files(str(tiny_run), [str(files["mono2"])], dob="2021-01-02", exam_date="2021-01-01")
 
 
-def test_tta_interval_contains_estimate_and_respects_rmse(files, tiny_run) -> None:
-    meta = json.loads((tiny_run / "metadata.json").read_text())
-    rmse = meta["metrics"]["rmse"]
+def test_tta_interval_contains_estimate_and_is_conformal(files, tiny_run) -> None:
+    from h2a.inference.conformal import MondrianConformal
+
+    cal = json.loads((tiny_run / "calibration.json").read_text())
+    conf = MondrianConformal.from_dict(cal["interval"])
     p = Predictor(str(tiny_run))
     r8 = p.predict_image(str(files["png"]), sex="female", tta=8)
     lo, hi = r8.interval_months
     assert lo <= r8.bone_age_months <= hi
     assert r8.tta == 8 and r8.tta_sd_months > 0  # augmented copies really differ
-    half = max(r8.tta_sd_months, rmse) * 1.96
+    half = conf.half_width([r8.bone_age_months], [False])[0]  # the group of the predicted age and given sex
     assert hi - r8.bone_age_months == pytest.approx(half, rel=1e-6)
-    assert r8.interval_source == ("tta" if r8.tta_sd_months >= rmse else "validation rmse")
+    assert r8.interval_source == "conformal" and not r8.interval_procedure_mismatch
     again = p.predict_image(str(files["png"]), sex="female", tta=8)
     assert again.bone_age_months == r8.bone_age_months  # seeded: the same answer every time
     r1 = p.predict_image(str(files["png"]), sex="female", tta=1)
-    assert r1.tta_sd_months == 0 and r1.interval_source == "validation rmse"
+    assert r1.tta_sd_months == 0 and r1.interval_procedure_mismatch  # calibrated for 8 copies, not 1
 
 
 def test_ensemble_of_two_runs(files, tiny_run) -> None:

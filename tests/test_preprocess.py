@@ -11,17 +11,26 @@ import pytest
 import torch
 
 from h2a.data.preprocess import (
+    PHOTOMETRIC_FIELDS,
     PreprocessConfig,
     list_configs,
     load_config,
     prepare,
     save_config,
+    standardize_intensity,
 )
 from h2a.data.transforms import (
+    Photometric,
+    add_noise,
     array_input,
     augment_samples,
     augmentation,
+    blur_or_sharpen,
+    downscale_upscale,
+    gamma_contrast,
+    geometric_augmentation,
     input_norm,
+    jpeg_roundtrip,
     to_input,
 )
 from h2a.models import model_info
@@ -284,6 +293,180 @@ def test_augment_samples_without_augmentation_returns_copies():
     img = np.arange(16, dtype=np.uint8).reshape(4, 4)
     out = augment_samples(img, PreprocessConfig(size=16, flip=False, shift=0, rotation=0, zoom=0), n=3)
     assert len(out) == 3 and all(np.array_equal(o, img) for o in out)
+
+
+# ---------------------------------------------------------------- photometric augmentation
+
+def radiograph_like(size: int = 96, seed: int = 0) -> np.ndarray:
+    """uint8 with a black border, smooth mid-tones and sharp edges (bones), like a prepared hand."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = 90 + 60 * np.sin(xx / 7) * np.cos(yy / 11) + rng.normal(0, 3, (size, size))
+    img[size // 4: 3 * size // 4, size // 3: size // 3 + 8] = 230  # a bright "bone" with hard edges
+    img[:4] = 0
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def laplacian_var(img: np.ndarray) -> float:
+    return float(cv2.Laplacian(img.astype(np.float32), cv2.CV_32F).var())
+
+
+def test_photometric_augmentation_is_off_by_default():
+    cfg = PreprocessConfig()
+    assert all(getattr(cfg, name) == 0 for name in PHOTOMETRIC_FIELDS)
+    assert not cfg.photometric and Photometric.from_config(cfg) is None
+    assert not any(isinstance(op, Photometric) for op in augmentation(cfg).transforms)
+    off = PreprocessConfig(flip=False, shift=0, rotation=0, zoom=0)
+    assert augmentation(off) is None
+    on = PreprocessConfig(flip=False, shift=0, rotation=0, zoom=0, aug_jpeg=0.5)
+    assert on.photometric and isinstance(augmentation(on).transforms[0], Photometric)
+
+
+def test_gamma_below_one_brightens_mid_tones_and_above_darkens():
+    img = radiograph_like()
+    mid = (img > 60) & (img < 200)
+    assert gamma_contrast(img, 0.6)[mid].mean() > img[mid].mean() + 10
+    assert gamma_contrast(img, 1.6)[mid].mean() < img[mid].mean() - 10
+    assert np.array_equal(gamma_contrast(img, 1.0), img)
+    assert (gamma_contrast(img, 0.6)[img == 0] == 0).all()  # black stays black
+
+
+def test_contrast_factor_spreads_or_narrows_the_grey_levels():
+    img = radiograph_like()
+    fg = img > 0
+    assert gamma_contrast(img, 1.0, 1.4)[fg].std() > img[fg].std() * 1.2
+    assert gamma_contrast(img, 1.0, 0.6)[fg].std() < img[fg].std() * 0.8
+
+
+def test_blur_lowers_and_sharpening_raises_the_laplacian_variance():
+    img = radiograph_like()
+    assert laplacian_var(blur_or_sharpen(img, 1.0)) < 0.5 * laplacian_var(img)
+    assert laplacian_var(blur_or_sharpen(img, -1.0)) > 1.2 * laplacian_var(img)
+    assert np.array_equal(blur_or_sharpen(img, 0.01), img)
+
+
+def test_downscale_upscale_loses_detail_and_keeps_the_shape():
+    img = radiograph_like()
+    for down in (cv2.INTER_NEAREST, cv2.INTER_AREA, cv2.INTER_CUBIC):
+        out = downscale_upscale(img, 0.4, down, cv2.INTER_LINEAR)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert laplacian_var(out) < laplacian_var(img)
+    assert downscale_upscale(img, 1.0) is img
+
+
+def test_jpeg_q30_differs_but_keeps_the_mean():
+    img = radiograph_like()
+    out = jpeg_roundtrip(img, 30)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, img)
+    assert np.abs(out.astype(float) - img).mean() > 1.0
+    assert abs(float(out.mean()) - float(img.mean())) < 1.5
+
+
+def test_noise_raises_the_variance_and_spares_black():
+    img = np.full((64, 64), 120, np.uint8)
+    img[:8] = 0
+    out = add_noise(img, np.random.default_rng(0).normal(0, 8, img.shape))
+    assert out[8:].std() > 6 and img[8:].std() == 0
+    assert (out[:8] == 0).all()
+
+
+def test_photometric_per_image_deterministic_under_the_torch_seed():
+    cfg = PreprocessConfig(size=48, flip=False, shift=0, rotation=0, zoom=0, aug_gamma=0.6, aug_contrast=0.3,
+                           aug_blur=1.0, aug_downscale=0.5, aug_noise=8.0, aug_jpeg=0.5)
+    tf = augmentation(cfg)
+    one = torch.from_numpy(radiograph_like(48)).unsqueeze(0)
+    batch = one.unsqueeze(0).repeat(4, 1, 1, 1)
+    torch.manual_seed(3)
+    a = tf(batch)
+    torch.manual_seed(3)
+    b = tf(batch)
+    assert a.shape == batch.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    assert len({a[i].numpy().tobytes() for i in range(4)}) == 4  # each image its own draws
+    assert not torch.equal(tf(one), one)
+
+
+def test_training_dataset_applies_photometric_augmentation(tmp_path):
+    from h2a.data.cache import CachedImageDataset, TensorCache
+
+    imgs = np.stack([radiograph_like(32, seed=i) for i in range(3)])
+    cfg = PreprocessConfig(size=32, flip=False, shift=0, rotation=0, zoom=0, aug_noise=20.0)
+    cache = TensorCache(path=tmp_path, ids=["a", "b", "c"], images=imgs, ok=np.ones(3, bool), errors={},
+                        config=cfg, fingerprint="x")
+    ds = CachedImageDataset(cache, np.arange(3), transform=augmentation(cfg))
+    torch.manual_seed(0)
+    x = ds[1]["image"]
+    torch.manual_seed(0)
+    assert torch.equal(ds[1]["image"], x)
+    assert x.dtype == torch.uint8 and not np.array_equal(x[0].numpy(), imgs[1])
+
+
+def test_augment_samples_shows_photometric_only_when_asked():
+    img = radiograph_like(48)
+    cfg = PreprocessConfig(size=48, flip=False, shift=0, rotation=0, zoom=0, aug_gamma=0.8)
+    assert geometric_augmentation(cfg) is None
+    assert all(np.array_equal(s, img) for s in augment_samples(img, cfg, n=3))  # TTA: geometric only
+    shown = augment_samples(img, cfg, n=3, seed=1, photometric=True)
+    assert not all(np.array_equal(s, img) for s in shown)
+    again = augment_samples(img, cfg, n=3, seed=1, photometric=True)
+    assert all(np.array_equal(x, y) for x, y in zip(shown, again))
+
+
+def test_photometric_options_round_trip_through_config_json_and_the_cli(tmp_path):
+    import dataclasses
+
+    from h2a.cli import build_parser
+    from h2a.cli.train import train_config_from_args
+    from h2a.engine.config import TrainConfig
+
+    args = build_parser().parse_args([
+        "train", "--data", "D", "--out", "O", "--aug-gamma", "0.6", "--aug-contrast", "0.2", "--aug-blur", "1",
+        "--aug-downscale", "0.5", "--aug-noise", "6", "--aug-jpeg", "0.3", "--intensity", "percentile"])
+    cfg = train_config_from_args(args)
+    pp = cfg.preprocess
+    assert (pp["aug_gamma"], pp["aug_contrast"], pp["aug_blur"], pp["aug_downscale"], pp["aug_noise"],
+            pp["aug_jpeg"], pp["intensity"]) == (0.6, 0.2, 1.0, 0.5, 6.0, 0.3, "percentile")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(dataclasses.asdict(cfg)))
+    again = TrainConfig.from_dict(json.loads(path.read_text()))
+    assert again == cfg and PreprocessConfig.from_dict(again.preprocess).to_dict() == pp
+    saved = save_config("photo", PreprocessConfig.from_dict(pp), tmp_path)
+    assert load_config("photo", saved.parent) == PreprocessConfig.from_dict(pp)
+    # cache and cluster take the intensity option (it changes the cache) but no augmentation
+    cache_args = build_parser().parse_args(["cache", "--data", "D", "--intensity", "percentile"])
+    assert cache_args.intensity == "percentile" and not hasattr(cache_args, "aug_gamma")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "D", "--out", "O", "--aug-jpeg", "1.5"])
+    with pytest.raises(ValueError, match="aug_noise"):
+        PreprocessConfig(aug_noise=-1.0)
+
+
+# ---------------------------------------------------------------- intensity standardisation
+
+def test_cache_key_unchanged_without_intensity_standardisation_and_changed_with_it():
+    # the key every cache built before the option existed carries (default config)
+    assert PreprocessConfig().cache_key() == "5e3511dd00c3"
+    base = PreprocessConfig(size=128, resize="squash")
+    assert PreprocessConfig(size=128, resize="squash", intensity="none").cache_key() == base.cache_key()
+    photo = PreprocessConfig(size=128, resize="squash", aug_gamma=0.6, aug_noise=5, aug_jpeg=0.5, aug_blur=1,
+                             aug_contrast=0.2, aug_downscale=0.5)
+    assert photo.cache_key() == base.cache_key()  # augmentation never enters the key
+    assert "intensity" not in base.deterministic_dict()
+    assert PreprocessConfig(size=128, resize="squash", intensity="percentile").cache_key() != base.cache_key()
+
+
+def test_percentile_standardisation_stretches_a_dim_image_and_ignores_padding():
+    img = low_contrast()  # values 0.40-0.50, tall: pad adds black bars
+    plain = prepare(img, PreprocessConfig(size=64))
+    std = prepare(img, PreprocessConfig(size=64, intensity="percentile"))
+    content = std[:, 16:48]
+    assert np.percentile(content, 99) >= 250 and np.percentile(content, 1) <= 5
+    assert content.std() > 3 * plain[:, 16:48].std()
+    assert (std[:, :8] == 0).all()  # the bars stay black and do not set the window
+    flat = np.full((20, 20), 0.3, np.float32)
+    assert np.array_equal(standardize_intensity(flat, "percentile"), flat)  # nothing to stretch
+    with pytest.raises(ValueError, match="intensity"):
+        standardize_intensity(flat, "zscore")
 
 
 # ---------------------------------------------------------------- saved configs

@@ -157,3 +157,16 @@ def test_summary_sentence_says_what_was_measured() -> None:
     weak = summary({"n": 50, "accuracy": 0.5}, {"auc": 0.55, "low": 0.4, "high": 0.7})
     assert "may be guessing" in weak
     assert "cannot be measured" in summary({"n": 3}, {"auc": None, "low": None, "high": None})
+
+
+def test_reliability_frame_shows_raw_and_calibrated() -> None:
+    from h2a.analysis.sex import reliability_frame
+
+    rng = np.random.default_rng(4)
+    p = rng.random(3000)
+    y = rng.random(3000) < p
+    preds = pd.DataFrame({"male": y, "p_male": p, "p_male_raw": p ** 3})
+    frame = reliability_frame(preds)
+    assert set(frame["probabilities"]) == {"calibrated", "raw"}
+    assert frame.groupby("probabilities")["n"].sum().tolist() == [3000, 3000]
+    assert set(reliability_frame(preds.drop(columns="p_male_raw"))["probabilities"]) == {"calibrated"}

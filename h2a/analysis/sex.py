@@ -11,7 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["bootstrap_auc", "calibration_bins", "roc_points", "confident_cases", "summary"]
+from h2a.inference.calibration import ECE_BINS
+from h2a.inference.calibration import expected_calibration_error as _ece
+
+__all__ = ["bootstrap_auc", "calibration_bins", "roc_points", "confident_cases", "summary",
+           "expected_calibration_error", "reliability_frame"]
 
 
 def _auc_rows(y: np.ndarray, P: np.ndarray) -> np.ndarray:
@@ -62,7 +66,7 @@ def roc_points(y, p) -> pd.DataFrame:
     return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)})
 
 
-def calibration_bins(y, p, n_bins: int = 10) -> pd.DataFrame:
+def calibration_bins(y, p, n_bins: int = ECE_BINS) -> pd.DataFrame:
     """Reliability diagram: equal-width bins of P(male) -> mean predicted vs observed share male."""
     y = np.asarray(y, float)
     p = np.clip(np.asarray(p, float), 0, 1)
@@ -78,11 +82,21 @@ def calibration_bins(y, p, n_bins: int = 10) -> pd.DataFrame:
     return df
 
 
-def expected_calibration_error(y, p, n_bins: int = 10) -> float:
-    bins = calibration_bins(y, p, n_bins)
-    if bins.empty:
-        return float("nan")
-    return float((bins["n"] * (bins["mean_predicted"] - bins["share_male"]).abs()).sum() / bins["n"].sum())
+def expected_calibration_error(y, p, n_bins: int = ECE_BINS) -> float:
+    """ECE over equal-width bins (15 by default, as ``h2a evaluate --json`` reports it)."""
+    return _ece(y, p, n_bins)
+
+
+def reliability_frame(preds: pd.DataFrame, n_bins: int = ECE_BINS) -> pd.DataFrame:
+    """Reliability-diagram bins of the calibrated P(male) and, when the frame has it, the raw
+    one (``p_male_raw``), stacked with a ``probabilities`` column naming which, so one
+    figure shows what temperature scaling changed."""
+    y = preds["male"].astype(int).to_numpy()
+    parts = [calibration_bins(y, preds["p_male"].to_numpy(dtype=float), n_bins).assign(probabilities="calibrated")]
+    if "p_male_raw" in preds:
+        raw = calibration_bins(y, preds["p_male_raw"].to_numpy(dtype=float), n_bins).assign(probabilities="raw")
+        parts.append(raw)
+    return pd.concat(parts, ignore_index=True)
 
 
 def confident_cases(preds: pd.DataFrame, n: int = 6) -> tuple[pd.DataFrame, pd.DataFrame]:

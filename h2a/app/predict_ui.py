@@ -21,16 +21,13 @@ import streamlit as st
 from h2a import RESEARCH_NOTE
 from h2a.app.charts import style
 from h2a.engine.runs import FINAL_STATES, MODEL, RunSummary, list_runs
-from h2a.predict.alerts import Alert, Code
+from h2a.predict.alerts import FLAGGING, Alert, Code, flagged
 from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, reference_band
 from h2a.predict.inputs import header_facts
 from h2a.predict.predictor import PredictionResult, Predictor
 from h2a.settings import get_settings
 
 SEXES = ["female", "male"]
-# Alerts that say the estimate itself may be meaningless are shown as errors, the rest as warnings.
-SEVERE = frozenset({Code.OUT_OF_DISTRIBUTION, Code.UNIFORM, Code.NOISE, Code.COLOUR, Code.BODY_PART,
-                    Code.MODALITY})
 
 
 # ---------------------------------------------------------------- runs and the cached predictor
@@ -181,23 +178,31 @@ def bone_age_chart(res: PredictionResult) -> go.Figure:
 
 
 def _numbers_frame(res: PredictionResult) -> pd.DataFrame:
-    from h2a.predict.report import clinical_rows
+    from h2a.predict.report import clinical_rows, interval_rows
 
     rows = clinical_rows(res, short=True)
     if res.assessment is None:
         rows = rows[:1]  # the page says "no chronological age" in its own panel
+    rows += interval_rows(res, short=True)[1:]  # the interval itself is a metric above
     rows.append(("TTA SD", f"{res.tta_sd_months:.2f} mo ({res.tta} copies)"))
     if res.rmse_months is not None:
         rows.append(("Validation RMSE", f"{res.rmse_months:.2f} mo"))
-    rows.append(("Interval from", "TTA spread" if res.interval_source == "tta"
-                 else "validation RMSE (wider than the TTA spread)"))
     return pd.DataFrame(rows, columns=["", "value"])
+
+
+def interval_help(res: PredictionResult) -> str:
+    """What the interval is, in words, for the metric's tooltip and the caption under the numbers."""
+    if res.interval_source == "conformal":
+        return ("Split-conformal interval: the half-width is the quantile of the run's validation errors for "
+                f"images in this predicted-age band and sex. {res.interval_method}.")
+    return ("Old rule: the test-time augmentation spread, never narrower than the run's validation RMSE. "
+            "How often it covers the true bone age was never measured: run h2a calibrate on this run.")
 
 
 def show_alerts(alerts: list[Alert]) -> None:
     """One box per alert, chosen by its code: an error box when the estimate may be meaningless."""
     for w in alerts:
-        if w.code in SEVERE:
+        if w.code in FLAGGING:  # the estimate may be meaningless: an error box
             st.error(w.message, icon=":material/report:")
         else:
             st.warning(w.message, icon=":material/warning:")
@@ -218,8 +223,8 @@ def show_result(res: PredictionResult, key: str) -> None:
     c[0].metric("Bone age (months)", f"{res.bone_age_months:.1f}", help="mean of the test-time augmented predictions")
     years, months = divmod(int(round(res.bone_age_months)), 12)
     c[1].metric("Bone age (years)", f"{years} y {months} mo")
-    c[2].metric("95% interval (months)", f"{lo:.0f}–{hi:.0f}",
-                help="from the test-time augmentation spread, never narrower than the run's validation RMSE")
+    level = 100 * (res.interval_level or 0.95)
+    c[2].metric(f"{level:g}% interval (months)", f"{lo:.0f}–{hi:.0f}", help=interval_help(res))
     if a is not None:
         c[3].metric("SDS", f"{a.sds:+.2f}", a.classification, delta_color="off",
                     help="(bone age - chronological age) / Greulich-Pyle SD at that age and sex")
@@ -250,6 +255,9 @@ def show_result(res: PredictionResult, key: str) -> None:
                     "compare the bone age with the Greulich-Pyle reference.")
         numbers = _numbers_frame(res)
         st.dataframe(numbers, hide_index=True, width="stretch", height=35 * (len(numbers) + 1) + 3)
+    from h2a.predict.report import coverage_text
+
+    st.caption(f"**Interval**: {res.interval_method}. **Measured coverage**: {coverage_text(res)}.")
 
     if a is not None:
         cc = st.columns([3, 2])
@@ -282,12 +290,15 @@ def results_frame(results: list[PredictionResult]) -> pd.DataFrame:
             "sex": r.sex,
             "age (mo)": round(r.chronological_age_months, 1) if r.chronological_age_months is not None else None,
             "bone age (mo)": round(r.bone_age_months, 1) if r.ok else None,
-            "95% interval": f"{r.interval_months[0]:.0f}–{r.interval_months[1]:.0f}" if r.ok else None,
+            "interval": f"{r.interval_months[0]:.0f}–{r.interval_months[1]:.0f}" if r.ok else None,
+            "interval method": ("conformal" if r.interval_source == "conformal" else "old rule") if r.ok else None,
             "SDS": round(a.sds, 2) if a else None,
             "class": a.classification if a else None,
             "warnings": ", ".join(w.code for w in r.warnings) if r.ok else None,
+            "warnings in words": "; ".join(w.message for w in r.warnings) if r.ok else None,
             "OOD": ("yes" if any(w.code == Code.OUT_OF_DISTRIBUTION for w in r.warnings) else "no")
             if r.ok else None,
+            "flagged": ("yes" if flagged(r.warnings) else "no") if r.ok else None,
             "error": r.error,
         })
     return pd.DataFrame(rows)

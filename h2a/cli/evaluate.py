@@ -1,4 +1,5 @@
-"""``h2a evaluate``: a run's metrics on a dataset."""
+"""``h2a evaluate``: a run's metrics on a dataset, with the interval coverage (bone age) or the
+calibration error before and after temperature scaling (sex)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if ba["sd"] is not None:
             print(f"Bland-Altman: bias {ba['bias']:+.2f} mo, SD {ba['sd']:.2f}, 95% limits of agreement "
                   f"{ba['loa_low']:+.2f} to {ba['loa_high']:+.2f} mo (n {ba['n']})")
+        im = metrics["interval_method"]
+        print(f"Interval ({im['method']}): coverage {100 * metrics['interval_coverage']:.1f}%, mean width "
+              f"{metrics['interval_width_months']:.1f} mo")
+        print("Coverage by age: " + ", ".join(f"{k} {100 * v:.0f}% (n {metrics['n_by_age_bin'][k]})"
+                                              for k, v in metrics["coverage_by_age_bin"].items()))
+        for note in (im.get("note"), im.get("in_sample_note")):
+            if note:
+                print(f"Note: {note}")
     else:
-        print(f"AUC {metrics['auc']:.3f}, accuracy {metrics['accuracy']:.3f}, "
-              f"balanced accuracy {metrics['balanced_accuracy']:.3f}")
+        auc = "n/a" if metrics["auc"] is None else f"{metrics['auc']:.3f}"
+        bal = "n/a" if metrics["balanced_accuracy"] is None else f"{metrics['balanced_accuracy']:.3f}"
+        print(f"AUC {auc}, accuracy {metrics['accuracy']:.3f}, balanced accuracy {bal}")
+        print(f"ECE (15 bins) {metrics['ece_uncalibrated']:.3f} uncalibrated, {metrics['ece']:.3f} calibrated "
+              f"({metrics['calibration']['method']})")
     return 0
 
 

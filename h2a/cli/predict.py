@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from h2a.cli.common import CliError, print_json
+from h2a.inference.calibration import DEFAULT_TTA
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -44,7 +45,9 @@ def register(sub) -> None:
     p.add_argument("--dob", default=None, metavar="YYYY-MM-DD")
     p.add_argument("--exam-date", default=None, metavar="YYYY-MM-DD")
     p.add_argument("--age-months", type=float, default=None, help="chronological age at the exam")
-    p.add_argument("--tta", type=int, default=8, metavar="N", help="test-time augmentations for the interval")
+    p.add_argument("--tta", type=int, default=DEFAULT_TTA, metavar="N",
+                   help=f"test-time views averaged (default {DEFAULT_TTA}, the procedure the run's interval was "
+                        "calibrated with at the end of training)")
     p.add_argument("--report-dir", default=None, help="write a one-page PDF per file here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -37,6 +37,16 @@ PREPROCESS_VERSION = 1
 RESIZE_MODES = ("squash", "pad", "crop")
 CONTRAST_MODES = ("none", "hist_eq", "clahe")
 NORMALIZE_MODES = ("imagenet", "per_image")
+INTENSITY_MODES = ("none", "percentile")
+# The robust window of ``intensity="percentile"``: outlying pixels (labels, burnt-out
+# corners, dead detector rows) do not set the scale; a 1-99% window does.
+INTENSITY_PERCENTILES = (1.0, 99.0)
+# Below this window (of [0, 1]) the image is nearly uniform: stretching it would only
+# amplify noise, so it is left as decoded.
+MIN_INTENSITY_WINDOW = 1e-3
+# The JPEG qualities photometric augmentation draws from: 30 is the robustness report's
+# harsh case, 95 about what a PACS export or a phone photo of a screen gives.
+JPEG_QUALITY_RANGE = (30, 95)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -56,6 +66,13 @@ class PreprocessConfig:
                        help="output side in pixels")
     resize: str = option("pad", choices=RESIZE_MODES, group="preprocessing", label="Geometry",
                          help="pad: keep aspect, black bars; squash: plain resize; crop: keep aspect, centre crop")
+    intensity: str = option("none", choices=INTENSITY_MODES, group="preprocessing",
+                            label="Intensity standardisation",
+                            form={"labels": {"none": "none", "percentile": "percentile window 1-99%"}},
+                            help="percentile: stretch each image's 1st-99th percentile (of the content, "
+                                 "padding excluded) to black-white before contrast, so exposure and "
+                                 "window settings of the source matter less (changes the tensor cache); "
+                                 "none: as decoded")
     contrast: str = option("none", choices=CONTRAST_MODES, group="preprocessing", label="Contrast",
                            form={"labels": {"none": "none", "hist_eq": "hist. equalisation", "clahe": "CLAHE"}},
                            help="contrast enhancement of the image content (padding excluded)")
@@ -79,6 +96,42 @@ class PreprocessConfig:
     zoom: float = option(0.10, minimum=0.0, maximum=1.0, exclusive_max=True, group="augmentation",
                          label="Zoom", unit="±fraction", form={"widget": "slider", "max": 0.5, "step": 0.01},
                          help="random zoom while training, by up to this fraction either way")
+    # Photometric augmentation (h2a.data.transforms.photometric): how the image was made
+    # (exposure, detector, resampling, compression) rather than how the hand lay. Off (0)
+    # by default, so earlier runs and their configs mean what they meant.
+    aug_gamma: float = option(0.0, minimum=0.0, maximum=3.0, group="augmentation", label="Gamma",
+                              form={"widget": "slider", "max": 1.0, "step": 0.05},
+                              help="random gamma drawn log-uniformly between 1/(1+x) and 1+x while training "
+                                   "(0.6: gamma 0.63-1.6); 0 = off")
+    aug_contrast: float = option(0.0, minimum=0.0, maximum=1.0, exclusive_max=True, group="augmentation",
+                                 label="Contrast", unit="±fraction",
+                                 form={"widget": "slider", "max": 0.5, "step": 0.05},
+                                 help="random contrast factor between 1-x and 1+x about the image's mean "
+                                      "while training (black stays black); 0 = off")
+    aug_blur: float = option(0.0, minimum=0.0, maximum=5.0, group="augmentation", label="Blur / sharpen",
+                             unit="sigma px", form={"widget": "slider", "max": 2.0, "step": 0.1},
+                             help="random Gaussian blur (half the time) or unsharp-mask sharpening (the "
+                                  "other half) with sigma up to this many pixels of the prepared image "
+                                  "while training; 0 = off")
+    aug_downscale: float = option(0.0, minimum=0.0, maximum=1.0, exclusive_max=True, group="augmentation",
+                                  label="Downscale-upscale", unit="fraction",
+                                  form={"widget": "slider", "max": 0.75, "step": 0.05},
+                                  help="random downscale to between 1-x and 1 of the size and back, each way "
+                                       "with a random filter (nearest, linear, area, cubic), while training; "
+                                       "0 = off")
+    aug_noise: float = option(0.0, minimum=0.0, maximum=64.0, group="augmentation", label="Noise",
+                              unit="sd, grey levels", form={"widget": "slider", "max": 20.0, "step": 1.0},
+                              help="Gaussian noise with an sd drawn up to this many grey levels (of 255) "
+                                   "while training (black stays black); 0 = off")
+    aug_jpeg: float = option(0.0, minimum=0.0, maximum=1.0, group="augmentation", label="JPEG artefacts",
+                             unit="probability", form={"widget": "slider", "max": 1.0, "step": 0.05},
+                             help=f"probability of JPEG re-compression at a random quality from "
+                                  f"{JPEG_QUALITY_RANGE[0]} to {JPEG_QUALITY_RANGE[1]} while training; 0 = off")
+
+    @property
+    def photometric(self) -> bool:
+        """Whether any photometric augmentation is on."""
+        return any(getattr(self, name) > 0 for name in PHOTOMETRIC_FIELDS)
 
     def __post_init__(self) -> None:
         # Coerce ints given for float fields so equal configs hash and serialise equally.
@@ -121,13 +174,16 @@ class PreprocessConfig:
         return cls(**kwargs)
 
     def deterministic_dict(self) -> dict:
-        """The fields that change ``prepare``'s output (CLAHE params only when used)."""
+        """The fields that change ``prepare``'s output (CLAHE params only when used; the
+        intensity standardisation only when on, so caches built before it keep their keys)."""
         out: dict[str, Any] = {
             "v": PREPROCESS_VERSION,
             "size": self.size,
             "resize": self.resize,
             "contrast": self.contrast,
         }
+        if self.intensity != "none":
+            out["intensity"] = self.intensity
         if self.contrast == "clahe":
             out["clahe_clip"] = float(self.clahe_clip)
             out["clahe_grid"] = int(self.clahe_grid)
@@ -138,6 +194,10 @@ class PreprocessConfig:
         changes reuse the same tensor cache."""
         blob = json.dumps(self.deterministic_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+# The photometric augmentation fields, in the order ``h2a.data.transforms`` applies them.
+PHOTOMETRIC_FIELDS = ("aug_downscale", "aug_blur", "aug_gamma", "aug_contrast", "aug_noise", "aug_jpeg")
 
 
 # -- deterministic part ---------------------------------------------------------------
@@ -168,6 +228,22 @@ def _resize(a: np.ndarray, w: int, h: int) -> np.ndarray:
     return cv2.resize(a, (w, h), interpolation=interp)
 
 
+def standardize_intensity(a: np.ndarray, mode: str) -> np.ndarray:
+    """Float [0, 1] content -> the same with its robust window stretched to [0, 1].
+
+    Per image, so it needs no reference set and works on a single upload; on the content
+    only (``prepare`` calls it before padding), so black bars never set the window.
+    """
+    if mode == "none":
+        return a
+    if mode != "percentile":
+        raise ValueError(f"unknown intensity standardisation {mode!r} (one of {', '.join(INTENSITY_MODES)})")
+    lo, hi = np.percentile(a, INTENSITY_PERCENTILES)
+    if hi - lo < MIN_INTENSITY_WINDOW:
+        return a
+    return np.clip((a - lo) * (1.0 / (hi - lo)), 0.0, 1.0).astype(np.float32, copy=False)
+
+
 def _to_u8(a: np.ndarray) -> np.ndarray:
     return np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -183,8 +259,9 @@ def _contrast(u8: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def prepare(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """float [0,1] (H,W) -> uint8 (size,size): geometry, then contrast on the content only
-    (before padding, so black bars do not skew histogram equalisation / CLAHE)."""
+    """float [0,1] (H,W) -> uint8 (size,size): geometry, then intensity standardisation and
+    contrast on the content only (before padding, so black bars do not skew the percentile
+    window, histogram equalisation or CLAHE)."""
     a = _to_float2d(img)
     s = cfg.size
     h, w = a.shape
@@ -200,7 +277,7 @@ def prepare(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         y0 = (h - side) // 2
         x0 = (w - side) // 2
         content = _resize(a[y0:y0 + side, x0:x0 + side], s, s)
-    u8 = _contrast(_to_u8(content), cfg)
+    u8 = _contrast(_to_u8(standardize_intensity(content, cfg.intensity)), cfg)
     if u8.shape == (s, s):
         return np.ascontiguousarray(u8)
     out = np.zeros((s, s), dtype=np.uint8)
@@ -332,5 +409,6 @@ def list_configs(directory: Path | None = None) -> list[str]:
 
 __all__: Sequence[str] = (
     "PreprocessConfig", "prepare", "prepare_file", "save_config", "load_config", "list_configs",
-    "PREPROCESS_VERSION",
+    "PREPROCESS_VERSION", "INTENSITY_MODES", "INTENSITY_PERCENTILES", "JPEG_QUALITY_RANGE", "PHOTOMETRIC_FIELDS",
+    "standardize_intensity",
 )

@@ -16,6 +16,8 @@ import pandas as pd
 from torch import nn
 
 from h2a import TASKS
+from h2a.inference.calibration import TemperatureScaler, boneage_calibration, sex_calibration
+from h2a.inference.conformal import DEFAULT_LEVEL, Procedure
 from h2a.inference.metrics import (
     classification_metrics,
     predictions_frame,
@@ -55,7 +57,16 @@ class Task:
     def scale(self, y: np.ndarray) -> np.ndarray:
         return (y - self.mean) / self.std
 
-    def to_output(self, raw: np.ndarray) -> np.ndarray:
+    def to_output(self, raw: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Raw model scalars -> what a person reads; ``calibrated=False`` skips a fitted
+        calibration (the sex run's temperature), to compare with the raw probabilities."""
+        raise NotImplementedError
+
+    # ---- calibration (end of training, ``h2a calibrate``)
+    def calibrate(self, raw: np.ndarray, age: np.ndarray, male: np.ndarray, procedure: Procedure,
+                  level: float = DEFAULT_LEVEL, **options) -> dict:
+        """calibration.json content fitted on the validation split's raw outputs, which must come
+        from ``procedure``: the one the calibration will be used with."""
         raise NotImplementedError
 
     # ---- loss and metrics
@@ -97,8 +108,13 @@ class BoneAgeTask(Task):
         self.std = float(y.std() or 1.0)
         return self
 
-    def to_output(self, raw: np.ndarray) -> np.ndarray:
+    def to_output(self, raw: np.ndarray, calibrated: bool = True) -> np.ndarray:
         return raw * self.std + self.mean
+
+    def calibrate(self, raw: np.ndarray, age: np.ndarray, male: np.ndarray, procedure: Procedure,
+                  level: float = DEFAULT_LEVEL, **options) -> dict:
+        """Mondrian split-conformal intervals (h2a.inference.conformal)."""
+        return boneage_calibration(self.to_output(raw), age, np.asarray(male).astype(bool), procedure, level)
 
     def loss(self, kind: str = "l1") -> nn.Module:
         return {"l1": nn.L1Loss(), "mse": nn.MSELoss(), "huber": nn.HuberLoss(delta=1.0)}[kind]
@@ -134,8 +150,19 @@ class SexTask(Task):
     def target(self, male: np.ndarray, age: np.ndarray) -> np.ndarray:
         return male
 
-    def to_output(self, raw: np.ndarray) -> np.ndarray:
-        return 1 / (1 + np.exp(-raw))
+    def __init__(self, mean: float = 0.0, std: float = 1.0, scaler: TemperatureScaler | None = None) -> None:
+        super().__init__(mean, std)
+        self.scaler = scaler  # fitted temperature scaling, applied by to_output
+
+    def to_output(self, raw: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        if calibrated and self.scaler is not None:
+            return self.scaler.predict_proba(raw)
+        return 1 / (1 + np.exp(-np.asarray(raw, float)))
+
+    def calibrate(self, raw: np.ndarray, age: np.ndarray, male: np.ndarray, procedure: Procedure,
+                  level: float = DEFAULT_LEVEL, **options) -> dict:
+        """Temperature scaling of the logit (``shift=True`` also fits an offset)."""
+        return sex_calibration(raw, np.asarray(male).astype(bool), procedure, bool(options.get("shift", False)))
 
     def loss(self, kind: str = "l1") -> nn.Module:
         return nn.BCEWithLogitsLoss()
@@ -172,6 +199,10 @@ def get_task(name: str, mean: float = 0.0, std: float = 1.0) -> Task:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, not {name!r}") from None
 
 
-def task_of_run(meta: dict) -> Task:
-    """A finished run's task with the scaling it was trained with (from metadata.json)."""
-    return get_task(meta["task"], meta.get("target_mean", 0.0), meta.get("target_std", 1.0))
+def task_of_run(meta: dict, calibration: dict | None = None) -> Task:
+    """A finished run's task with the scaling it was trained with (from metadata.json) and,
+    for a sex run, the temperature scaling in its ``calibration`` (calibration.json)."""
+    task = get_task(meta["task"], meta.get("target_mean", 0.0), meta.get("target_std", 1.0))
+    if isinstance(task, SexTask) and calibration and "temperature" in calibration:
+        task.scaler = TemperatureScaler.from_dict(calibration["temperature"])
+    return task

@@ -46,6 +46,7 @@ from h2a.engine.builder import build_engine
 from h2a.engine.splits import make_splits  # noqa: F401 - the old import path
 from h2a.engine.tracking import MLflowTracker
 from h2a.inference.arrays import predict_arrays
+from h2a.inference.calibration import CALIBRATION, calibration_summary, predict_procedure
 from h2a.progress import ProgressFn
 from h2a.settings import dist_env
 
@@ -143,7 +144,11 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
         return {}
     metrics = final_metrics(eng)
     tracker.log({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=len(eng.state.history))
+    cal = calibrate(eng, log)
     meta = run_metadata(eng, metrics, facts, device=writer.state["device"], mlflow_run_id=tracker.run_id)
+    meta["calibration"] = calibration_summary(cal)
+    if cal is not None:
+        atomic_write_json(eng.run_dir / CALIBRATION, cal)
     atomic_write_json(eng.run_dir / METADATA, meta)
     return meta
 
@@ -157,6 +162,30 @@ def final_metrics(eng: Engine) -> dict:
     va = eng.val
     raw = predict_arrays(eng.model, eng.cache.take(va.rows), va.male, eng.norm, eng.device)
     return eng.task.metrics(eng.task.to_output(raw), va.age, va.male)
+
+
+def calibrate(eng: Engine, log=print) -> dict | None:
+    """Fit the run's calibration (conformal intervals / temperature) on the validation split.
+
+    The residuals come from the procedure ``h2a predict`` uses by default (the image and
+    DEFAULT_TTA - 1 augmented copies), so the stored intervals hold for the predictions
+    they are used with; ``h2a calibrate`` refits for another procedure. A failure here is
+    logged and leaves the run uncalibrated rather than failing a finished training.
+    """
+    va = eng.val
+    if len(va.rows) == 0:
+        return None
+    procedure = predict_procedure()
+    try:
+        raw = predict_arrays(eng.model, eng.cache.take(va.rows), va.male, eng.norm, eng.device,
+                             flip_tta=procedure.flip_tta, augment=eng.pcfg, views=procedure.views)
+        cal = eng.task.calibrate(raw, va.age, va.male, procedure)
+    except (ValueError, RuntimeError) as exc:
+        log(f"calibration failed, the run has none ({exc})")
+        return None
+    summary = calibration_summary(cal)
+    log(f"calibrated on {len(va.rows)} validation images ({procedure.describe()}): {summary.get('method')}")
+    return cal
 
 
 def run_metadata(eng: Engine, metrics: dict, facts: dict, device: str, mlflow_run_id: str | None) -> dict:

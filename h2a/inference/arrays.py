@@ -28,15 +28,19 @@ def predict_arrays(
     augment: PreprocessConfig | None = None,
     views: int = 0,
     progress: ProgressFn | None = None,
-) -> np.ndarray:
+    spread: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Raw model outputs for uint8 images (N,H,W) (a cache memmap slice works).
 
     ``flip_tta`` averages the output over the image and its horizontal mirror; ``views``
     more copies drawn with ``augment``'s ranges (seeded, so reruns agree) join the mean.
+    ``spread=True`` also returns each image's SD over those copies (ddof 1, raw units; 0
+    for one copy): the old interval rule's TTA spread, for comparison with conformal ones.
     """
     model.eval()
     n = len(images)
     out = np.empty(n, dtype=np.float32)
+    sd = np.zeros(n, dtype=np.float32)
     extra = views if augment is not None else 0
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
@@ -46,15 +50,22 @@ def predict_arrays(
         if model.use_sex:
             s = torch.as_tensor(sex[start:stop], dtype=torch.float32, device=device)
         y = model(x, s).float()
+        sq = y * y
         count = 1
         if flip_tta:
-            y = y + model(torch.flip(x, dims=[3]), s).float()
+            f = model(torch.flip(x, dims=[3]), s).float()
+            y, sq = y + f, sq + f * f
             count += 1
         if extra:
             copies = np.stack([augment_samples(im, augment, n=extra, seed=start + i) for i, im in enumerate(u8)], 1)
             for v in range(extra):
-                y = y + model(array_input(copies[v], norm, device), s).float()
+                a = model(array_input(copies[v], norm, device), s).float()
+                y, sq = y + a, sq + a * a
             count += extra
-        out[start:stop] = (y / count).cpu().numpy()
+        mean = y / count
+        out[start:stop] = mean.cpu().numpy()
+        if spread and count > 1:
+            var = (sq - count * mean * mean).clamp_min(0) / (count - 1)
+            sd[start:stop] = var.sqrt().cpu().numpy()
         report(progress, stop, n, "predicting")
-    return out
+    return (out, sd) if spread else out

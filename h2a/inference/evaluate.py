@@ -10,8 +10,14 @@ import pandas as pd
 import torch
 
 from h2a.inference.arrays import predict_arrays
+from h2a.inference.calibration import expected_calibration_error, record_coverage
+from h2a.inference.conformal import Procedure
 from h2a.inference.loading import LoadedRun, load_run
+from h2a.inference.metrics import interval_metrics
 from h2a.progress import ProgressFn
+
+LEGACY_Z = 1.96  # the old interval rule: estimate +/- 1.96 x max(TTA SD, validation RMSE)
+LEGACY_METHOD = "legacy: estimate +/- 1.96 x max(TTA SD, validation RMSE)"
 
 
 @dataclass
@@ -23,6 +29,45 @@ class EvalResult:
     rows: np.ndarray  # cache rows aligned with the input order of predictions before sorting
 
 
+@dataclass
+class SplitImages:
+    """A split's labelled rows and their cache rows, aligned (undecodable images dropped)."""
+
+    labelled: pd.DataFrame
+    cache: object
+    rows: np.ndarray
+    ok: np.ndarray  # per requested image: decoded
+    data_path: Path
+    same_data: bool  # the run's own dataset
+    split: str
+
+
+def split_images(run: LoadedRun, data: str | Path | None, split: str | None,
+                 progress: ProgressFn | None = None) -> SplitImages:
+    """The images a run is evaluated (or calibrated) on: ``data`` None = the run's own dataset;
+    ``split`` 'all', 'validation' or 'holdout' (default: validation of its own folder, else all)."""
+    from h2a.data.cache import build_cache
+    from h2a.data.datasets import load_dataset
+
+    own = str(Path(run.meta["dataset"]["path"]))
+    data_path = Path(data) if data else Path(own)
+    same = data_path.resolve() == Path(own).resolve()
+    split = split or ("validation" if same and not data else "all")
+    ds = load_dataset(data_path)
+    labelled = run.task_obj.labelled(ds)
+    if split in ("validation", "holdout"):
+        wanted = set(run.meta["splits"].get(split, []))
+        if not wanted:
+            raise ValueError(f"run {run.path.name} has no {split} ids (train with --holdout-fraction for a holdout)")
+        labelled = labelled[labelled["id"].astype(str).isin(wanted)]
+    if labelled.empty:
+        raise ValueError(f"{ds.name}: no labelled images to evaluate on ({split})")
+    cache = build_cache(ds, run.preprocess, progress=progress)
+    rows = cache.rows(labelled["id"].astype(str).tolist())
+    ok = cache.ok[rows]
+    return SplitImages(labelled[ok], cache, rows[ok], ok, data_path, same, split)
+
+
 def evaluate(
     run_dir: str | Path,
     data: str | Path | None = None,
@@ -32,6 +77,7 @@ def evaluate(
     tta_views: int = 0,
     device: torch.device | None = None,
     progress: ProgressFn | None = None,
+    record: bool = True,
 ) -> EvalResult:
     """Metrics of a run on a dataset.
 
@@ -39,38 +85,103 @@ def evaluate(
     the default for another folder), 'validation' or 'holdout' (the run's saved ids,
     the default for its own folder is 'validation'). ``tta_views`` adds that many
     augmented copies (the run's own augmentation ranges) to the averaged prediction.
+
+    Bone age: the interval figures (``interval_coverage``, ``interval_width_months``,
+    ``coverage_by_age_bin``, ``interval_method``) use the run's conformal calibration, or the
+    old rule for a run without one; ``interval_legacy`` always gives the old rule's figures
+    on the same images. ``record`` keeps a held-out coverage measured with the calibrated
+    procedure in the run folder (coverage.json) for the predict page. Sex: ``ece`` of the
+    calibrated and ``ece_uncalibrated`` of the raw probabilities.
     """
-    from h2a.data.cache import build_cache
-    from h2a.data.datasets import load_dataset
     from h2a.engine.runs import resolve_run
 
     run = load_run(resolve_run(run_dir), device)
-    own = str(Path(run.meta["dataset"]["path"]))
-    data_path = Path(data) if data else Path(own)
-    same = data_path.resolve() == Path(own).resolve()
-    split = split or ("validation" if same and not data else "all")
-    ds = load_dataset(data_path)
+    images = split_images(run, data, split, progress)
+    labelled, cache, rows, ok, data_path, same, split = (images.labelled, images.cache, images.rows, images.ok,
+                                                          images.data_path, images.same_data, images.split)
     task = run.task_obj
-    labelled = task.labelled(ds)
-    if split in ("validation", "holdout"):
-        wanted = set(run.meta["splits"].get(split, []))
-        if not wanted:
-            raise ValueError(f"run {run.path.name} has no {split} ids (train with --holdout-fraction for a holdout)")
-        labelled = labelled[labelled["id"].astype(str).isin(wanted)]
-    if labelled.empty:
-        raise ValueError(f"{ds.name}: no labelled images to evaluate on ({split})")
-    cache = build_cache(ds, run.preprocess, progress=progress)
-    ids = labelled["id"].astype(str).tolist()
-    rows = cache.rows(ids)
-    ok = cache.ok[rows]
-    labelled, rows = labelled[ok], rows[ok]
     male = labelled["male"].astype(bool).to_numpy()
-    raw = predict_arrays(run.model, cache.take(rows), male.astype(np.float32), run.norm, run.device,
-                         flip_tta=flip_tta, augment=run.preprocess, views=tta_views, progress=progress)
+    raw, raw_sd = predict_arrays(run.model, cache.take(rows), male.astype(np.float32), run.norm, run.device,
+                                 flip_tta=flip_tta, augment=run.preprocess, views=tta_views, progress=progress,
+                                 spread=True)
     out = run.to_output(raw)
     ages = labelled["boneage"].to_numpy()
     metrics = task.metrics(out, ages, male)
     preds = task.predictions(labelled["id"], ages, male, out)
+    procedure = Procedure(bool(flip_tta), int(tta_views))
+    if run.task == "boneage":
+        sd_months = np.abs(run.to_output(raw + raw_sd) - out)
+        extra, bounds = interval_figures(run, out, sd_months, ages, male, procedure, split, same)
+        metrics.update(extra)
+        by_id = dict(zip(labelled["id"].astype(str), zip(*bounds)))
+        preds["interval_low"] = [by_id[str(i)][0] for i in preds["id"]]
+        preds["interval_high"] = [by_id[str(i)][1] for i in preds["id"]]
+        preds["covered"] = (preds["boneage"] >= preds["interval_low"]) & (preds["boneage"] <= preds["interval_high"])
+    else:
+        metrics.update(sex_calibration_figures(run, raw, male, procedure))
+        p_raw = dict(zip(labelled["id"].astype(str), run.to_output(raw, calibrated=False)))
+        preds["p_male_raw"] = [float(p_raw[str(i)]) for i in preds["id"]]
     metrics.update(run=run.path.name, data=str(data_path), split=split, flip_tta=flip_tta, tta_views=tta_views,
                    n_failed_images=int((~ok).sum()))
+    if (record and run.task == "boneage" and split == "holdout" and same and run.calibration
+            and not metrics.get("interval_procedure_mismatch")):
+        record_coverage(run.path, run.calibration, split, str(data_path), metrics["n"],
+                        metrics["interval_coverage"], metrics["interval_width_months"])
     return EvalResult(metrics, preds, run, cache, rows)
+
+
+def interval_figures(run: LoadedRun, pred: np.ndarray, sd_months: np.ndarray, ages: np.ndarray, male: np.ndarray,
+                     procedure: Procedure, split: str, same_data: bool) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """The interval keys of a bone-age evaluation and each image's (low, high).
+
+    The run's conformal calibration when it has one (saying whether this evaluation's
+    procedure differs from the calibrated one, and whether the images are the calibration
+    set itself), else the old rule; the old rule's figures are always in ``interval_legacy``.
+    """
+    rmse = (run.meta.get("metrics") or {}).get("rmse") or 0.0
+    half = LEGACY_Z * np.maximum(sd_months, rmse)
+    legacy_lo, legacy_hi = np.maximum(0.0, pred - half), pred + half
+    legacy = {"method": LEGACY_METHOD, "validation_rmse": rmse,
+              **interval_metrics(ages, legacy_lo, legacy_hi)}
+    legacy.pop("n_by_age_bin")
+    conf = run.conformal
+    out: dict = {"interval_legacy": legacy}
+    if conf is None:
+        out.update({k: v for k, v in legacy.items() if k.startswith(("interval_", "coverage_", "width_"))})
+        out["interval_method"] = {"method": LEGACY_METHOD, "level": 0.95, "grouping": "none (one rule for every image)",
+                                  "procedure": procedure.to_dict(), "note": "this run has no conformal calibration "
+                                  "(trained before it existed): run h2a calibrate"}
+        out["interval_procedure_mismatch"] = False
+        return out, (legacy_lo, legacy_hi)
+    lo, hi = conf.interval(pred, male)
+    out.update(interval_metrics(ages, lo, hi, conf.groups_of(pred, male)))
+    out.pop("n_by_age_bin")  # the same bands as regression_metrics' n_by_age_bin, already in the metrics
+    calibrated = run.calibrated_procedure
+    mismatch = calibrated != procedure
+    out["interval_method"] = {"method": conf.describe(), "level": conf.level, "grouping": conf.grouping(),
+                              "procedure": calibrated.to_dict(), "procedure_text": calibrated.describe(),
+                              "calibrated_on": f"validation split ({conf.n_} images)",
+                              "calibration_id": run.calibration.get("id")}
+    out["interval_procedure_mismatch"] = mismatch
+    if mismatch:
+        out["interval_method"]["note"] = (f"calibrated for {calibrated.describe()}, evaluated with "
+                                          f"{procedure.describe()}: run h2a calibrate with this procedure")
+    if split == "validation" and same_data:
+        out["interval_in_sample"] = True
+        out["interval_method"]["in_sample_note"] = ("these images are the calibration set itself: coverage is at "
+                                                    "least the level by construction; see the holdout split")
+    return out, (lo, hi)
+
+
+def sex_calibration_figures(run: LoadedRun, raw: np.ndarray, male: np.ndarray, procedure: Procedure) -> dict:
+    """ECE (15 bins) of the calibrated and the raw probabilities, and what calibrated them."""
+    y = np.asarray(male, float)
+    scaler = run.task_obj.scaler
+    calibrated = run.calibrated_procedure
+    return {
+        "ece": expected_calibration_error(y, run.to_output(raw)),
+        "ece_uncalibrated": expected_calibration_error(y, run.to_output(raw, calibrated=False)),
+        "calibration": {"method": scaler.describe(), "procedure": calibrated.to_dict() if calibrated else None,
+                        "procedure_mismatch": calibrated != procedure}
+        if scaler is not None else {"method": "none (this run has no calibration: run h2a calibrate)"},
+    }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,8 @@ from h2a.data.transforms import input_norm
 from h2a.device import use_channels_last
 from h2a.engine.runs import METADATA, MODEL, read_json, safe_load
 from h2a.engine.tasks import Task, task_of_run
+from h2a.inference.calibration import measured_coverage, read_calibration
+from h2a.inference.conformal import MondrianConformal, Procedure
 from h2a.models import H2AModel, create_model, fold_batchnorm
 
 
@@ -29,6 +31,7 @@ class LoadedRun:
     preprocess: PreprocessConfig
     norm: tuple[float, float] | None
     device: torch.device
+    calibration: dict | None = field(default=None)  # calibration.json (None: an old run, none fitted)
 
     @property
     def task(self) -> str:
@@ -36,12 +39,28 @@ class LoadedRun:
 
     @property
     def task_obj(self) -> Task:
-        """The run's Task, with the target scaling it was trained with."""
-        return task_of_run(self.meta)
+        """The run's Task, with the target scaling it was trained with and its calibration."""
+        return task_of_run(self.meta, self.calibration)
 
-    def to_output(self, raw: np.ndarray) -> np.ndarray:
-        """Model scalars -> months (bone age) or P(male) (sex)."""
-        return self.task_obj.to_output(raw)
+    def to_output(self, raw: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Model scalars -> months (bone age) or P(male) (sex; temperature-scaled when the run
+        has a calibration, unless ``calibrated=False``)."""
+        return self.task_obj.to_output(raw, calibrated)
+
+    @property
+    def conformal(self) -> MondrianConformal | None:
+        """The bone-age run's conformal interval calibration, or None."""
+        cal = self.calibration or {}
+        return MondrianConformal.from_dict(cal["interval"]) if "interval" in cal else None
+
+    @property
+    def calibrated_procedure(self) -> Procedure | None:
+        """The prediction procedure the calibration's residuals or logits came from."""
+        return Procedure.from_dict(self.calibration["procedure"]) if self.calibration else None
+
+    def measured_coverage(self) -> dict | None:
+        """The interval's measured coverage and where it was measured (see calibration.measured_coverage)."""
+        return measured_coverage(self.path, self.calibration)
 
 
 def load_run(run_dir: str | Path, device: torch.device | None = None, *, fold_bn: bool = True) -> LoadedRun:
@@ -68,4 +87,4 @@ def load_run(run_dir: str | Path, device: torch.device | None = None, *, fold_bn
         # float32 inference: NHWC weights make oneDNN/cuDNN run every conv NHWC whatever the
         # input's layout, ~1.8x the images/s of NCHW for Lite0 on a 2-core CPU.
         model.to(memory_format=torch.channels_last)
-    return LoadedRun(run_dir, model, meta, cfg, input_norm(name, cfg), device)
+    return LoadedRun(run_dir, model, meta, cfg, input_norm(name, cfg), device, read_calibration(run_dir))

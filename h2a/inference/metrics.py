@@ -116,3 +116,24 @@ def predictions_frame(ids, y, pred, male, task: str, boneage=None) -> pd.DataFra
     df["correct"] = (df["p_male"] >= 0.5) == df["male"]
     df["confidence"] = np.abs(df["p_male"] - 0.5) * 2
     return df.sort_values(["correct", "confidence"], ascending=[True, False]).reset_index(drop=True)
+
+
+def interval_metrics(y: np.ndarray, low: np.ndarray, high: np.ndarray, groups: np.ndarray | None = None) -> dict:
+    """Coverage (share of true ages inside [low, high]) overall and per 2-year band of the
+    true age (the bands MAE is reported in), mean width; per ``groups`` too when given (the
+    conformal groups, where its guarantee holds)."""
+    y, low, high = np.asarray(y, float), np.asarray(low, float), np.asarray(high, float)
+    inside = (y >= low) & (y <= high)
+    bands = age_band_labels(y)
+    out = {
+        "interval_coverage": float(inside.mean()) if len(y) else None,
+        "interval_width_months": float((high - low).mean()) if len(y) else None,
+        "coverage_by_age_bin": {b: float(inside[bands == b].mean()) for b in band_order(bands)},
+        "width_by_age_bin": {b: float((high - low)[bands == b].mean()) for b in band_order(bands)},
+        "n_by_age_bin": {b: int((bands == b).sum()) for b in band_order(bands)},
+    }
+    if groups is not None:
+        groups = np.asarray(groups, dtype=object)
+        out["coverage_by_group"] = {str(g): {"coverage": float(inside[groups == g].mean()),
+                                             "n": int((groups == g).sum())} for g in sorted(set(groups))}
+    return out

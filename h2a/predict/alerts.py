@@ -18,19 +18,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Alert", "Code", "codes", "messages"]
+__all__ = ["FLAGGING", "Alert", "Code", "codes", "flagged", "messages"]
 
 
 class Code(StrEnum):
     """Every warning a prediction can carry; the values are the JSON/CSV codes."""
 
-    # the image itself (h2a.predict.checks)
+    # the image itself (h2a.predict.checks; inverted / rotated via h2a.data.orientation)
     UNIFORM = "uniform"  # nearly uniform: no visible structure
     NOISE = "noise"  # neighbouring pixels uncorrelated
     ASPECT = "aspect"  # extreme aspect ratio
     COLOUR = "colour"  # a colour photograph or screenshot
     BODY_PART = "body_part"  # DICOM BodyPartExamined is not a hand
     MODALITY = "modality"  # DICOM modality is not a plain radiograph
+    INVERTED = "inverted"  # dark bones on a bright background (MONOCHROME mix-up): corrected or flagged
+    ROTATED = "rotated"  # turned by 90/180/270 degrees: corrected or flagged
     # the model's view of it (h2a.predict.ood, h2a.predict.predictor)
     OUT_OF_DISTRIBUTION = "out_of_distribution"  # unlike the run's training images
     OOD_UNCHECKED = "ood_unchecked"  # no training images to compare with
@@ -45,6 +47,14 @@ class Code(StrEnum):
     NEAR_MATURE = "near_mature"  # BA within two years of the atlas end
     # the batch (h2a.predict.batch)
     REPORT_FAILED = "report_failed"  # the PDF could not be written
+
+
+# Alerts that say the estimate itself may be meaningless: the image is not a usable hand
+# radiograph, not like the training images, or was found the wrong way round (even when
+# corrected, the reader should look at the corrected image). A result carrying one is
+# "flagged": it keeps its number, marked as such (JSON, page, PDF, bench_ood's counts).
+FLAGGING = frozenset({Code.OUT_OF_DISTRIBUTION, Code.UNIFORM, Code.NOISE, Code.ASPECT, Code.COLOUR,
+                      Code.BODY_PART, Code.MODALITY, Code.INVERTED, Code.ROTATED})
 
 
 @dataclass(frozen=True)
@@ -79,3 +89,8 @@ def codes(alerts: Iterable[Alert | Mapping[str, str]]) -> list[str]:
 def messages(alerts: Iterable[Alert | Mapping[str, str]]) -> list[str]:
     """The messages of alerts given as objects or their dicts, in order."""
     return [a.message if isinstance(a, Alert) else str(a["message"]) for a in alerts]
+
+
+def flagged(alerts: Iterable[Alert | Mapping[str, str]]) -> bool:
+    """True when any alert is in FLAGGING (objects or their dicts)."""
+    return any(_code(a) in FLAGGING for a in alerts)

@@ -5,6 +5,11 @@ A model answers for any array it is given; these checks (and the embedding check
 nearly uniform, noise-like, extreme aspect ratio, colour photograph, DICOM of another
 body part or modality. They never stop a prediction.
 
+One check may change the image: an inverted or rotated radiograph
+(``h2a.data.orientation``) is turned upright when that is certain and flagged when it is
+not, because the model reads a wrong-way-round hand badly. ``checked_image`` runs every
+check and returns the image to predict on; it is what the predictor calls.
+
 Core module: no streamlit, no torch.
 """
 
@@ -16,10 +21,12 @@ import cv2
 import numpy as np
 
 from h2a.data.imageio import ImageInfo
+from h2a.data.orientation import OrientationResult, orientation_check
 from h2a.predict.alerts import Alert, Code
 from h2a.predict.inputs import Source
 
-__all__ = ["HAND_PARTS", "NON_RADIOGRAPH_MODALITIES", "colourfulness", "downscale", "image_checks"]
+__all__ = ["HAND_PARTS", "NON_RADIOGRAPH_MODALITIES", "NOT_ORIENTED", "checked_image", "colourfulness", "downscale",
+           "image_checks", "orientation_alerts"]
 
 UNIFORM_SD = 0.02  # std of the [0, 1] image below which nothing is visible
 UNIFORM_RANGE = 0.05  # 1st-99th percentile spread below which nothing is visible
@@ -28,6 +35,8 @@ MAX_ASPECT = 2.5
 COLOUR_LIMIT = 0.08  # mean RGB (max - min) above which the image is in colour
 HAND_PARTS = ("HAND", "WRIST", "EXTREMITY", "UPR EXTREMITY", "FINGER")
 NON_RADIOGRAPH_MODALITIES = ("CT", "MR", "US", "NM", "PT", "MG", "XA", "RF", "ES", "OP", "SM", "XC")
+# Images with these findings are not radiographs: asking which way round they are is meaningless.
+NOT_ORIENTED = (Code.UNIFORM, Code.NOISE, Code.COLOUR)
 
 
 def downscale(img: np.ndarray, side: int) -> np.ndarray:
@@ -112,3 +121,46 @@ def image_checks(img: np.ndarray, info: ImageInfo | None = None, colourfulness: 
     if info is not None and info.dicom:
         out += _dicom_checks(info.dicom)
     return out
+
+
+def _turn(deg: int) -> str:
+    """``OrientationResult.rotation`` (clockwise from upright) in words."""
+    return {90: "turned a quarter turn clockwise", 180: "upside down (turned 180 degrees)",
+            270: "turned a quarter turn counter-clockwise"}.get(deg, f"turned {deg} degrees")
+
+
+def orientation_alerts(res: OrientationResult) -> list[Alert]:
+    """The ``inverted`` / ``rotated`` alerts for one orientation finding, saying whether it was corrected."""
+    if not res.deviates:
+        return []
+    out: list[Alert] = []
+    if res.inverted:
+        out.append(Alert(Code.INVERTED, (
+            "the image looked inverted (dark bones on a bright background, as from a MONOCHROME1/2 mix-up): "
+            "H2A inverted it back before predicting; check the image shown") if res.was_corrected else (
+            "the image may be inverted (dark bones on a bright background): H2A was not sure and did NOT "
+            "correct it, so the bone age below may be wrong; check the image and upload it the right way round")))
+    if res.rotation:
+        turn = _turn(int(res.rotation))
+        out.append(Alert(Code.ROTATED, (
+            f"the hand looked {turn} from upright: H2A turned it fingers-up before predicting; "
+            "check the image shown") if res.was_corrected else (
+            f"the hand may not be upright (it looks {turn}): H2A was not sure and did NOT turn it, so the "
+            "bone age below may be wrong; check the image and upload it with the fingers pointing up")))
+    return out
+
+
+def checked_image(img: np.ndarray, info: ImageInfo | None = None,
+                  colourfulness: float | None = None) -> tuple[np.ndarray, list[Alert]]:
+    """Every check for one decoded image, and the image to predict on.
+
+    The image comes back turned upright / un-inverted when ``orientation_check`` is
+    certain (with an alert saying so), unchanged otherwise (with an alert when it looks
+    wrong way round). Images that are not radiographs (uniform, noise, colour) skip the
+    orientation check.
+    """
+    alerts = image_checks(img, info, colourfulness)
+    if any(a.code in NOT_ORIENTED for a in alerts):
+        return img, alerts
+    res = orientation_check(img)
+    return (res.corrected if res.corrected is not None else img), alerts + orientation_alerts(res)

@@ -7,16 +7,20 @@ facts), ``checks`` (image checks), ``ood`` (the embedding check), ``clinical`` (
 ``alerts`` (the coded warnings every stage adds).
 
 * **Input** goes through ``h2a.data.imageio`` (PNG, JPEG, TIFF, DICOM).
-* **Uncertainty**: test-time augmentation (TTA) with the run's own augmentation ranges
+* **Estimate**: test-time augmentation (TTA) with the run's own augmentation ranges
   (flip, shift, rotation, zoom) under a fixed seed: copy 0 is the unaugmented image, the
   others are random augmentations. The estimate is the TTA mean (averaged over runs for
-  an ensemble); its spread ``sd_tta`` (for an ensemble the law of total variance: mean
-  within-run TTA variance + between-run variance) measures how much the answer moves
-  under perturbations the model was trained to ignore. That spread is usually much
-  narrower than the real error, so the interval uses ``sd = max(sd_tta, RMSE_val)``, the
-  run's validation RMSE (mean over ensemble members) as a floor: the interval
-  ``[BA - 1.96 sd, BA + 1.96 sd]`` is never narrower than what held-out images showed,
-  and widens when the image makes the model unstable. ``interval_source`` says which won.
+  an ensemble); its spread ``sd_tta`` (for an ensemble the law of total variance) is
+  reported as how much the answer moves under perturbations the model ignores.
+* **Interval**: the run's conformal calibration (``h2a.inference.conformal``: split-conformal
+  on the validation residuals, one width per predicted-age band and sex, fitted with the
+  procedure predict uses by default) when it has one: ``interval_source`` 'conformal',
+  ``interval_method`` naming method, level and group, ``measured_coverage`` how often it
+  covered the truth and where that was measured. For an ensemble the members' half-widths
+  are averaged (each member's own group), which is conservative: the ensemble mean errs
+  less than its members. A run without a calibration (trained before it existed) keeps the
+  old rule, ``sd = max(sd_tta, RMSE_val)`` and ``[BA - 1.96 sd, BA + 1.96 sd]``, with
+  unknown coverage, and ``interval_method`` says so.
 * **Heat map**: Grad-CAM of the unaugmented input (mean over ensemble members, through
   ``h2a.inference.cam.run_cam``), mapped back from the model's square input to the
   original image's geometry.
@@ -45,9 +49,11 @@ from h2a.data.imageio import ImageReadError, read_header, read_image, to_uint8
 from h2a.data.preprocess import PreprocessConfig, prepare
 from h2a.data.transforms import array_input, augment_samples
 from h2a.engine.runs import best_run, resolve_run
+from h2a.inference.calibration import DEFAULT_TTA
+from h2a.inference.conformal import Procedure
 from h2a.inference.loading import LoadedRun, load_run
-from h2a.predict.alerts import Alert, Code
-from h2a.predict.checks import colourfulness, downscale, image_checks
+from h2a.predict.alerts import Alert, Code, flagged
+from h2a.predict.checks import checked_image, colourfulness, downscale
 from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_NAME, Assessment, assess
 from h2a.predict.inputs import (
     SexNeededError,
@@ -72,8 +78,9 @@ __all__ = [
     "resolve_runs",
 ]
 
-Z95 = 1.96
-DEFAULT_TTA = 8
+Z95 = 1.96  # the old rule's z (runs without a conformal calibration)
+LEGACY_INTERVAL = ("legacy rule: estimate +/- 1.96 x max(TTA SD, validation RMSE); its coverage was never "
+                   "measured (this run has no conformal calibration: run h2a calibrate)")
 TTA_SEED = 0
 DISPLAY_SIDE = 1024  # the original is kept at most this large for the page and the PDF
 MAX_TTA = 64
@@ -147,7 +154,11 @@ class PredictionResult:
     error: str | None = None
     bone_age_months: float | None = None
     interval_months: tuple[float, float] | None = None
-    interval_source: str | None = None  # 'tta' or 'validation rmse'
+    interval_source: str | None = None  # 'conformal', or the old rule's 'tta' / 'validation rmse'
+    interval_method: str | None = None  # method, level and group in words
+    interval_level: float | None = None
+    interval_procedure_mismatch: bool = False  # predicted with another TTA than the calibration's
+    measured_coverage: dict | None = None  # coverage, n, source, text (see calibration.measured_coverage)
     tta: int = 0
     tta_sd_months: float | None = None
     rmse_months: float | None = None
@@ -189,6 +200,10 @@ class PredictionResult:
             "bone_age_years": round(self.bone_age_months / 12, 2),
             "interval_months": [round(lo, 2), round(hi, 2)],
             "interval_source": self.interval_source,
+            "interval_method": self.interval_method,
+            "interval_level": self.interval_level,
+            "interval_procedure_mismatch": self.interval_procedure_mismatch,
+            "measured_coverage": self.measured_coverage,
             "tta": self.tta,
             "tta_sd_months": round(self.tta_sd_months, 3) if self.tta_sd_months is not None else None,
             "chronological_age_months": round(self.chronological_age_months, 2)
@@ -202,6 +217,7 @@ class PredictionResult:
             "reference_sd_months": round(a.reference_sd_months, 3) if a else None,
             "sex": self.sex,
             "sex_source": self.sex_source,
+            "flagged": flagged(self.warnings),  # the number stays; a flagging alert marks it
             "warnings": [w.to_dict() for w in self.warnings],
             "notes": list(a.notes) if a else [RESEARCH_NOTE],
             "ood_score": round(self.ood_score, 3) if self.ood_score is not None else None,
@@ -242,6 +258,7 @@ def model_summary(run: LoadedRun) -> dict:
         "dataset": data.get("name"), "synthetic": bool(data.get("synthetic")),
         "created": meta.get("created"), "h2a_version": (meta.get("versions") or {}).get("h2a", __version__),
         "use_sex": run.model.use_sex,
+        "calibrated": run.conformal is not None,
     }
 
 
@@ -253,6 +270,10 @@ class _Estimate:
     variances: list[float] = field(default_factory=list)
     rmses: list[float] = field(default_factory=list)
     ood_scores: list[float] = field(default_factory=list)
+    half_widths: list[float] = field(default_factory=list)  # conformal, one per calibrated run
+    methods: list[str] = field(default_factory=list)
+    levels: list[float] = field(default_factory=list)
+    mismatch: bool = False
 
 
 class Predictor:
@@ -360,7 +381,8 @@ class Predictor:
         male, ca, ca_source, img = self._read(res, source, name, sex, dob, exam_date, age_months)
         prepared = self._prepare(res, img)
         est = self._run_tta(res, prepared, male, tta)
-        self._combine(res, est)
+        self._combine(res, est, len(self.runs))
+        res.measured_coverage = self._coverage(est, len(self.runs))
         self._model_alerts(res, est.ood_scores)
         if want_cam:
             self._cam_map(res, prepared, male)
@@ -387,7 +409,10 @@ class Predictor:
         res.image_sha256 = hashlib.sha256(data if data is not None else Path(source).read_bytes()).hexdigest()
         res.original_size = (img.shape[1], img.shape[0])
         colour = colourfulness(source) if (info.channels >= 3 and not info.dicom) else None
-        res.warnings += image_checks(img, info, colour)
+        # inverted / rotated images come back corrected when the detector is certain; the
+        # corrected image is what is predicted on and shown
+        img, alerts = checked_image(img, info, colour)
+        res.warnings += alerts
         return male, ca, ca_source, img
 
     def _prepare(self, res: PredictionResult, img: np.ndarray) -> dict[str, np.ndarray]:
@@ -418,27 +443,56 @@ class Predictor:
                 est.rmses.append(float(rmse))
             res.members.append({"run": run.path.name, "bone_age_months": round(est.means[-1], 2),
                                 "tta_sd_months": round(float(np.sqrt(est.variances[-1])), 3)})
+            conf = run.conformal
+            if conf is not None:  # the group comes from this member's own estimate and the given sex
+                group = conf.groups_of([est.means[-1]], [male])[0]
+                est.half_widths.append(float(conf.half_width([est.means[-1]], [male])[0]))
+                est.methods.append(conf.describe(group))
+                est.levels.append(conf.level)
+                est.mismatch |= run.calibrated_procedure != Procedure.for_predict(n)
+                res.members[-1]["interval_half_width_months"] = round(est.half_widths[-1], 2)
             ref = self.ood_reference(run)
             if ref is not None:
                 est.ood_scores.append(ref.score(emb))
         res.timings["model_tta"] = time.perf_counter() - t2
         return est
 
+    def _coverage(self, est: _Estimate, n_runs: int) -> dict | None:
+        """The run's measured interval coverage (one calibrated run only: an ensemble's was never measured)."""
+        if n_runs == 1 and len(est.half_widths) == 1:
+            return self.runs[0].measured_coverage()
+        return None
+
     @staticmethod
-    def _combine(res: PredictionResult, est: _Estimate) -> None:
+    def _combine(res: PredictionResult, est: _Estimate, n_runs: int = 1) -> None:
         """The estimate and its interval (see the module docstring) from the runs' outcomes."""
         ba = float(np.mean(est.means))
         sd_tta = float(np.sqrt(np.mean(est.variances) + (np.var(est.means) if len(est.means) > 1 else 0.0)))
         rmse = float(np.mean(est.rmses)) if est.rmses else None
-        sd = max(sd_tta, rmse or 0.0)
         res.tta_sd_months, res.rmse_months = sd_tta, rmse
-        res.interval_source = "tta" if rmse is None or sd_tta >= rmse else "validation rmse"
         if ba < 0:
             res.warnings.append(Alert(Code.NEGATIVE_BONE_AGE,
                                       f"the model predicted a negative bone age ({ba:.1f} months); shown as 0"))
             ba = 0.0
         res.bone_age_months = ba
-        res.interval_months = (max(0.0, ba - Z95 * sd), ba + Z95 * sd)
+        if est.half_widths and len(est.half_widths) == n_runs:
+            half = float(np.mean(est.half_widths))
+            res.interval_source = "conformal"
+            res.interval_level = float(np.mean(est.levels))
+            res.interval_method = est.methods[0] if n_runs == 1 else (
+                f"{'; '.join(est.methods)} (ensemble: the members' half-widths averaged)")
+            res.interval_procedure_mismatch = est.mismatch
+            if est.mismatch:
+                res.interval_method += (f"; calibrated for another number of TTA copies than the {res.tta} used "
+                                        "here, so its coverage is approximate")
+            res.interval_months = (max(0.0, ba - half), ba + half)
+        else:
+            sd = max(sd_tta, rmse or 0.0)
+            res.interval_source = "tta" if rmse is None or sd_tta >= rmse else "validation rmse"
+            res.interval_level = 0.95
+            res.interval_method = LEGACY_INTERVAL if not est.half_widths else (
+                LEGACY_INTERVAL.replace("this run has", "some ensemble members have"))
+            res.interval_months = (max(0.0, ba - Z95 * sd), ba + Z95 * sd)
         if ba > RSNA_MAX_MONTHS:
             res.warnings.append(Alert(Code.BEYOND_TRAINING_RANGE, f"bone age {ba / 12:.1f} y is beyond the range "
                                                                   "of the RSNA training data (0-19 y)"))

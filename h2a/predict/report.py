@@ -22,7 +22,7 @@ from PIL import Image
 
 from h2a import RESEARCH_NOTE, __version__
 from h2a.engine.runs import atomic_write_bytes
-from h2a.predict.alerts import codes, messages
+from h2a.predict.alerts import codes, flagged, messages
 from h2a.predict.clinical import (
     REFERENCE_LIMITS,
     REFERENCE_STATEMENT,
@@ -91,14 +91,41 @@ def clinical_rows(result, *, short: bool = False) -> list[tuple[str, str]]:
     ]
 
 
-def _numbers(result) -> list[tuple[str, str]]:
+def coverage_text(result, short: bool = False) -> str:
+    """How often the run's intervals covered the true bone age, and where that was measured."""
+    cov = getattr(result, "measured_coverage", None)
+    if cov:
+        if not short:
+            return cov["text"]
+        where = "held-out" if cov.get("source") == "held-out evaluation" else "validation (cross-fit)"
+        return f"{100 * cov['coverage']:.1f}% of {cov['n']:,} {where} images"
+    if result.interval_source == "conformal":
+        return "not measured for this combination of runs"
+    return "never measured (old interval rule)"
+
+
+def interval_rows(result, *, short: bool = False) -> list[tuple[str, str]]:
+    """The interval, how it was made and how often such intervals covered the truth: one
+    wording for the page's table and the PDF (``short``: the method's name only; the
+    PDF's model section and the page's caption give the full sentence)."""
     lo, hi = result.interval_months
-    src = {"tta": "test-time augmentation spread", "validation rmse": "validation RMSE (larger than the TTA spread)"}
+    level = getattr(result, "interval_level", None) or 0.95
+    method = str(getattr(result, "interval_method", None) or result.interval_source)
+    if short:
+        method = (f"split-conformal {100 * level:g}% (by age band and sex)" if result.interval_source == "conformal"
+                  else "old rule: 1.96 x max(TTA SD, validation RMSE)")
     return [
-        ("Bone age", f"{result.bone_age_months:.1f} months ({months_to_text(result.bone_age_months)})"),
-        ("95% interval", f"{lo:.1f} - {hi:.1f} months"),
-        ("Interval from", src.get(result.interval_source, str(result.interval_source))),
-    ] + clinical_rows(result)
+        (f"{100 * level:g}% interval", f"{lo:.1f} - {hi:.1f} months"),
+        ("Interval method", method),
+        ("Measured coverage", coverage_text(result, short)),
+    ]
+
+
+def _numbers(result) -> list[tuple[str, str]]:
+    mark = "  FLAGGED: see the warnings below" if flagged(result.warnings) else ""
+    return [
+        ("Bone age", f"{result.bone_age_months:.1f} months ({months_to_text(result.bone_age_months)}){mark}"),
+    ] + interval_rows(result, short=True) + clinical_rows(result)
 
 
 def _chart_axes(pdf: FPDF, x: float, y: float, w: float, h: float, xmax: float, ymax: float, px, py) -> None:
@@ -232,7 +259,7 @@ def _images_and_numbers(pdf: FPDF, result, alpha: float) -> float:
 
 
 def _warnings(pdf: FPDF, result, y: float) -> float:
-    """The coded alerts' messages (at most 8, most important first as the predictor orders them)."""
+    """Every coded alert's message, most important first as the predictor orders them."""
     if not result.warnings:
         return y
     pdf.set_xy(12, y)
@@ -240,7 +267,7 @@ def _warnings(pdf: FPDF, result, y: float) -> float:
     pdf.set_text_color(180, 90, 0)
     pdf.cell(0, 5, "Warnings", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("helvetica", "", 7.5)
-    for alert in result.warnings[:8]:  # coded alerts: the reader gets the message
+    for alert in result.warnings:  # coded alerts: the reader gets the message, every one
         pdf.multi_cell(0, 3.8, _t(f"- {alert.message}"), new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
     return pdf.get_y() + 2
@@ -275,11 +302,19 @@ def _model_and_reference(pdf: FPDF, result, y: float) -> None:
                 f"{' (SYNTHETIC demo data)' if m.get('synthetic') else ''}; trained {m.get('created') or '?'} "
                 f"with H2A {m.get('h2a_version')}")
         pdf.multi_cell(0, 3.6, _t(line), new_x="LMARGIN", new_y="NEXT")
+    if result.interval_source == "conformal":
+        how = ("interval = estimate +/- a half-width learnt on the run's validation images (split-conformal: "
+               "the residual quantile of the image's predicted-age band and sex, so it covers the true bone "
+               "age of such images at the stated rate)")
+    else:
+        how = (f"interval = estimate +/- 1.96 x max(TTA SD {_fmt(result.tta_sd_months, '.2f')}, validation RMSE "
+               f"{_fmt(result.rmse_months, '.2f')}) months (old rule, coverage never measured)")
     pdf.multi_cell(0, 3.6, _t(
         f"Estimate = mean of {result.tta} test-time augmented copies"
-        f"{' averaged over the ensemble' if len(result.model_info) > 1 else ''}; interval = estimate "
-        f"+/- 1.96 x max(TTA SD {_fmt(result.tta_sd_months, '.2f')}, validation RMSE "
-        f"{_fmt(result.rmse_months, '.2f')}) months."), new_x="LMARGIN", new_y="NEXT")
+        f"{' averaged over the ensemble' if len(result.model_info) > 1 else ''}; {how}."),
+        new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 3.6, _t(f"Interval method: {getattr(result, 'interval_method', None) or '-'}. "
+                              f"Measured coverage: {coverage_text(result)}."), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(1)
     pdf.set_font("helvetica", "B", 8.5)
     pdf.cell(0, 4.5, "Reference", new_x="LMARGIN", new_y="NEXT")
@@ -322,7 +357,8 @@ def write_report(result, path: str | Path, **kwargs) -> Path:
 
 CSV_COLUMNS = [
     "file", "sex", "sex_source", "chronological_age_months", "chronological_age_source", "bone_age_months",
-    "bone_age_years", "interval_low_months", "interval_high_months", "ba_minus_ca_months", "sds",
+    "bone_age_years", "interval_low_months", "interval_high_months", "interval_method", "measured_coverage",
+    "ba_minus_ca_months", "sds",
     "classification", "warnings", "warning_codes", "model_run", "error",
 ]
 
@@ -332,6 +368,8 @@ def _row(r) -> dict:
     interval = d.get("interval_months") or [None, None]
     out = {k: d.get(k) for k in CSV_COLUMNS}
     out["interval_low_months"], out["interval_high_months"] = interval[0], interval[1]
+    cov = d.get("measured_coverage")
+    out["measured_coverage"] = cov.get("text") if isinstance(cov, dict) else cov
     alerts = d.get("warnings") or []
     out["warnings"] = "; ".join(messages(alerts))  # for people
     out["warning_codes"] = ";".join(codes(alerts))  # for filters and scripts: stable, unlike the wording
