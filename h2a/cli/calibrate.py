@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from h2a.cli.common import CliError, print_json
+from h2a.cli.common import CliError, add_procedure_options, print_json
 from h2a.progress import StderrProgress
 
 
@@ -48,9 +48,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="refit a run's interval / probability calibration on its validation split")
     p.add_argument("--model", required=True, help="run folder or name")
-    p.add_argument("--tta", action="store_true", help="the predictions average the horizontally flipped image too")
-    p.add_argument("--tta-views", type=int, default=None, metavar="N",
-                   help="augmented copies averaged (default: what h2a predict uses, 7 plus the image)")
+    add_procedure_options(p, views_default=None,
+                          views_help="augmented copies averaged (default: what h2a predict uses, 7 plus the image)")
     p.add_argument("--level", type=float, default=0.95, help="nominal coverage of the bone-age interval")
     p.add_argument("--logit-shift", action="store_true",
                    help="sex runs: fit an offset as well as the temperature (moves the 0.5 decisions)")

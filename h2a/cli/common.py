@@ -77,3 +77,10 @@ def preprocess_config_from_args(args: argparse.Namespace, **defaults):
         return PreprocessConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
         raise CliError(f"preprocessing: {exc}") from exc
+
+
+def add_procedure_options(p: argparse.ArgumentParser, *, views_default: int | None, views_help: str) -> None:
+    """--tta / --tta-views: how predictions are averaged. One definition for evaluate and
+    calibrate, whose procedures must match for an interval's coverage to hold."""
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--tta-views", type=int, default=views_default, metavar="N", help=views_help)

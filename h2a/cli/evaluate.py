@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from h2a.cli.common import CliError, print_json
+from h2a.cli.common import CliError, add_procedure_options, print_json
 from h2a.progress import StderrProgress
 
 
@@ -54,8 +54,7 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="dataset folder (default: the run's own dataset)")
     p.add_argument("--split", choices=["all", "validation", "holdout"], default=None,
                    help="all labelled images (default for another folder) or the run's validation/holdout ids")
-    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--tta-views", type=int, default=0, metavar="N",
-                   help="also average N augmented copies (the run's own augmentation ranges)")
+    add_procedure_options(p, views_default=0,
+                          views_help="also average N augmented copies (the run's own augmentation ranges)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
