@@ -56,10 +56,10 @@ for page, label, icon in LINKS:
 
 st.subheader("Command line")
 st.code(
-    f"python -m h2a stats --data {ds.root} --json\n"
-    "python -m h2a inspect FILE.png FILE.dcm\n"
-    f"python -m h2a train --data {ds.root} --out models/my-run --arch efficientnet_lite0 --image-size 128\n"
-    "python -m h2a evaluate --model models/my-run --json",
+    f"h2a stats --data {ds.root} --json\n"
+    "h2a inspect FILE.png FILE.dcm\n"
+    f"h2a train --data {ds.root} --out models/my-run --arch efficientnet_lite0 --image-size 128\n"
+    "h2a evaluate --model models/my-run --json",
     language="bash", wrap_lines=True,
 )
 st.caption(f"H2A {__version__}. {RESEARCH_NOTE} RSNA data: Halabi et al., Radiology 2019;290(2):498-503.")
