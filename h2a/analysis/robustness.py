@@ -187,12 +187,9 @@ def select_images(run_meta: dict, labelled: pd.DataFrame, split: str, limit: int
     any folder holding those ids) or 'all'; then a seeded sample of ``limit`` of them."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    rows = labelled
-    if split != "all":
-        wanted = {str(i) for i in run_meta.get("splits", {}).get(split, [])}
-        if not wanted:
-            raise ValueError(f"the run has no {split} ids (train with --holdout-fraction for a holdout)")
-        rows = rows[rows["id"].astype(str).isin(wanted)]
+    from h2a.inference.evaluate import rows_in_split
+
+    rows = rows_in_split(run_meta, labelled, split)
     if rows.empty:
         raise ValueError(f"no labelled images with a file to test ({split})")
     if limit is not None and limit < 1:

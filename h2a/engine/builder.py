@@ -130,11 +130,16 @@ def make_loader(cfg: TrainConfig, dataset: CachedImageDataset, device: torch.dev
 
 def make_callbacks(cfg: TrainConfig, main: bool, distributed: bool, device: torch.device, writer: ProgressFile,
                    tracker: MLflowTracker, log) -> list:
-    """The run's handlers, in the order they see each event."""
+    """The run's handlers, in the order they see each event.
+
+    The progress file comes after the checkpointer: a reader that sees epoch N in
+    progress.json's history can rely on checkpoint.pt holding epoch N (resume, the app).
+    """
     run_dir = Path(cfg.out)
     reduce = functools.partial(all_reduce_max, device=device) if distributed else None
-    return [DivergenceGuard(cfg.lr), writer, StopFlags(run_dir, main, cfg.time_budget_min, reduce), tracker,
-            Checkpointer(run_dir, main, tracker.run_id), EpochLog(log, main, cfg.epochs), EarlyStopping(cfg.patience)]
+    return [DivergenceGuard(cfg.lr), StopFlags(run_dir, main, cfg.time_budget_min, reduce), tracker,
+            Checkpointer(run_dir, main, tracker.run_id), EpochLog(log, main, cfg.epochs), writer,
+            EarlyStopping(cfg.patience)]
 
 
 def build_engine(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, writer: ProgressFile,

@@ -42,6 +42,18 @@ class SplitImages:
     split: str
 
 
+def rows_in_split(meta: dict, labelled: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The labelled rows of a run's saved ``split`` ids ('validation' / 'holdout'), or all of
+    them for 'all': one rule for evaluation, calibration and the robustness report."""
+    if split not in ("validation", "holdout"):
+        return labelled
+    wanted = {str(i) for i in meta.get("splits", {}).get(split, [])}
+    if not wanted:
+        raise ValueError(f"run {meta.get('name', '')} has no {split} ids "
+                         "(train with --holdout-fraction for a holdout)")
+    return labelled[labelled["id"].astype(str).isin(wanted)]
+
+
 def split_images(run: LoadedRun, data: str | Path | None, split: str | None,
                  progress: ProgressFn | None = None) -> SplitImages:
     """The images a run is evaluated (or calibrated) on: ``data`` None = the run's own dataset;
@@ -54,12 +66,7 @@ def split_images(run: LoadedRun, data: str | Path | None, split: str | None,
     same = data_path.resolve() == Path(own).resolve()
     split = split or ("validation" if same and not data else "all")
     ds = load_dataset(data_path)
-    labelled = run.task_obj.labelled(ds)
-    if split in ("validation", "holdout"):
-        wanted = set(run.meta["splits"].get(split, []))
-        if not wanted:
-            raise ValueError(f"run {run.path.name} has no {split} ids (train with --holdout-fraction for a holdout)")
-        labelled = labelled[labelled["id"].astype(str).isin(wanted)]
+    labelled = rows_in_split(run.meta, run.task_obj.labelled(ds), split)
     if labelled.empty:
         raise ValueError(f"{ds.name}: no labelled images to evaluate on ({split})")
     cache = build_cache(ds, run.preprocess, progress=progress)
