@@ -124,6 +124,10 @@ class TrainConfig:
                                                "(more epochs in a time budget)")
     max_train_images: int | None = option(None, minimum=1, form=False,
                                           help="train on at most this many images (quick experiments)")
+    exclude_ids: str | None = option(None, metavar="FILE_OR_DIR", form=False,
+                                     help="never train on these image ids: a dataset folder (its ids), a CSV "
+                                          "with an id column, or a text file with one id per line; the "
+                                          "validation and held-out splits stay as they would be without it")
 
     def validate(self) -> None:
         """Per-field checks come from the declarations; the rules below join fields."""

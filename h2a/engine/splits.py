@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from h2a.data.datasets import Dataset, stratified_split
+import numpy as np
+import pandas as pd
+
+from h2a.data.datasets import Dataset, DatasetError, load_dataset, stratified_split
 from h2a.engine.config import TrainConfig, TrainingError
 from h2a.engine.tasks import get_task
 
@@ -34,4 +37,28 @@ def make_splits(ds: Dataset, cfg: TrainConfig) -> dict[str, list[str]]:
     if len(train) < 2 or len(val) < 1:
         raise TrainingError(f"{ds.name}: too few labelled images to train ({len(train)} train, {len(val)} validation)")
     ids = meta["id"].astype(str).to_numpy()
+    if cfg.exclude_ids:
+        # After the split, so excluding ids moves no image between validation and held-out.
+        train = train[~np.isin(ids[train], sorted(read_id_list(cfg.exclude_ids)))]
     return {"train": ids[train].tolist(), "validation": ids[val].tolist(), "holdout": ids[holdout].tolist()}
+
+
+def read_id_list(source: str | Path) -> set[str]:
+    """Image ids from a dataset folder, a CSV with an id column, or one id per line."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        try:
+            return set(load_dataset(path).meta["id"].astype(str))
+        except DatasetError as exc:
+            raise TrainingError(f"--exclude-ids {path}: {exc}") from exc
+    if not path.is_file():
+        raise TrainingError(f"--exclude-ids {path}: no such file or folder")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    first = text.splitlines()[0] if text.strip() else ""
+    if "," in first:
+        frame = pd.read_csv(path, dtype=str)
+        col = next((c for c in frame.columns if c.strip().lower() == "id"), None)
+        if col is None:
+            raise TrainingError(f"--exclude-ids {path}: a CSV needs an 'id' column (found {list(frame.columns)})")
+        return set(frame[col].dropna().str.strip())
+    return {line.strip() for line in text.splitlines() if line.strip()}
