@@ -2,7 +2,17 @@
 
 import streamlit as st
 
+from h2a.app.auth import is_unlocked, require_password
+from h2a.server import configure_logging, log_page_error
+
 st.set_page_config(page_title="H2A · Hand-to-Age", page_icon=":material/back_hand:", layout="wide")
+configure_logging()
+
+
+class PageError(Exception):
+    """What the browser sees of a page's failure: an id, never the traceback (it is in the log)."""
+
+    alternate_name = "Error"
 
 PAGES = {
     "Explore": [
@@ -23,4 +33,14 @@ PAGES = {
 
 # The page files live in app_pages/, not pages/, so Streamlit's legacy directory routing
 # stays off: every URL, even a fresh server's first request, goes through this router.
-st.navigation(PAGES).run()
+# Locked, the menu is hidden and the password form replaces every page (the URL's page
+# opens once the password is entered).
+page = st.navigation(PAGES, position="sidebar" if is_unlocked() else "hidden")
+require_password()
+try:
+    page.run()
+except Exception as exc:  # st.stop / st.rerun are BaseExceptions and pass through
+    error_id = log_page_error(exc, where=page.title)
+    # An exception element that was never raised carries no traceback: the id and a
+    # fixed sentence only. (Tests still see it as ``at.exception``.)
+    st.exception(PageError(f"Something went wrong (error id {error_id}); the server log has the details."))

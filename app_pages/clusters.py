@@ -13,6 +13,7 @@ from h2a.app.state import require_dataset
 from h2a.models import PretrainedWeightsUnavailable
 from h2a.data.preprocess import PreprocessConfig
 from h2a.engine.runs import list_runs
+from h2a.exports import csv_bytes
 
 active = require_dataset()
 ds = active.ds
@@ -144,6 +145,6 @@ fig.update_xaxes(title_text="k")
 fig.update_layout(title="k-means on the full embedding for k = 2 to 10", showlegend=False)
 st.plotly_chart(style(fig, height=320), width="stretch")
 
-csv = frame.to_csv(index=False).encode()
+csv = csv_bytes(frame)
 st.download_button("Download coordinates and clusters (CSV)", csv, file_name=f"{ds.name}-clusters-k{k}.csv",
                    mime="text/csv", key="cl_download")

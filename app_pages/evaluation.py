@@ -17,6 +17,7 @@ from h2a.inference.cam import overlay
 from h2a.data.datasets import DatasetError
 from h2a.data.imageio import ImageReadError
 from h2a.engine.runs import list_runs, read_json
+from h2a.exports import csv_bytes
 
 active = require_dataset()
 ds = active.ds
@@ -208,5 +209,5 @@ if cam_ids:
             continue
         col.image(overlay(u8, heat, alpha=alpha), caption=f"{ident}: pred {row.predicted:.0f} mo", width="stretch")
 
-st.download_button("Download predictions (CSV)", preds.to_csv(index=False).encode(), file_name=f"{focus}-predictions.csv",
+st.download_button("Download predictions (CSV)", csv_bytes(preds), file_name=f"{focus}-predictions.csv",
                    mime="text/csv")

@@ -6,6 +6,7 @@ import streamlit as st
 from h2a.app.charts import SEX_COLORS, style
 from h2a.app.state import progress_callback, require_dataset, thumb_for
 from h2a.analysis.stats import age_bin_table, compute_stats, intensity_summary, split_table
+from h2a.exports import csv_bytes, safe_frame
 
 active = require_dataset()
 ds = active.ds
@@ -141,6 +142,6 @@ with tab_problems:
         kinds = probs["problem"].str.replace(r"[0-9]+", "N", regex=True).str.split(":").str[0]
         st.warning(f"{len(probs)} problems. The good rows are loaded; these rows or files were skipped or have no image.")
         st.dataframe(kinds.value_counts().rename_axis("kind").rename("count").reset_index(), hide_index=True)
-        st.dataframe(probs, hide_index=True, width="stretch")
-        st.download_button("Download the problem list (CSV)", probs.to_csv(index=False).encode(),
+        st.dataframe(safe_frame(probs), hide_index=True, width="stretch")  # its toolbar exports too
+        st.download_button("Download the problem list (CSV)", csv_bytes(probs),
                            file_name=f"{ds.name}-problems.csv", mime="text/csv")

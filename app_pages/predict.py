@@ -7,7 +7,7 @@ import streamlit as st
 
 from h2a import RESEARCH_NOTE
 from h2a.app import predict_ui as ui
-from h2a.predict.clinical import parse_date
+from h2a.predict.clinical import MAX_AGE_YEARS, parse_date
 from h2a.predict.predictor import DEFAULT_TTA
 from h2a.predict.report import batch_csv
 
@@ -73,7 +73,7 @@ if len(files) == 1:
                               max_value=date.today(), format="YYYY-MM-DD", key=f"dob-{key}")
         exam = c[1].date_input("Exam date", value=parse_date(f.get("exam_date")), min_value=date(1900, 1, 1),
                                max_value=date.today(), format="YYYY-MM-DD", key=f"exam-{key}")
-        age = c[2].number_input("…or age at exam (months)", min_value=0.0, max_value=300.0,
+        age = c[2].number_input("…or age at exam (months)", min_value=0.0, max_value=float(MAX_AGE_YEARS * 12),
                                 value=f.get("age_months"), step=1.0, key=f"age-{key}",
                                 help="Used when the dates are not both given.")
         submitted = st.form_submit_button("Estimate bone age", type="primary")
@@ -106,7 +106,7 @@ else:
                 "sex": st.column_config.SelectboxColumn("sex", options=ui.SEXES),
                 "date of birth": st.column_config.DateColumn("date of birth", format="YYYY-MM-DD"),
                 "exam date": st.column_config.DateColumn("exam date", format="YYYY-MM-DD"),
-                "age at exam (months)": st.column_config.NumberColumn(min_value=0.0, max_value=300.0),
+                "age at exam (months)": st.column_config.NumberColumn(min_value=0.0, max_value=float(MAX_AGE_YEARS * 12)),
             })
         submitted = st.form_submit_button(f"Estimate bone age for {len(files)} files", type="primary")
     if submitted:

@@ -15,6 +15,7 @@ from h2a.app.training_ui import curves, new_run_and_pick, show_run
 from h2a.inference.cam import overlay
 from h2a.data.imageio import ImageReadError
 from h2a.engine.runs import read_json, summarize
+from h2a.exports import csv_bytes
 from h2a.analysis.sex import (
     confident_cases,
     expected_calibration_error,
@@ -171,5 +172,5 @@ for title, cases in (("Confidently right", right_cases), ("Confidently wrong", w
                   caption=f"{row.id}: {'boy' if row.male else 'girl'}, P(male) {row.p_male:.2f}, "
                           f"{row.boneage:.0f} mo")
 
-st.download_button("Download predictions (CSV)", preds.to_csv(index=False).encode(),
+st.download_button("Download predictions (CSV)", csv_bytes(preds),
                    file_name=f"{run_dir.name}-sex-predictions.csv", mime="text/csv", key="sex_download")

@@ -22,6 +22,9 @@ class Settings:
     demo_n: int
     demo_seed: int
     workers: int
+    data_roots: tuple[Path, ...] = ()  # folders the app may open datasets under (h2a.server.check_data_path)
+    password_hash: str | None = None  # h2a.server.hash_password's line; None = no password asked
+    predict_slots: int = 1  # heavy predictions run at once per server process (bounds peak memory)
 
     @property
     def demo_dir(self) -> Path:
@@ -70,15 +73,28 @@ def get_settings() -> Settings:
     else:
         models_dir = REPO_ROOT / "models"
     data_env = os.environ.get("H2A_DATA_DIR", "").strip()
+    data_dir = Path(data_env).expanduser() if data_env else None
     return Settings(
-        data_dir=Path(data_env).expanduser() if data_env else None,
+        data_dir=data_dir,
         workspace=workspace,
         models_dir=models_dir,
         device=os.environ.get("H2A_DEVICE", "auto").strip() or "auto",
         demo_n=_int_env("H2A_DEMO_N", 2000),
         demo_seed=_int_env("H2A_DEMO_SEED", 0),
         workers=_int_env("H2A_WORKERS", max(1, min(8, os.cpu_count() or 1))),
+        data_roots=_data_roots(workspace, data_dir),
+        password_hash=os.environ.get("H2A_PASSWORD_HASH", "").strip() or None,
+        predict_slots=max(1, _int_env("H2A_PREDICT_SLOTS", 1)),
     )
+
+
+def _data_roots(workspace: Path, data_dir: Path | None) -> tuple[Path, ...]:
+    """``H2A_DATA_ROOTS`` (os.pathsep-separated) or, unset, the workspace and ``H2A_DATA_DIR``:
+    the app's folder picker opens nothing outside them (the server is shared)."""
+    raw = os.environ.get("H2A_DATA_ROOTS", "")
+    if raw.strip():
+        return tuple(Path(p.strip()).expanduser() for p in raw.split(os.pathsep) if p.strip())
+    return (workspace,) + ((data_dir,) if data_dir is not None else ())
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,44 @@ def make_corpus(dirpath: Path) -> list[CorpusCase]:
     (d / "_whole.dcm").unlink()
     add("truncated.dcm", False, "CorruptImageError", "DICOM cut inside its pixel data", header_ok=True).write_bytes(
         whole[: len(whole) - 2000])
+
+    # --- odd files a scan met in the field (issue 17) ---
+    add("jpeg_trailer.jpg", True, None, "bytes after the JPEG end marker (phones, PACS exports)").write_bytes(
+        jpeg_with_trailer_bytes())
+    add("bad_frames.dcm", False, "CorruptImageError", "NumberOfFrames 'xy': header reads, pixels cannot",
+        header_ok=True).write_bytes(bad_frames_dicom_bytes(d / "_frames.dcm"))
+    add("bad_ifd.tif", False, "CorruptImageError", "TIFF whose next-page pointer points past the end").write_bytes(
+        bad_ifd_tiff_bytes())
     return cases
+
+
+def jpeg_with_trailer_bytes(trailer: bytes = b"\x00\x00PHONE-METADATA" * 40) -> bytes:
+    """A good JPEG followed by bytes after its end-of-image marker."""
+    return _encode(Image.fromarray(gray8()), "JPEG") + trailer
+
+
+def bad_frames_dicom_bytes(scratch: Path) -> bytes:
+    """A DICOM whose NumberOfFrames (an IS, integer string) holds 'xy'."""
+    from pydicom.dataelem import DataElement
+
+    path = make_dicom(scratch)
+    ds = __import__("pydicom").dcmread(path)
+    ds.add(DataElement(0x00280008, "IS", "1"))
+    ds.save_as(path)
+    raw = path.read_bytes()
+    path.unlink()
+    at = raw.index(b"\x28\x00\x08\x00IS\x02\x00")  # explicit VR little endian, length 2
+    return raw[:at + 8] + b"xy" + raw[at + 10:]
+
+
+def bad_ifd_tiff_bytes() -> bytes:
+    """A one-page TIFF whose pointer to the next page points far past the end of the file."""
+    data = bytearray(_encode(Image.fromarray(gray8()), "TIFF"))
+    first = struct.unpack("<I", data[4:8])[0]
+    entries = struct.unpack("<H", data[first:first + 2])[0]
+    nxt = first + 2 + 12 * entries
+    data[nxt:nxt + 4] = struct.pack("<I", 0xFFFFFFF0)
+    return bytes(data)
 
 
 def _encode(im: Image.Image, fmt: str) -> bytes:

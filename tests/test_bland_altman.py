@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +60,59 @@ def test_evaluate_json_reports_bland_altman(tiny_run, capsys) -> None:
     assert ba["loa_high"] == pytest.approx(preds["error"].mean() + 1.96 * preds["error"].std(), abs=1e-6)
     assert main(["evaluate", "--model", str(tiny_run)]) == 0  # the text form names the limits too
     assert "limits of agreement" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- evaluate on edge datasets (issue 17)
+
+def _labelled_copy(demo_dir: Path, dest: Path, n: int, garbage: int) -> Path:
+    """The first ``n`` labelled demo images in RSNA layout, the first ``garbage`` of them
+    replaced by bytes no decoder reads."""
+    import shutil
+
+    import pandas as pd
+
+    from h2a.data.demo import TRAIN_CSV, TRAIN_DIR
+
+    labels = pd.read_csv(demo_dir / TRAIN_CSV).head(n)
+    (dest / TRAIN_DIR).mkdir(parents=True)
+    labels.to_csv(dest / TRAIN_CSV, index=False)  # input data for the test, not an H2A export
+    for k, i in enumerate(labels["id"]):
+        target = dest / TRAIN_DIR / f"{i}.png"
+        if k < garbage:
+            target.write_bytes(b"\x89PNG\r\n\x1a\n not really a png " * 4)
+        else:
+            shutil.copy(demo_dir / TRAIN_DIR / f"{i}.png", target)
+    return dest
+
+
+def _no_nan_tokens(text: str) -> dict:
+    """Parse JSON strictly: NaN / Infinity tokens (not JSON) raise."""
+    def bad(token):
+        raise AssertionError(f"{token} in JSON output")
+
+    return json.loads(text, parse_constant=bad)
+
+
+def test_evaluate_with_no_decodable_image_exits_2_with_one_line(tiny_run, demo_dir, tmp_path, capsys) -> None:
+    from h2a.cli import main
+
+    data = _labelled_copy(demo_dir, tmp_path / "broken", n=4, garbage=4)
+    for extra in ([], ["--json"]):
+        assert main(["evaluate", "--model", str(tiny_run), "--data", str(data), *extra]) == 2
+        cap = capsys.readouterr()
+        lines = [ln for ln in cap.err.splitlines() if ln.strip() and not ln.startswith("evaluate")]
+        assert len(lines) == 1, cap.err
+        assert "none of the 4 labelled images could be decoded" in lines[0] and "Traceback" not in cap.err
+        assert cap.out == ""
+
+
+def test_evaluate_json_is_strict_json_with_one_decodable_image(tiny_run, demo_dir, tmp_path, capsys) -> None:
+    """One image left: SDs, R2 and the limits of agreement are undefined; --json says null."""
+    from h2a.cli import main
+
+    data = _labelled_copy(demo_dir, tmp_path / "one", n=3, garbage=2)
+    assert main(["evaluate", "--model", str(tiny_run), "--data", str(data), "--json"]) == 0
+    out = _no_nan_tokens(capsys.readouterr().out)
+    assert out["n"] == 1 and out["n_failed_images"] == 2 and out["bland_altman"]["sd"] is None
+    assert main(["evaluate", "--model", str(tiny_run), "--data", str(data)]) == 0
+    assert "on 1 images" in capsys.readouterr().out

@@ -223,3 +223,26 @@ def test_epoch_log_line() -> None:
     EpochLog(lines.append, True, 10).on_epoch_end(_eng(task=get_task("boneage")), record)
     EpochLog(lines.append, False, 10).on_epoch_end(_eng(task=get_task("boneage")), record)
     assert lines == ["epoch 3/10: train loss 0.2500, val MAE 9.50 mo (12 s at 96 px, data wait 10%)"]
+
+
+def test_progress_file_finish_is_written_even_when_the_disk_is_full(tmp_path: Path, monkeypatch) -> None:
+    """The atomic write needs room for a temp file; the last word must not need it (it used
+    to fail, leaving 'running' on disk and masking the error that ended the run)."""
+    import errno
+
+    from h2a.engine import callbacks
+
+    state = {"status": "running", "epochs": 2, "history": [{"epoch": 1}]}
+    pf = ProgressFile(tmp_path, True, state)
+    pf.update(force=True)
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(callbacks, "atomic_write_json", full)
+    logged: list[str] = []
+    pf.finish("failed", "disk full while writing checkpoint.pt", logged.append)
+    prog = json.loads((tmp_path / "progress.json").read_text())
+    assert prog["status"] == "failed" and prog["message"].startswith("disk full")
+    assert prog["history"] == [{"epoch": 1}] and not logged
+    assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]

@@ -87,3 +87,27 @@ def test_mlflow_tracker_logs_to_a_file_store_and_never_raises(tmp_path: Path, mo
     assert off.run_id == "given" and off.error is None
     if hasattr(get_settings, "cache_clear"):
         get_settings.cache_clear()
+
+
+def test_a_bad_checkpoint_is_a_clear_error_naming_the_file(tmp_path: Path) -> None:
+    from h2a.engine.state import CheckpointError, load_checkpoint
+
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    good = tmp_path / "checkpoint.pt"
+    save_checkpoint(good, TrainState(epoch=1), model=model, optimizer=opt, scheduler=_NoSched(), splits={},
+                    target_mean=0.0, target_std=1.0, mlflow_run_id=None)
+    assert load_checkpoint(good)["epoch"] == 1
+    data = good.read_bytes()
+    for name, content in (("cut.pt", data[: len(data) // 3]), ("noise.pt", b"\x00garbage" * 100), ("empty.pt", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{tmp_path / name} is truncated or corrupt"):
+            load_checkpoint(tmp_path / name)
+    torch.save(model.state_dict(), tmp_path / "model.pt")  # a model, not a checkpoint
+    with pytest.raises(CheckpointError, match="is not a training checkpoint"):
+        load_checkpoint(tmp_path / "model.pt")
+
+
+class _NoSched:
+    def state_dict(self) -> dict:
+        return {}

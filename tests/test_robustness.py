@@ -64,7 +64,10 @@ def test_perturbations_go_the_named_way():
 
 def test_encode_png_is_lossless_for_8_bit_images():
     img = np.round(hand_like() * 255) / 255
-    assert np.array_equal(read_image(encode_png(img), name="x.png"), img.astype(np.float32))
+    back = read_image(encode_png(img), name="x.png")
+    # the same 8-bit levels (the decoder's float32 scaling may differ from img's in the last bit)
+    assert back.dtype == np.float32 and np.array_equal(np.round(back * 255), np.round(img * 255))
+    assert np.abs(back - img).max() < 1e-6
 
 
 def test_select_images_takes_the_runs_split_and_a_seeded_sample():

@@ -43,6 +43,78 @@ def test_training_page_starts_a_run_and_shows_progress(demo_dir, monkeypatch) ->
     assert "page-run" in set(table["run"])
 
 
+def _stopped_run(demo_dir: Path, name: str) -> Path:
+    """A run killed before its first checkpoint: its config.json, and a progress.json that
+    still says 'running' for a process that is gone."""
+    import json
+    import subprocess
+    from dataclasses import asdict
+
+    from h2a.data.preprocess import PreprocessConfig
+    from h2a.engine.config import TrainConfig
+
+    run_dir = get_settings().models_dir / name
+    run_dir.mkdir(parents=True)
+    cfg = TrainConfig(data=str(demo_dir), out=str(run_dir), arch="tiny_cnn", pretrained=False, epochs=3,
+                      preprocess=PreprocessConfig(size=48).to_dict(), batch_size=32, workers=0, device="cpu")
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg)))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (run_dir / "progress.json").write_text(json.dumps({"status": "running", "pid": gone.pid, "epoch": 1,
+                                                       "epochs": 3, "history": []}))
+    return run_dir
+
+
+def _fill_form(at, name: str) -> None:
+    at.selectbox(key="boneage_arch").set_value("tiny_cnn").run()
+    at.text_input(key="boneage_name").set_value(name)
+    at.select_slider(key="boneage_size").set_value(64)
+    at.number_input(key="boneage_epochs").set_value(2)
+    next(b for b in at.button if b.label == "Start training").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _settings_shown(at) -> dict:
+    [frame] = [d.value for d in at.dataframe if list(d.value.columns) == ["setting", "value"]]
+    return dict(zip(frame["setting"], frame["value"]))
+
+
+def test_reusing_a_stopped_runs_name_asks_resume_or_another_name(demo_dir, monkeypatch) -> None:
+    """It used to resume the old run silently, with its old settings, ignoring the form."""
+    monkeypatch.delenv("H2A_DATA_DIR", raising=False)
+    run_dir = _stopped_run(demo_dir, "reuse-me")
+    saved = (run_dir / "config.json").read_text()
+    at = open_page("app_pages/training.py")
+    _fill_form(at, "reuse-me")
+    assert not (run_dir / "job.json").exists()  # nothing started yet: asked first
+    assert (run_dir / "config.json").read_text() == saved
+    assert any("stopped run named **reuse-me**" in w.value and "form's settings are not used" in w.value
+               for w in at.warning)
+    shown = _settings_shown(at)
+    assert shown["epochs"] == "3" and shown["preprocess.size"] == "48"  # the run's own settings, not the form's
+
+    next(b for b in at.button if b.label == "Choose another name").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("reuse-me" in w.value for w in at.warning)
+    assert at.text_input(key="boneage_name").value == ""
+    assert not (run_dir / "job.json").exists()
+
+    _fill_form(at, "reuse-me")
+    next(b for b in at.button if b.label == "Resume reuse-me").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert (run_dir / "job.json").exists() and (run_dir / "config.json").read_text() == saved
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        status = (read_json(run_dir / "progress.json") or {}).get("status")
+        if status in ("finished", "failed", "diverged", "stopped"):
+            break
+        time.sleep(1)
+    assert status == "finished", (run_dir / "log.txt").read_text()[-2000:]
+    meta = read_json(run_dir / "metadata.json")
+    assert meta["train_config"]["epochs"] == 3 and meta["preprocess"]["size"] == 48
+
+
 def test_training_form_offers_only_what_applies_to_the_architecture(demo_dir, monkeypatch) -> None:
     """No ImageNet box where no weights exist (it used to fail with "put the file in
     workspace/weights"); width multiplier and stochastic depth only where they apply."""

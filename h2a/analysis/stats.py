@@ -85,6 +85,7 @@ def compute_stats(
         "n_male": int((male == True).sum()),  # noqa: E712 (nullable boolean)
         "n_female": int((male == False).sum()),  # noqa: E712
         "splits": {s: int(n) for s, n in meta["split"].value_counts().items()},
+        "label_encodings": dict(ds.encodings),  # label CSV -> the text encoding it was read with
         "boneage_months": _summary(meta["boneage"]),
         "by_sex": {
             "male": _summary(meta.loc[male == True, "boneage"]),  # noqa: E712

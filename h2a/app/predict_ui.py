@@ -10,6 +10,8 @@ caches it and draws it. Warnings are coded (``h2a.predict.alerts``): the page de
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import time
 from datetime import date
 from pathlib import Path
@@ -25,8 +27,10 @@ from h2a.predict.alerts import FLAGGING, Alert, Code, flagged
 from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, reference_band
 from h2a.predict.inputs import header_facts
 from h2a.predict.predictor import PredictionResult, Predictor
+from h2a.server import heavy_work
 from h2a.settings import get_settings
 
+LOG = logging.getLogger("h2a.predict_ui")
 SEXES = ["female", "male"]
 
 
@@ -56,9 +60,13 @@ def run_key(paths: list[Path]) -> tuple[tuple[str, int], ...]:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _predictor(key: tuple[tuple[str, int], ...]) -> Predictor:
-    predictor = Predictor([k[0] for k in key])
-    predictor.prepare_ood()
-    predictor.warmup()
+    # Streamlit computes one key once even when sessions ask at the same moment; the
+    # load is heavy work too, so it queues behind running predictions.
+    with heavy_work():
+        predictor = Predictor([k[0] for k in key])
+        predictor.prepare_ood()
+        predictor.warmup()
+    LOG.info("model loaded: %s (pid %d)", ", ".join(k[0] for k in key), os.getpid())
     return predictor
 
 
@@ -71,8 +79,12 @@ def get_predictor(paths: list[Path]) -> Predictor:
 @st.cache_data(show_spinner=False, max_entries=256)
 def _predict(key: tuple, digest: str, name: str, sex: str | None, dob: date | None, exam_date: date | None,
              age_months: float | None, tta: int, _data: bytes) -> PredictionResult:
-    return _predictor(key).predict_image(_data, name=name, sex=sex, dob=dob, exam_date=exam_date,
-                                         age_months=age_months, tta=tta, cam=True)
+    predictor = _predictor(key)
+    # Only a cache miss gets here: decode + model hold a process-wide slot, so N sessions
+    # uploading at once queue instead of multiplying the peak memory.
+    with heavy_work():
+        return predictor.predict_image(_data, name=name, sex=sex, dob=dob, exam_date=exam_date,
+                                       age_months=age_months, tta=tta, cam=True)
 
 
 def predict(paths: list[Path], data: bytes, name: str, *, sex: str | None, dob: date | None,

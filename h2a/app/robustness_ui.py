@@ -18,6 +18,7 @@ import streamlit as st
 from h2a.app.charts import style
 from h2a.app.runs_ui import model_mtime
 from h2a.app.state import progress_callback
+from h2a.exports import csv_bytes
 
 DEFAULT_LIMIT = 200  # about 3 minutes for a 128 px EfficientNet-Lite0 run on 2 CPU cores
 MAX_LIMIT = 5000
@@ -110,5 +111,5 @@ def robustness_section(run_dir: str | Path, data_dir: str | Path | None, split: 
                + (f"; {info['n_in_training']} of them were trained on" if info["n_in_training"] else ""))
     st.dataframe(display_table(result.table), hide_index=True, width="stretch", key=f"rob_table_{name}")
     st.plotly_chart(robustness_chart(result.table), width="stretch", key=f"rob_chart_{name}")
-    st.download_button("Per-image answers (CSV)", result.per_image.to_csv(index=False).encode(),
+    st.download_button("Per-image answers (CSV)", csv_bytes(result.per_image),
                        file_name=f"robustness-{name}.csv", mime="text/csv", key=f"rob_csv_{name}")

@@ -17,6 +17,7 @@ import streamlit as st
 from h2a import RESEARCH_NOTE
 from h2a.settings import get_settings
 from h2a.data.datasets import Dataset, DatasetError, load_dataset, scan_headers
+from h2a.server import PathNotAllowed, check_data_path
 
 DEMO_CHOICE = "Demo dataset (synthetic)"
 ENV_CHOICE = "H2A_DATA_DIR"
@@ -141,10 +142,17 @@ def sidebar_dataset() -> ActiveData:
             path = settings.data_dir
         else:
             typed = st.text_input("Folder with the label CSV", key="dataset_custom_path",
-                                  placeholder="/data/rsna-bone-age")
-            path = Path(typed).expanduser() if typed.strip() else None
+                                  placeholder=str(settings.data_roots[0]) if settings.data_roots else "")
+            path = None
+            if typed.strip():
+                try:  # resolved (links, "..", relative) and checked against the shared roots
+                    path = check_data_path(typed.strip())
+                except PathNotAllowed as exc:
+                    st.error(str(exc))
+                    return ActiveData(None, None, None, "that folder is not shared on this server")
         if path is None:
-            st.info("Type the path of a dataset folder (RSNA layout).")
+            roots = ", ".join(str(r) for r in settings.data_roots)
+            st.info(f"Type the path of a dataset folder (RSNA layout) under {roots}.")
             return ActiveData(None, None, None, "no folder chosen")
         active = load_active(path)
         if active.error:

@@ -20,9 +20,12 @@ from h2a.device import describe_device, gpu_count, resolve_device
 from h2a.engine.config import TrainConfig, TrainingError
 from h2a.engine.jobs import (
     JobError,
+    RunExists,
     force_stop,
     log_tail,
     request_cancel,
+    resume_training,
+    saved_config,
     start_training,
 )
 from h2a.engine.runs import FINAL_STATES, list_runs, run_status
@@ -82,6 +85,8 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
                         help=arch_decl.opt.help)
     info = model_info(arch)
     shown = {d.name for d in declarations(TrainConfig) if applies(d, info)}
+    if st.session_state.pop(f"{task}_clear_name", False):  # "choose another name": before the widget exists
+        st.session_state[f"{task}_name"] = ""
     with st.form(f"train_form_{task}"):
         c1, c2, c3, c4 = st.columns(4)
         name = c1.text_input("Run name", value="", placeholder="auto: task-arch-time", key=f"{task}_name")
@@ -115,7 +120,8 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
                     values[field] = option_widget(col, TrainConfig, field, key=key)
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
-        return None
+        return reuse_choice(task)
+    st.session_state.pop(f"{task}_reuse", None)  # a new submit replaces an unanswered question
     name = name.strip() or _default_name(task, arch)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}", name):
         st.error("Run names use letters, digits, '.', '-' and '_' only.")
@@ -127,11 +133,55 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
                           preprocess=pcfg.to_dict(), workers=min(4, settings.workers), **values)
         cfg.validate()
         run_dir = start_training(cfg)
+    except RunExists as exc:
+        st.session_state[f"{task}_reuse"] = str(exc.run_dir)
+        return reuse_choice(task)
     except (JobError, TrainingError, ValueError, RuntimeError) as exc:
         st.error(str(exc))
         return None
     st.toast(f"Started {name}{' on synthetic data' if synthetic else ''}")
     return run_dir
+
+
+def settings_frame(saved: dict) -> pd.DataFrame:
+    """A run's stored settings (config.json) as rows, preprocessing flattened."""
+    rows = [(k, v) for k, v in saved.items() if k not in ("data", "out", "preprocess")]
+    rows += [(f"preprocess.{k}", v) for k, v in (saved.get("preprocess") or {}).items()]
+    rows.append(("data", saved.get("data")))
+    return pd.DataFrame({"setting": [k for k, _ in rows], "value": [str(v) for _, v in rows]})
+
+
+def reuse_choice(task: str) -> Path | None:
+    """The question a start under a stopped run's name leads to: resume it (with the settings
+    it was started with, shown here; the form's are not used) or choose another name.
+
+    Returns the run's folder once it is resumed. Asked, never assumed: resuming silently
+    used to drop every setting of the form without a word."""
+    pending = st.session_state.get(f"{task}_reuse")
+    if not pending:
+        return None
+    run_dir = Path(pending)
+    saved = saved_config(run_dir) or {}
+    status = run_status(run_dir).get("status", "stopped")
+    st.warning(f"A {status} run named **{run_dir.name}** already exists. Resume it with the settings it was "
+               "started with (below; the form's settings are not used), or choose another name.",
+               icon=":material/help:")
+    st.dataframe(settings_frame(saved), hide_index=True)
+    c1, c2 = st.columns(2)
+    if c1.button(f"Resume {run_dir.name}", key=f"{task}_reuse_resume", type="primary"):
+        st.session_state.pop(f"{task}_reuse", None)
+        try:
+            started = resume_training(run_dir)
+        except (JobError, TrainingError, ValueError, RuntimeError) as exc:
+            st.error(str(exc))
+            return None
+        st.toast(f"Resumed {run_dir.name}")
+        return started
+    if c2.button("Choose another name", key=f"{task}_reuse_other"):
+        st.session_state.pop(f"{task}_reuse", None)
+        st.session_state[f"{task}_clear_name"] = True
+        st.rerun()
+    return None
 
 
 def _eta(seconds: float | None) -> str:
@@ -191,10 +241,14 @@ def show_run(run_dir: Path, task: str) -> None:
         if s not in FINAL_STATES and s not in ("stopped", "unknown"):
             c1, c2 = st.columns([1, 4])
             if c1.button("Cancel run", key=f"cancel-{run_dir.name}"):
-                request_cancel(run_dir)
-                st.toast("Cancel requested: the run stops after the current batch and keeps its checkpoint.")
+                if request_cancel(run_dir):
+                    st.toast("Cancel requested: the run stops after the current batch and keeps its checkpoint.")
+                else:
+                    st.toast("The run's process is no longer running.")
             if c2.button("Force stop", key=f"kill-{run_dir.name}", help="only if cancel does not respond"):
-                force_stop(run_dir)
+                if not force_stop(run_dir):
+                    st.toast("Nothing stopped: the process this page started is gone (or was started "
+                             "elsewhere, e.g. from the command line).")
         with st.expander("Log"):
             st.code(log_tail(run_dir) or "(no log: the run was started from the command line)", language=None)
         if live and s in FINAL_STATES + ("stopped",):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from h2a.cli.common import (
     CliError,
@@ -91,9 +90,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         scores["sweep_full"] = sw.to_dict(orient="records")
         scores["sweep_umap"] = sw_map.to_dict(orient="records")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False)
+        from h2a.exports import write_csv
+
+        try:
+            out = write_csv(args.out, frame)
+        except OSError as exc:
+            raise CliError(f"--out {args.out}: {exc.strerror or exc}") from exc
         scores["csv"] = str(out)
     if args.json:
         print_json(scores)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from h2a.cli.common import add_preprocess_options, load_data, preprocess_config_from_args, print_json
+from h2a.cli.common import CliError, add_preprocess_options, load_data, preprocess_config_from_args, print_json
 from h2a.progress import StderrProgress
 
 
@@ -32,6 +32,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"  unreadable {result['n_unreadable_images']}",
         f"sex       male {result['n_male']}  female {result['n_female']}",
         "splits    " + ", ".join(f"{k} {v}" for k, v in result["splits"].items()),
+        "labels    " + ", ".join(f"{k} ({v})" for k, v in result["label_encodings"].items()),
     ]
     if ba["n"]:
         lines.append(f"bone age  mean {ba['mean']:.1f}  median {ba['median']:.0f}  range {ba['min']:.0f}-{ba['max']:.0f} months")
@@ -73,11 +74,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from h2a.data.cache import build_cache
+    from h2a.data.cache import CacheError, build_cache
 
     ds = load_data(args.data)
     cfg = preprocess_config_from_args(args)
-    cache = build_cache(ds, cfg, workers=args.workers, progress=StderrProgress("cache"), force=args.force)
+    try:
+        cache = build_cache(ds, cfg, workers=args.workers, progress=StderrProgress("cache"), force=args.force)
+    except CacheError as exc:  # disk full, a worker died: one line, not a traceback
+        raise CliError(str(exc)) from exc
     n_bad = int((~cache.ok).sum())
     print(f"{len(cache)} images x {cfg.size}x{cfg.size} uint8 in {cache.path}"
           f"{' (reused)' if not cache.built_now else ''}; {n_bad} failed")

@@ -1,5 +1,10 @@
 """``h2a evaluate``: a run's metrics on a dataset, with the interval coverage (bone age) or the
-calibration error before and after temperature scaling (sex)."""
+calibration error before and after temperature scaling (sex).
+
+A dataset where no labelled image decodes is an expected failure (one line, exit 2); a
+figure undefined on the images given (R² of one image, AUC with one sex) prints as n/a
+and is null in ``--json``, never NaN.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,41 @@ import argparse
 
 from h2a.cli.common import CliError, add_procedure_options, print_json
 from h2a.progress import StderrProgress
+
+
+def _f(value: float | None, spec: str = ".2f", scale: float = 1.0) -> str:
+    """A figure, or 'n/a' when it is undefined on these images."""
+    return "n/a" if value is None else format(scale * value, spec)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _print_boneage(m: dict) -> None:
+    print(f"MAE {_f(m['mae'])} mo, RMSE {_f(m['rmse'])}, R2 {_f(m['r2'], '.3f')}, "
+          f"within 12 mo {_pct(m['within_12_months'])}")
+    print("MAE by sex: " + ", ".join(f"{k} {_f(v)}" for k, v in m["mae_by_sex"].items()))
+    print("MAE by age: " + ", ".join(f"{k} {_f(v, '.1f')}" for k, v in m["mae_by_age_bin"].items()))
+    ba = m["bland_altman"]
+    if ba["sd"] is not None:
+        print(f"Bland-Altman: bias {ba['bias']:+.2f} mo, SD {ba['sd']:.2f}, 95% limits of agreement "
+              f"{ba['loa_low']:+.2f} to {ba['loa_high']:+.2f} mo (n {ba['n']})")
+    im = m["interval_method"]
+    print(f"Interval ({im['method']}): coverage {_pct(m['interval_coverage'])}, mean width "
+          f"{_f(m['interval_width_months'], '.1f')} mo")
+    print("Coverage by age: " + ", ".join(f"{k} {_f(v, '.0f', 100)}% (n {m['n_by_age_bin'][k]})"
+                                          for k, v in m["coverage_by_age_bin"].items()))
+    for note in (im.get("note"), im.get("in_sample_note")):
+        if note:
+            print(f"Note: {note}")
+
+
+def _print_sex(m: dict) -> None:
+    print(f"AUC {_f(m['auc'], '.3f')}, accuracy {_f(m['accuracy'], '.3f')}, "
+          f"balanced accuracy {_f(m['balanced_accuracy'], '.3f')}")
+    print(f"ECE (15 bins) {_f(m.get('ece_uncalibrated'), '.3f')} uncalibrated, {_f(m.get('ece'), '.3f')} "
+          f"calibrated ({m['calibration']['method']})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -22,29 +62,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print_json(metrics)
         return 0
     print(f"{metrics['task']} on {metrics['n']} images ({metrics['split']}) of {metrics['data']}")
+    if metrics.get("n_failed_images"):
+        print(f"{metrics['n_failed_images']} labelled images could not be decoded and were left out")
     if metrics["task"] == "boneage":
-        print(f"MAE {metrics['mae']:.2f} mo, RMSE {metrics['rmse']:.2f}, R2 {metrics['r2']:.3f}, "
-              f"within 12 mo {100 * metrics['within_12_months']:.1f}%")
-        print("MAE by sex: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["mae_by_sex"].items()))
-        print("MAE by age: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["mae_by_age_bin"].items()))
-        ba = metrics["bland_altman"]
-        if ba["sd"] is not None:
-            print(f"Bland-Altman: bias {ba['bias']:+.2f} mo, SD {ba['sd']:.2f}, 95% limits of agreement "
-                  f"{ba['loa_low']:+.2f} to {ba['loa_high']:+.2f} mo (n {ba['n']})")
-        im = metrics["interval_method"]
-        print(f"Interval ({im['method']}): coverage {100 * metrics['interval_coverage']:.1f}%, mean width "
-              f"{metrics['interval_width_months']:.1f} mo")
-        print("Coverage by age: " + ", ".join(f"{k} {100 * v:.0f}% (n {metrics['n_by_age_bin'][k]})"
-                                              for k, v in metrics["coverage_by_age_bin"].items()))
-        for note in (im.get("note"), im.get("in_sample_note")):
-            if note:
-                print(f"Note: {note}")
+        _print_boneage(metrics)
     else:
-        auc = "n/a" if metrics["auc"] is None else f"{metrics['auc']:.3f}"
-        bal = "n/a" if metrics["balanced_accuracy"] is None else f"{metrics['balanced_accuracy']:.3f}"
-        print(f"AUC {auc}, accuracy {metrics['accuracy']:.3f}, balanced accuracy {bal}")
-        print(f"ECE (15 bins) {metrics['ece_uncalibrated']:.3f} uncalibrated, {metrics['ece']:.3f} calibrated "
-              f"({metrics['calibration']['method']})")
+        _print_sex(metrics)
     return 0
 
 

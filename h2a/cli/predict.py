@@ -2,12 +2,14 @@
 
 ``--json`` prints ``h2a.predict.batch.predict_files``' records as they are: each warning
 is ``{"code": ..., "message": ...}`` (codes in ``h2a.predict.alerts``), so scripts can
-filter on codes rather than on wording.
+filter on codes rather than on wording. ``--csv FILE`` writes the predict page's table
+(``h2a.predict.report.batch_csv``, escaped against formula injection).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from h2a.cli.common import CliError, print_json
 from h2a.inference.calibration import DEFAULT_TTA
@@ -15,13 +17,21 @@ from h2a.inference.calibration import DEFAULT_TTA
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from h2a.predict.batch import predict_files
+    from h2a.predict.report import write_batch_csv
 
+    if args.csv and Path(args.csv).is_dir():  # before minutes of predicting, not after
+        raise CliError(f"--csv {args.csv} is a folder; give a file name")
     try:
         results = predict_files(args.model, args.files, sex=args.sex, dob=args.dob, exam_date=args.exam_date,
                                 age_months=args.age_months, tta=args.tta, cam=bool(args.report_dir),
                                 report_dir=args.report_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
+    if args.csv:
+        try:
+            write_batch_csv(args.csv, results)
+        except OSError as exc:
+            raise CliError(f"--csv {args.csv}: {exc.strerror or exc}") from exc
     if args.json:
         print_json(results if len(results) != 1 else results[0])
     else:
@@ -34,6 +44,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"{r['file']}: bone age {r['bone_age_months']:.1f} months ({lo:.0f}-{hi:.0f}){extra}")
                 for w in r.get("warnings", []):
                     print(f"  warning [{w['code']}]: {w['message']}")
+        if args.csv:
+            print(f"table written to {args.csv}")
     return 0 if all(not r.get("error") for r in results) else 1
 
 
@@ -49,5 +61,7 @@ def register(sub) -> None:
                    help=f"test-time views averaged (default {DEFAULT_TTA}, the procedure the run's interval was "
                         "calibrated with at the end of training)")
     p.add_argument("--report-dir", default=None, help="write a one-page PDF per file here")
+    p.add_argument("--csv", default=None, metavar="FILE",
+                   help="also write the table the predict page downloads (one row per file) to FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -48,14 +48,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         from h2a.engine.runs import CONFIG, read_json
 
-        saved = read_json(Path(args.resume) / CONFIG)
+        # The folder given wins over the "out" saved in config.json: a moved or copied run
+        # is continued where it now is.
+        run_dir = Path(args.resume).expanduser().resolve()
+        saved = read_json(run_dir / CONFIG)
         if saved is None:
             raise CliError(f"{args.resume}: no config.json to resume from")
-        cfg = TrainConfig.from_dict({**saved, "out": str(Path(args.resume)),
+        cfg = TrainConfig.from_dict({**saved, "out": str(run_dir),
                                      "device": args.device or saved.get("device", "auto")})
         try:
             train(cfg, log=log)
-        except (TrainingError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        except (TrainingError, OSError, ValueError, RuntimeError) as exc:
             raise CliError(str(exc)) from exc
         return 0
     if not args.data or not args.out:
@@ -63,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config_from_args(args)
     try:
         meta = train(cfg, log=log)
-    except (TrainingError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (TrainingError, OSError, ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
     if main_rank and meta:
         from h2a.engine.tasks import get_task

@@ -16,10 +16,12 @@ never leaves something that looks complete.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import selectors
+import signal
 import shutil
 import subprocess
 import sys
@@ -37,6 +39,7 @@ import torch
 
 from h2a.settings import get_settings
 from h2a.data.preprocess import PreprocessConfig, prepare_chunk
+from h2a.data.workerproc import worker_env
 from h2a.processes import pid_alive
 from h2a.progress import ProgressFn, report
 
@@ -49,6 +52,38 @@ _TRASH_PREFIX = ".trash-"
 
 class CacheError(RuntimeError):
     """A cache cannot be built (no disk space, a worker died); the message says why."""
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _disk_full(where: Path, what: str) -> CacheError:
+    return CacheError(
+        f"The disk is full: {what} in {where} could not be written. Free some space, "
+        "choose a smaller image size, or set H2A_WORKSPACE elsewhere.")
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Create ``path`` with ``nbytes`` of zeros whose blocks are really allocated.
+
+    WHY: a sparse file is only promised space; when the disk fills during the build,
+    a worker writing through its memmap dies of SIGBUS ("exit code -7"). Reserving the
+    blocks first turns that into an ENOSPC here, before any work is done. Filesystems
+    without fallocate fall back to a sparse file.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if nbytes:
+            try:
+                os.posix_fallocate(fd, 0, nbytes)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                os.ftruncate(fd, nbytes)
+            except AttributeError:  # pragma: no cover - no posix_fallocate (macOS)
+                os.ftruncate(fd, nbytes)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -220,7 +255,8 @@ def _run_chunks(
     return errors
 
 
-_WORKER_CMD = "from h2a.data.preprocess import worker_main; worker_main()"
+_WORKER_CMD = ("from h2a.data.workerproc import die_with_parent; die_with_parent(); "
+               "from h2a.data.preprocess import worker_main; worker_main()")
 _IN_FLIGHT = 2  # tasks queued per worker, so none idles while its next task is sent
 
 
@@ -231,7 +267,7 @@ def _run_in_workers(tasks: list[tuple], workers: int, collect: Callable[[Any], N
     (Streamlit, torch), no re-import of the caller's ``__main__`` (which breaks under
     stdin scripts and some notebooks), and workers import only h2a.data.preprocess/imageio.
     """
-    env = dict(os.environ)
+    env = worker_env()
     env.setdefault("OMP_NUM_THREADS", "1")
     queue = list(reversed(tasks))
     sel = selectors.DefaultSelector()
@@ -251,6 +287,12 @@ def _run_in_workers(tasks: list[tuple], workers: int, collect: Callable[[Any], N
         code = proc.wait()
         errfile.seek(0)
         tail = errfile.read().decode(errors="replace").strip().splitlines()[-15:]
+        if code in (-signal.SIGBUS, -signal.SIGXFSZ) or any(
+                "No space left" in line or "File too large" in line for line in tail):
+            return CacheError(
+                f"The disk is full: a preprocessing worker could not write the tensor cache "
+                f"(exit code {code}). Free some space, choose a smaller image size, or set "
+                "H2A_WORKSPACE elsewhere.")
         return CacheError(
             f"An image preprocessing worker stopped unexpectedly (exit code {code}):\n"
             + "\n".join(tail)
@@ -346,8 +388,7 @@ def build_cache(
     t0 = time.perf_counter()
     try:
         mm_path = tmp / IMAGES_FILE
-        with open(mm_path, "wb") as fh:  # sparse file of zeros: failed rows stay black
-            fh.truncate(n * size * size)
+        _reserve(mm_path, n * size * size)  # zeros: failed rows stay black
         row_errors = _run_chunks(mm_path, paths, cfg, workers, progress) if n else {}
         ok = np.ones(n, dtype=bool)
         errors: dict[str, str] = {}
@@ -381,6 +422,11 @@ def build_cache(
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build finished first: keep it
         else:
             _publish(tmp, final, tag)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in _DISK_FULL_ERRNOS:
+            raise _disk_full(parent, "the tensor cache") from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,10 +14,15 @@ so a page can show them next to the statistics.
 
 from __future__ import annotations
 
+import codecs
+import errno
 import hashlib
+import io
 import json
+import logging
 import os
 import sqlite3
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,13 @@ SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written by h2a.data.demo; the UI labels su
 _MALE_WORDS = {"true", "t", "1", "m", "male", "yes", "y"}
 _FEMALE_WORDS = {"false", "f", "0", "female", "no", "n"}
 _SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
+_log = logging.getLogger(__name__)
+# Byte-order marks, longest first (UTF-32's LE mark starts with UTF-16's).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32"), (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32"),
+    (codecs.BOM_UTF8, "utf-8", "UTF-8 with BOM"),
+    (codecs.BOM_UTF16_LE, "utf-16-le", "UTF-16"), (codecs.BOM_UTF16_BE, "utf-16-be", "UTF-16"),
+)
 
 
 class DatasetError(ValueError):
@@ -80,6 +92,7 @@ class Dataset:
     problems: list[Problem] = field(default_factory=list)
     synthetic: bool = False
     sources: dict[str, str] = field(default_factory=dict)  # csv file -> format name
+    encodings: dict[str, str] = field(default_factory=dict)  # csv file -> text encoding used
     _fingerprint: str | None = field(default=None, repr=False)
     _paths: pd.Series | None = field(default=None, repr=False)
 
@@ -179,9 +192,14 @@ def _parse_sex(raw: str) -> bool | None:
     return None
 
 
-def _index_images(root: Path, max_depth: int = 3) -> dict[str, list[Path]]:
-    """Map image file stem -> paths, walking a few levels (the official download nests)."""
+def _index_images(root: Path, max_depth: int = 3) -> tuple[dict[str, list[Path]], list[Problem]]:
+    """Map image file stem -> paths, walking a few levels (the official download nests).
+
+    FIFOs, devices and sockets named like images are left out with a problem each and
+    are never opened: reading a FIFO waits for a writer forever.
+    """
     index: dict[str, list[Path]] = {}
+    skipped: list[Problem] = []
     stack = [(root, 0)]
     while stack:
         folder, depth = stack.pop()
@@ -196,9 +214,22 @@ def _index_images(root: Path, max_depth: int = 3) -> dict[str, list[Path]]:
                 if depth < max_depth:
                     stack.append((Path(entry.path), depth + 1))
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                if not entry.is_file(follow_symlinks=True):
+                    skipped.append(Problem(str(Path(entry.path).relative_to(root)), _not_a_file(entry)))
+                    continue
                 stem = entry.name.rsplit(".", 1)[0]
                 index.setdefault(stem, []).append(Path(entry.path))
-    return index
+    return index, skipped
+
+
+def _not_a_file(entry: os.DirEntry) -> str:
+    from h2a.data.imageio import special_file_kind
+
+    try:
+        kind = special_file_kind(entry.stat(follow_symlinks=True).st_mode)
+    except OSError:
+        kind = "a link to nothing"
+    return f"{kind}, not an image file: skipped without opening it"
 
 
 def _pick_image(candidates: list[Path], csv_path: Path, split: str) -> Path:
@@ -220,11 +251,68 @@ def find_label_csvs(root: Path) -> list[Path]:
     return [p for p in csvs if p.is_file()]
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+class CsvText:
+    """A label CSV decoded to text, with the encoding used and why (for the problem list)."""
+
+    def __init__(self, text: str, encoding: str, note: str | None = None) -> None:
+        self.text, self.encoding, self.note = text, encoding, note
+
+
+def decode_csv_bytes(data: bytes, name: str) -> CsvText:
+    """Text of a label CSV: UTF-8 (with or without BOM), UTF-16/32 by their BOM, else
+    Windows-1252, else Latin-1.
+
+    WHY: spreadsheets save "CSV" as cp1252 or UTF-16; one en dash must not make the
+    whole dataset unusable. A file that cannot be decoded at all (a BOM that lies, NUL
+    bytes in a file with no BOM) raises DatasetError naming the line and the byte.
+    """
+    for bom, codec, label in _BOMS:
+        if data.startswith(bom):
+            try:
+                return CsvText(data[len(bom):].decode(codec), label)
+            except UnicodeDecodeError as exc:
+                raise _undecodable(name, data, len(bom) + exc.start, f"it starts with a {label} "
+                                   f"byte-order mark but is not valid {label.split()[0]}") from exc
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DatasetError(f"{path.name}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+        return CsvText(data.decode("utf-8"), "UTF-8")
+    except UnicodeDecodeError as exc:
+        first_bad = exc.start
+    if b"\x00" in data:
+        raise _undecodable(name, data, data.index(b"\x00"), "it contains NUL bytes, so it is not a "
+                           "text file in any encoding H2A reads (save it as UTF-8 CSV)")
+    where = _line_and_byte(data, first_bad)
+    for codec, label in (("cp1252", "Windows-1252"), ("latin-1", "Latin-1")):
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        return CsvText(text, label, f"not UTF-8 ({where}), so it was read as {label} text; "
+                                    "check accented names, or save it again as UTF-8 CSV")
+    raise _undecodable(name, data, first_bad, "it is not text")  # pragma: no cover - latin-1 reads all
+
+
+def _line_and_byte(data: bytes, pos: int) -> str:
+    line = data.count(b"\n", 0, pos) + 1
+    return f"line {line}, byte {pos} (0x{data[pos]:02X})"
+
+
+def _undecodable(name: str, data: bytes, pos: int, why: str) -> DatasetError:
+    return DatasetError(f"{name}: cannot be read as text at {_line_and_byte(data, pos)}: {why}")
+
+
+def _read_csv(path: Path, name: str | None = None) -> tuple[pd.DataFrame, CsvText]:
+    name = name or path.name
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{name}: could not be read ({exc.strerror or exc})") from exc
+    decoded = decode_csv_bytes(data, name)
+    try:
+        frame = pd.read_csv(io.StringIO(decoded.text), dtype=str, keep_default_na=False,
+                            skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DatasetError(f"{name}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+    return frame, decoded
 
 
 def _rows_from_csv(
@@ -295,29 +383,37 @@ def load_dataset(root: str | Path) -> Dataset:
             f"{root}: no label CSV found (expected e.g. boneage-training-dataset.csv with "
             "columns id,boneage,male)"
         )
-    index = _index_images(root)
+    index, skipped = _index_images(root)
     rows: list[dict] = []
-    problems: list[Problem] = []
+    problems: list[Problem] = list(skipped)
     sources: dict[str, str] = {}
+    encodings: dict[str, str] = {}
     unknown: list[str] = []
+    unreadable: list[str] = []
     for csv_path in csvs:
         rel = str(csv_path.relative_to(root))
         try:
-            frame = _read_csv(csv_path)
+            frame, decoded = _read_csv(csv_path, rel)
         except DatasetError as exc:
             problems.append(Problem(rel, str(exc)))
+            unreadable.append(str(exc))
             continue
         fmt = _match_format(list(frame.columns))
         if fmt is None:
             unknown.append(f"{rel} (columns: {', '.join(map(str, frame.columns)) or 'none'})")
             continue
         sources[rel] = fmt.name
+        encodings[rel] = decoded.encoding
+        if decoded.note:
+            problems.append(Problem(rel, decoded.note))
         new_rows, new_problems = _rows_from_csv(csv_path, fmt, frame, index, root)
         rows.extend(new_rows)
         problems.extend(new_problems)
     if not sources:
+        if unreadable and not unknown:
+            raise DatasetError(f"{root}: no label CSV could be read: {'; '.join(unreadable)}")
         raise DatasetError(
-            f"{root}: no label CSV with known columns: {'; '.join(unknown)}. Expected "
+            f"{root}: no label CSV with known columns: {'; '.join(unknown + unreadable)}. Expected "
             "'id,boneage,male', 'Image ID,male,Bone Age (months)' or 'Case ID,Sex'"
         )
     for item in unknown:
@@ -332,7 +428,8 @@ def load_dataset(root: str | Path) -> Dataset:
         problems.append(Problem(f"{row.source} line {row.line} (id {row.id})", f"id {row.id} already listed in another {row.split} CSV: row skipped"))
     meta = meta[~dup].reset_index(drop=True)
     synthetic = (root / SYNTHETIC_MARKER).exists()
-    return Dataset(root=root, meta=meta, problems=problems, synthetic=synthetic, sources=sources)
+    return Dataset(root=root, meta=meta, problems=problems, synthetic=synthetic, sources=sources,
+                   encodings=encodings)
 
 
 # ---------------------------------------------------------------- header facts (cached)
@@ -341,48 +438,89 @@ HEADER_COLUMNS = ["format", "width", "height", "channels", "bit_depth", "mode", 
 
 
 class HeaderCache:
-    """Header facts on disk keyed by (path, size, mtime): a 12,611-image folder is read once."""
+    """Header facts on disk keyed by (path, size, mtime): a 12,611-image folder is read once.
+
+    Only an optimisation, so it never stops a scan: when the database cannot be created,
+    read or written (disk full, read-only workspace, a damaged file) it logs one note and
+    carries on as no cache (``disabled`` says so).
+    """
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
         self.db_path = db_path
-        with self._connect() as con:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS headers (path TEXT PRIMARY KEY, size INTEGER, "
-                "mtime INTEGER, facts TEXT)"
-            )
+        self.disabled: str | None = None
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as con:
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS headers (path TEXT PRIMARY KEY, size INTEGER, "
+                    "mtime INTEGER, facts TEXT)"
+                )
+        except (sqlite3.Error, OSError) as exc:
+            self._disable(exc)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.db_path, timeout=30)
 
+    def _disable(self, exc: BaseException) -> None:
+        if self.disabled is None:
+            self.disabled = _cache_failure(exc)
+            _log.warning("header cache %s unusable (%s): reading headers without it",
+                         self.db_path, self.disabled)
+
     def get_many(self, keys: list[tuple[str, int, int]]) -> dict[str, dict]:
         found: dict[str, dict] = {}
+        if self.disabled:
+            return found
         wanted = {k[0]: k for k in keys}
-        with self._connect() as con:
-            paths = list(wanted)
-            for start in range(0, len(paths), 500):
-                chunk = paths[start:start + 500]
-                q = f"SELECT path, size, mtime, facts FROM headers WHERE path IN ({','.join('?' * len(chunk))})"
-                for path, size, mtime, facts in con.execute(q, chunk):
-                    if wanted[path][1:] == (size, mtime):
-                        found[path] = json.loads(facts)
+        try:
+            with self._connect() as con:
+                paths = list(wanted)
+                for start in range(0, len(paths), 500):
+                    chunk = paths[start:start + 500]
+                    q = f"SELECT path, size, mtime, facts FROM headers WHERE path IN ({','.join('?' * len(chunk))})"
+                    for path, size, mtime, facts in con.execute(q, chunk):
+                        if wanted[path][1:] == (size, mtime):
+                            found[path] = json.loads(facts)
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            self._disable(exc)
+            return {}
         return found
 
     def put_many(self, items: list[tuple[tuple[str, int, int], dict]]) -> None:
-        with self._connect() as con:
-            con.executemany(
-                "INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?)",
-                [(k[0], k[1], k[2], json.dumps(v)) for k, v in items],
-            )
+        if self.disabled:
+            return
+        try:
+            con = self._connect()
+            try:
+                with con:
+                    con.executemany(
+                        "INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?)",
+                        [(k[0], k[1], k[2], json.dumps(v)) for k, v in items],
+                    )
+            finally:
+                con.close()
+        except (sqlite3.Error, OSError) as exc:
+            self._disable(exc)
+
+
+def _cache_failure(exc: BaseException) -> str:
+    text = str(exc)
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or "full" in text.lower():
+        return "the disk is full"
+    return text or type(exc).__name__
 
 
 def _header_facts(path: str) -> dict:
+    """Header facts of one file, or its error; no exception leaves here (a scan of
+    12,000 files must not stop at one odd file)."""
     from h2a.data import imageio
 
     try:
         info = imageio.scan_file(path)
     except imageio.ImageReadError as exc:
         return {"error": str(exc)}
+    except Exception as exc:  # imageio types its errors; this is the last guard
+        return {"error": f"{Path(path).name}: could not be read ({type(exc).__name__})"}
     return {
         "format": info.format, "width": info.width, "height": info.height,
         "channels": info.channels, "bit_depth": info.bit_depth, "mode": info.mode,
@@ -411,9 +549,13 @@ def scan_headers(
     for idx, path in ds.meta.loc[with_path, "path"].items():
         try:
             st = os.stat(path)
-            keys[idx] = (path, st.st_size, st.st_mtime_ns)
         except OSError:
             out.at[idx, "error"] = f"{Path(path).name}: file disappeared"
+            continue
+        if not stat.S_ISREG(st.st_mode):  # replaced by a FIFO or device since indexing
+            out.at[idx, "error"] = f"{Path(path).name}: not a regular file; skipped without opening it"
+            continue
+        keys[idx] = (path, st.st_size, st.st_mtime_ns)
     known = cache.get_many(list(keys.values()))
     todo = [(idx, key) for idx, key in keys.items() if key[0] not in known]
     total = len(keys)

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -637,6 +638,9 @@ def worker_main(spec_json: str | None = None) -> None:
     """
     import sys
 
+    from h2a.data.workerproc import die_with_parent
+
+    die_with_parent()
     spec = json.loads(spec_json if spec_json is not None else sys.argv[1])
     cv2.setNumThreads(1)
     jobs = _jobs(Path(spec["root"]), spec["n"], spec["seed"], spec["val_fraction"])
@@ -655,7 +659,9 @@ def _run_workers(root: Path, n: int, seed: int, val_fraction: float, nw: int,
     import tempfile
     import threading
 
-    env = dict(os.environ)
+    from h2a.data.workerproc import worker_env
+
+    env = worker_env()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"
     lines: queue.Queue[str | None] = queue.Queue()
@@ -727,6 +733,7 @@ def generate_demo(out: Path, n: int = 2000, seed: int = 0, *, progress: Progress
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_synthetic(out))):
         raise FileExistsError(f"{out} exists and is not a synthetic demo dataset; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -735,7 +742,7 @@ def generate_demo(out: Path, n: int = 2000, seed: int = 0, *, progress: Progress
             if _complete(out, params):  # a concurrent call finished first
                 shutil.rmtree(tmp, ignore_errors=True)
                 return out
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)  # an empty dir or an older synthetic version
             shutil.rmtree(old, ignore_errors=True)
         try:
@@ -749,6 +756,30 @@ def generate_demo(out: Path, n: int = 2000, seed: int = 0, *, progress: Progress
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove temp/old siblings of ``out`` left by a generation that was killed.
+
+    WHY: a kill -9 cannot run cleanup, and each dead attempt would otherwise keep a
+    partial copy of the dataset on disk forever. Names carry the writer's PID, so a
+    generation still running (another process, or another thread of this one) is kept.
+    """
+    from h2a.processes import pid_alive
+
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{8}}$")
+    try:
+        siblings = list(out.parent.iterdir())
+    except OSError:
+        return
+    for path in siblings:
+        m = pattern.match(path.name)
+        if not m or not path.is_dir():
+            continue
+        pid = int(m.group(2))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _generate_into(root: Path, n: int, seed: int, val_fraction: float, params: dict,

@@ -10,8 +10,10 @@ identifying DICOM tags (name, ID, accession, institution) never reach any output
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -59,6 +61,9 @@ _ORIENT = {
     8: lambda a: np.rot90(a, 1),
 }
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as PIL's convert("L")
+_BAND_PIXELS = 1 << 18  # pixels converted per band: small temporaries, few numpy calls
+_RANGE_SAMPLE = 1 << 18  # values sampled to estimate a robust range
+_RANGE_TAIL = 0.001  # fraction left out at each end of a robust range
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _AGE_UNIT_MONTHS = {"D": 12 / 365.25, "W": 7 * 12 / 365.25, "M": 1.0, "Y": 12.0}
 
@@ -93,6 +98,10 @@ class ImageTooLargeError(ImageReadError):
 
 class UnsupportedImageError(ImageReadError):
     pass
+
+
+class NotAFileError(ImageReadError):
+    """A FIFO, device or socket named like an image: never opened (reading could block)."""
 
 
 class DicomError(ImageReadError):
@@ -152,9 +161,8 @@ def inspect(source: Source, name: str | None = None) -> dict:
     except ImageReadError as exc:
         return {"file": exc.name, "ok": False, "error": str(exc), "error_type": type(exc).__name__}
     except Exception as exc:  # a library surprise must not stop a scan of 12,000 files
-        shown = name or _default_name(source)
-        return {"file": shown, "ok": False, "error_type": type(exc).__name__,
-                "error": f"{shown}: could not be read because of an unexpected problem"}
+        err = _unexpected(name or _default_name(source), exc)
+        return {"file": err.name, "ok": False, "error": str(err), "error_type": type(exc).__name__}
     return {"file": info.name, "ok": True, **info.to_dict()}
 
 
@@ -174,6 +182,15 @@ def check_integrity(source: Source, name: str | None = None) -> None:
     the most common damage: PNG chunks are walked to IEND (seeking over the data), a
     JPEG must end with its EOI marker, a DICOM's pixel data must be complete.
     """
+    try:
+        _check_integrity(source, name)
+    except (ImageReadError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unexpected(name or _default_name(source), exc) from exc
+
+
+def _check_integrity(source: Source, name: str | None) -> None:
     with _opened(source, name) as (fp, shown, size):
         if size == 0:
             raise EmptyFileError(shown, "the file is empty (0 bytes)")
@@ -195,7 +212,11 @@ def check_integrity(source: Source, name: str | None = None) -> None:
             fp.seek(max(0, size - 4096))
             tail = fp.read().rstrip(b"\x00")
             if b"\xff\xd9" not in tail[-16:]:
-                raise CorruptImageError(shown, _DAMAGED)
+                # No end marker at the very end: cut off, or bytes after the marker (phones
+                # and PACS exports append data). Only a decode can tell, and it is what
+                # read_image does, so the scan and every reader agree on this file.
+                fp.seek(0)
+                _load(fp.read(), shown, decode=True, max_pixels=MAX_PIXELS)
         elif prefix[128:132] == b"DICM" or _maybe_bare_dicom(prefix):
             fp.seek(0)
             _load(fp.read(), shown, decode=True, max_pixels=MAX_PIXELS)
@@ -227,19 +248,77 @@ def _opened(source: Source, name: str | None) -> Iterator[tuple[BinaryIO, str, i
         yield io.BytesIO(data), shown, len(data)
         return
     try:
-        fp = open(source, "rb")
+        check_regular_file(source, shown)
+        # O_NONBLOCK: should a FIFO appear between the check and the open, open() returns
+        # at once instead of waiting for a writer; fstat below then refuses it.
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as exc:
         raise ImageReadError(shown, "the file does not exist") from exc
     except IsADirectoryError as exc:
         raise ImageReadError(shown, "this is a folder, not an image file") from exc
     except OSError as exc:
         raise ImageReadError(shown, "the file could not be opened (check that it is readable)") from exc
-    with fp:
-        yield fp, shown, os.fstat(fp.fileno()).st_size
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _not_a_file(shown, st.st_mode)
+    with os.fdopen(fd, "rb") as fp:
+        yield fp, shown, st.st_size
+
+
+def check_regular_file(path: str | os.PathLike, name: str | None = None) -> None:
+    """Refuse folders, FIFOs, devices and sockets without opening them: reading a FIFO
+    waits for a writer forever, and a device may never end. Missing files pass (open()
+    says so)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if stat.S_ISDIR(mode):
+        raise ImageReadError(name or _default_name(path), "this is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        raise _not_a_file(name or _default_name(path), mode)
+
+
+def special_file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ('a named pipe (FIFO)', 'a device', ...)."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _not_a_file(name: str, mode: int) -> NotAFileError:
+    return NotAFileError(name, f"this is {special_file_kind(mode)}, not an image file; it was "
+                               "skipped without being opened")
+
+
+def _unexpected(name: str, exc: BaseException) -> CorruptImageError:
+    """A library raised something no broken-file rule expected: still one named problem.
+
+    Only the exception type is shown: a message could quote a DICOM tag's value.
+    """
+    return CorruptImageError(name, "the file is damaged or in an unusual form H2A cannot read "
+                                   f"({type(exc).__name__} while reading it)")
 
 
 def _load(source: Source, name: str | None, *, decode: bool,
           max_pixels: int) -> tuple[ImageInfo, np.ndarray | None]:
+    """Every reader's entry: any failure that is not a typed ImageReadError (a library
+    surprise on a hostile file) becomes one, so no file can stop a scan or a batch."""
+    try:
+        return _load_typed(source, name, decode=decode, max_pixels=max_pixels)
+    except (ImageReadError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unexpected(name or _default_name(source), exc) from exc
+
+
+def _load_typed(source: Source, name: str | None, *, decode: bool,
+                max_pixels: int) -> tuple[ImageInfo, np.ndarray | None]:
     with _opened(source, name) as (fp, shown, size):
         if size == 0:
             raise EmptyFileError(shown, "the file is empty (0 bytes)")
@@ -269,19 +348,69 @@ def _mp(pixels: int) -> str:
 
 
 def _finish(img: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.clip(np.nan_to_num(img), 0.0, 1.0), dtype=np.float32)
+    """Contiguous float32 in [0, 1], NaN as black; in place when the array allows it,
+    so an 80 MP image does not get two more full-size copies here."""
+    if img.dtype != np.float32 or not img.flags.c_contiguous or not img.flags.writeable:
+        img = np.ascontiguousarray(img, dtype=np.float32)
+    # fmax/fmin drop NaN (nan_to_num would allocate several full-size masks): NaN and
+    # -inf become 0, +inf becomes 1.
+    np.fmax(img, np.float32(0.0), out=img)
+    np.fmin(img, np.float32(1.0), out=img)
+    return img
 
 
-def _minmax(a: np.ndarray) -> np.ndarray:
-    """Stretch to [0, 1]; a flat image becomes black rather than NaN."""
-    a = np.asarray(a, np.float64)
-    finite = a[np.isfinite(a)]
-    if finite.size == 0:
-        return np.zeros(a.shape, np.float32)
-    lo, hi = finite.min(), finite.max()
+def _sample(a: np.ndarray) -> np.ndarray:
+    """At most ~1 M evenly spread values of ``a`` (a small copy), for range estimates."""
+    flat = a.reshape(-1) if a.flags.c_contiguous else np.ravel(a)
+    step = max(1, -(-flat.size // _RANGE_SAMPLE))
+    return np.array(flat[::step])
+
+
+def robust_range(a: np.ndarray) -> tuple[float, float] | None:
+    """(low, high) of the finite values, leaving out the extreme 0.1% at each end.
+
+    WHY: a min-max stretch, or "the bits the brightest pixel needs", lets one hot pixel
+    rescale the whole picture. Order statistics of a fixed sample move by at most one
+    rank when one pixel changes, so the scale never jumps. None: nothing finite.
+    """
+    values = _sample(a)
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    n = values.size
+    if n == 0:
+        return None
+    k = math.ceil(n * _RANGE_TAIL)
+    if n < 2 * k + 2:
+        k = 0
+    values.partition((k, n - 1 - k))  # in place: the sample is our own copy
+    return float(values[k]), float(values[n - 1 - k])
+
+
+def _window(a: np.ndarray, lo: float, hi: float, out: np.ndarray | None = None) -> np.ndarray:
+    """(a - lo) / (hi - lo) as float32, clipped to [0, 1]; ``out`` may be ``a`` itself."""
+    if out is None:
+        out = np.empty(a.shape, np.float32)
     if hi <= lo:
-        return np.zeros(a.shape, np.float32)
-    return ((a - lo) / (hi - lo)).astype(np.float32)
+        out[...] = 0.0
+        return out
+    low = np.float32(lo)
+    np.subtract(a, low, out=out, dtype=np.float32, casting="unsafe")
+    np.divide(out, np.float32(hi) - low, out=out)  # the same float32 steps as a pixel at hi: exactly 1
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _stretch(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Robust window to [0, 1] for data with no stated range (float TIFF, DICOM with
+    no VOI); a flat image becomes black rather than NaN."""
+    span = robust_range(a)
+    if span is None:
+        return np.zeros(a.shape, np.float32) if out is None else _fill(out, 0.0)
+    return _window(a, *span, out=out)
+
+
+def _fill(out: np.ndarray, value: float) -> np.ndarray:
+    out[...] = value
+    return out
 
 
 # --------------------------------------------------------------------------- PIL formats
@@ -313,7 +442,7 @@ def _load_pil(fp: BinaryIO, name: str, size: int, prefix: bytes, decode: bool,
             width=width, height=height, channels=len(im.getbands()),
             bit_depth=_pil_bit_depth(im, prefix), mode=im.mode,
             photometric=_PIL_PHOTOMETRIC.get(im.mode, im.mode), file_size=size,
-            frames=int(getattr(im, "n_frames", 1)),
+            frames=_frame_count(im, name),
         )
         if not decode:
             return info, None
@@ -330,6 +459,15 @@ def _load_pil(fp: BinaryIO, name: str, size: int, prefix: bytes, decode: bool,
     if orientation in _ORIENT:
         gray = _ORIENT[orientation](gray)
     return info, _finish(gray)
+
+
+def _frame_count(im: Image.Image, name: str) -> int:
+    """Pages in the file; counting walks a TIFF's page list, whose pointers may be bad."""
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except Exception as exc:  # PIL raises TypeError, SyntaxError, ... on a bad IFD chain
+        raise CorruptImageError(name, "the file's list of pages is damaged (a bad page pointer), "
+                                      "so it cannot be read safely") from exc
 
 
 def _pil_bomb(name: str, prefix: bytes, message: str, max_pixels: int) -> ImageTooLargeError:
@@ -365,40 +503,75 @@ def _pil_bit_depth(im: Image.Image, prefix: bytes) -> int:
 
 
 def _pil_gray(im: Image.Image, name: str) -> np.ndarray:
-    """Decode a PIL image to float grayscale in [0, 1]."""
+    """Decode a PIL image to float32 grayscale in [0, 1].
+
+    Rows are converted a band at a time into one float32 result, so the only full-size
+    buffers are PIL's own and that result: an 80 MP RGB PNG no longer passes through a
+    float copy of all three channels.
+    """
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA")  # keeps palette transparency
     elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
         im = im.convert("RGB")  # PIL undoes Adobe's inverted CMYK on the way
     elif im.mode == "1":
         im = im.convert("L")
-    a = np.asarray(im)
     mode = im.mode
-    if mode == "L":
-        return a.astype(np.float32) / 255
-    if mode == "LA":  # composite onto black: the radiograph background is dark
-        return a[..., 0].astype(np.float32) * a[..., 1] / 255**2
-    if mode == "RGB":
-        return a.astype(np.float32) @ _LUMA / 255
-    if mode == "RGBA":
-        return (a[..., :3].astype(np.float32) @ _LUMA) * a[..., 3] / 255**2
+    convert = _BAND_CONVERTERS.get(mode)
+    if convert is None and not mode.startswith(("I", "F")):
+        raise UnsupportedImageError(name, f"the image uses the pixel format {mode}, which H2A does not read; "
+                                          "save it again as an ordinary grayscale PNG")
+    im.load()
+    width, height = im.size
+    out = np.empty((height, width), np.float32)
+    step = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, step):
+        band = np.asarray(im.crop((0, top, width, min(height, top + step))))
+        if convert is not None:
+            out[top:top + band.shape[0]] = convert(band)
+        else:  # raw values; scaled below once the range is known
+            out[top:top + band.shape[0]] = band
     if mode == "F":
-        return _minmax(a)
-    if mode.startswith("I"):
-        return _scale_integer(a)
-    raise UnsupportedImageError(name, f"the image uses the pixel format {mode}, which H2A does not read; "
-                                      "save it again as an ordinary grayscale PNG")
+        return _stretch(out, out=out)
+    if convert is None:
+        return _scale_integer(out, out=out)
+    return out
 
 
-def _scale_integer(a: np.ndarray) -> np.ndarray:
-    """Scale by the bits really used, so 12-bit data in a 16-bit file is not dark."""
-    if a.size == 0:
-        return a.astype(np.float32)
-    lo, hi = int(a.min()), int(a.max())
+def _band_rgb(band: np.ndarray) -> np.ndarray:
+    return band.astype(np.float32) @ (_LUMA / 255)
+
+
+def _band_rgba(band: np.ndarray) -> np.ndarray:
+    rgb = band[..., :3].astype(np.float32) @ (_LUMA / 255**2)
+    return np.multiply(rgb, band[..., 3], out=rgb)
+
+
+def _band_la(band: np.ndarray) -> np.ndarray:  # composite onto black: the background is dark
+    gray = band[..., 0].astype(np.float32) * np.float32(1 / 255**2)
+    return np.multiply(gray, band[..., 1], out=gray)
+
+
+_BAND_CONVERTERS = {
+    "L": lambda band: band.astype(np.float32) * np.float32(1 / 255),
+    "LA": _band_la, "RGB": _band_rgb, "RGBA": _band_rgba,
+}
+
+
+def _scale_integer(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Scale by the bits really used, so 12-bit data in a 16-bit file is not dark.
+
+    The bits come from the robust high end (all but the brightest 0.1%), not the single
+    brightest pixel: one pixel going from 255 to 256 must not halve the brightness.
+    Values above that depth clip to white.
+    """
+    span = robust_range(a)
+    if span is None:
+        return np.zeros(a.shape, np.float32) if out is None else _fill(out, 0.0)
+    lo, hi = span
     if lo < 0:
-        return _minmax(a)
-    bits = max(8, hi.bit_length())  # = ceil(log2(hi + 1))
-    return a.astype(np.float32) / (2**bits - 1)
+        return _window(a, lo, hi, out=out)
+    bits = max(8, int(hi).bit_length())  # = ceil(log2(hi + 1))
+    return _window(a, 0.0, float(2**bits - 1), out=out)
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -428,17 +601,17 @@ def _load_dicom(fp: BinaryIO, name: str, size: int, decode: bool, max_pixels: in
         raise DicomNoPixelDataError(
             name, "this DICOM file contains no image (no pixel data); it may be a report or "
                   "study record rather than the radiograph itself")
-    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    rows, cols = _int_tag(ds, "Rows", 0), _int_tag(ds, "Columns", 0)
     if not rows or not cols:
         raise DicomError(name, "this DICOM file does not state its image size, so it cannot be shown")
     syntax = _transfer_syntax(ds)
     photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
     info = ImageInfo(
         name=name, format="DICOM", width=cols, height=rows,
-        channels=int(ds.get("SamplesPerPixel") or 1),
-        bit_depth=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0),
+        channels=_int_tag(ds, "SamplesPerPixel", 1),
+        bit_depth=_int_tag(ds, "BitsStored", 0) or _int_tag(ds, "BitsAllocated", 0),
         mode=photometric, photometric=photometric, file_size=size,
-        frames=int(ds.get("NumberOfFrames") or 1), dicom=_dicom_facts(ds, syntax),
+        frames=_int_tag(ds, "NumberOfFrames", 1), dicom=_dicom_facts(ds, syntax),
     )
     if not decode:
         return info, None
@@ -450,6 +623,17 @@ def _load_dicom(fp: BinaryIO, name: str, size: int, decode: bool, max_pixels: in
             raise _compressed_error(name, syntax) from exc
         raise CorruptImageError(name, _DAMAGED) from exc
     return info, _finish(_dicom_gray(arr, ds, photometric, name))
+
+
+def _int_tag(ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    """An integer tag, or ``default`` when absent or not a number (NumberOfFrames 'xy')."""
+    try:
+        value = ds.get(keyword)
+        if isinstance(value, (list, tuple, MultiValue)):
+            value = value[0] if len(value) else None
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError, OverflowError):
+        return default
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> UID:
@@ -481,41 +665,90 @@ def _compressed_error(name: str, syntax: UID) -> DicomCompressedError:
 
 
 def _dicom_gray(arr: np.ndarray, ds: pydicom.Dataset, photometric: str, name: str) -> np.ndarray:
-    """Stored values -> displayed brightness: modality LUT, VOI, then MONOCHROME1 flip."""
+    """Stored values -> displayed brightness: modality LUT, VOI, then MONOCHROME1 flip.
+
+    Everything runs in float32 on one full-size buffer (pydicom's own helpers work in
+    float64, which doubles the memory of a large radiograph).
+    """
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        values = apply_modality_lut(arr, ds)
+        values = _modality(arr, ds)
         img = _apply_voi(values, ds)
         if img is None:
-            img = _minmax(values)
-        return 1.0 - img if photometric == "MONOCHROME1" else img
+            # No stated display range: a robust window, so one hot pixel cannot rescale it.
+            img = _stretch(values, out=values if values.dtype == np.float32 else None)
+        if photometric == "MONOCHROME1":
+            np.subtract(np.float32(1.0), img, out=img)
+        return img
     if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB, or YBR already converted by pydicom
-        top = 2 ** int(ds.get("BitsStored") or 8) - 1
-        return arr.astype(np.float32) @ _LUMA / top
+        top = 2 ** (_int_tag(ds, "BitsStored", 8) or 8) - 1
+        out = np.empty(arr.shape[:2], np.float32)
+        step = max(1, _BAND_PIXELS // max(arr.shape[1], 1))
+        for r in range(0, arr.shape[0], step):
+            out[r:r + step] = arr[r:r + step].astype(np.float32) @ (_LUMA / top)
+        return out
     raise UnsupportedImageError(
         name, f"the DICOM image uses the colour model {photometric}, which H2A does not read; "
               "export it as a grayscale (MONOCHROME2) DICOM or a PNG")
 
 
+def _modality(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Stored values -> modality values; stays integer when there is nothing to apply."""
+    if "ModalityLUTSequence" in ds:  # rare; pydicom's LUT output is integer-typed
+        return np.asarray(apply_modality_lut(arr, ds))
+    slope = _first_float(ds.get("RescaleSlope"))
+    intercept = _first_float(ds.get("RescaleIntercept"))
+    if slope in (None, 1.0) and intercept in (None, 0.0):
+        return arr
+    out = arr.astype(np.float32)
+    if slope not in (None, 1.0):
+        out *= np.float32(slope)
+    if intercept not in (None, 0.0):
+        out += np.float32(intercept)
+    return out
+
+
 def _apply_voi(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None:
     """The file's VOI LUT or window, scaled so [0, 1] spans that transform's output.
 
-    The output range is found by passing the transform its own extremes (the whole LUT
-    domain, or values far outside any window), so it matches pydicom exactly. None means
-    "no usable VOI": the caller falls back to min-max, since broken VOI tags should not
-    cost the image.
+    A VOI LUT Sequence wins over a window (pydicom's rule); the LUT goes through pydicom
+    (its output has the LUT's integer type), windows are computed here in float32 per
+    PS3.3 C.11.2.1.2. None means "no usable VOI": the caller falls back to a robust
+    window, since broken VOI tags should not cost the image.
     """
     seq = ds.get("VOILUTSequence")
     has_lut = bool(seq) and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]
-    has_window = "WindowCenter" in ds and "WindowWidth" in ds
-    if not (has_lut or has_window):
+    if has_lut:
+        return _apply_voi_lut(values, ds, seq[0])
+    center, width = _first_float(ds.get("WindowCenter")), _first_float(ds.get("WindowWidth"))
+    if center is None or width is None:
         return None
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    out = np.empty(values.shape, np.float32) if values.dtype != np.float32 else values
+    if function == "SIGMOID" and width > 0:
+        np.subtract(values, np.float32(center), out=out, dtype=np.float32, casting="unsafe")
+        np.multiply(out, np.float32(-4.0 / width), out=out)
+        with np.errstate(over="ignore"):
+            np.exp(out, out=out)
+        out += np.float32(1.0)
+        return np.reciprocal(out, out=out)
+    if function == "LINEAR_EXACT" and width > 0:
+        return _window(values, center - width / 2, center + width / 2, out=out)
+    if function == "LINEAR" and width >= 1:
+        if width == 1:  # a threshold at the centre
+            out[...] = values >= center - 0.5
+            return out
+        # y = ((x - (c - 0.5)) / (w - 1) + 0.5) clipped to [0, 1]
+        lo = center - 0.5 - (width - 1) / 2
+        return _window(values, lo, lo + (width - 1), out=out)
+    return None
+
+
+def _apply_voi_lut(values: np.ndarray, ds: pydicom.Dataset, item: pydicom.Dataset) -> np.ndarray | None:
     try:
-        if has_lut:  # LUTs index by integer; rescaled values arrive as float
-            first, count = int(seq[0].LUTDescriptor[1]), int(seq[0].LUTDescriptor[0]) or 65536
-            values = np.rint(values).astype(np.int64)
-            probe = np.arange(first, first + count)
-        else:
-            probe = np.array([-1e12, 1e12])
+        first, count = int(item.LUTDescriptor[1]), int(item.LUTDescriptor[0]) or 65536
+        if values.dtype.kind == "f":  # LUTs index by integer; rescaled values arrive as float
+            values = np.rint(values).astype(np.int32)
+        probe = np.arange(first, first + count)
         with np.errstate(over="ignore"):
             out = apply_voi_lut(values, ds)
             ends = apply_voi_lut(probe, ds)
@@ -524,7 +757,7 @@ def _apply_voi(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None:
     lo, hi = float(np.min(ends)), float(np.max(ends))
     if hi <= lo:
         return None
-    return ((np.asarray(out, np.float64) - lo) / (hi - lo)).astype(np.float32)
+    return _window(out, lo, hi)
 
 
 def _dicom_facts(ds: pydicom.Dataset, syntax: UID) -> dict:

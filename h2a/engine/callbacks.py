@@ -22,6 +22,8 @@ from h2a.engine.runs import (
     PROGRESS,
     atomic_torch_save,
     atomic_write_json,
+    json_bytes,
+    overwrite_in_place,
 )
 from h2a.engine.state import save_checkpoint
 from h2a.progress import ProgressFn
@@ -101,6 +103,25 @@ class ProgressFile(Callback):
             s = self.state
             done = (s.get("epoch", 1) - 1) * s["batches"] + s.get("batch", 0)
             self.progress(done, s["epochs"] * s["batches"], f"epoch {s.get('epoch')}/{s['epochs']}")
+
+    def finish(self, status: str, message: str, log: Callable[[str], None] = print) -> None:
+        """The run's last word, written even when the disk is full.
+
+        The atomic write needs room for a second copy; overwriting the file in place needs
+        none, so a full disk still ends with 'failed' instead of a run that says 'running'
+        forever. Never raises: the error that ended the run must not be masked by this one.
+        """
+        try:
+            self.update(force=True, status=status, message=message)
+            return
+        except OSError:
+            pass
+        if not self.enabled:
+            return
+        try:
+            overwrite_in_place(self.path, json_bytes(self.state))
+        except OSError as exc:
+            log(f"could not record the run's status '{status}' in {self.path}: {exc}")
 
     def on_batch_end(self, eng, meter: EpochMeter) -> None:
         m, epochs = meter, self.state["epochs"]

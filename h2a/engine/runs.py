@@ -8,13 +8,16 @@
 * ``model.pt``: the best model's state dict (what evaluation and prediction load);
 * ``metadata.json``: task, architecture, preprocessing, dataset fingerprint, split ids,
   metrics, versions and the research-use note;
-* ``log.txt``: the training process's output when started from the app.
+* ``log.txt``: the training process's output when started from the app;
+* ``job.json``: the background process the app started (PID, process group, start time);
+* ``.lock``: held by the one process that writes the run (``h2a.engine.lock``).
 
 Everything is read with ``torch.load(..., weights_only=True)``: a run dir is data, not code.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -25,8 +28,8 @@ from typing import Any
 import torch
 
 from h2a.engine.tasks import get_task
+from h2a.processes import ProcessId
 from h2a.settings import get_settings
-from h2a.processes import pid_alive
 
 CONFIG = "config.json"
 PROGRESS = "progress.json"
@@ -35,6 +38,7 @@ MODEL = "model.pt"
 METADATA = "metadata.json"
 LOG = "log.txt"
 CANCEL = "CANCEL"
+JOB = "job.json"
 
 FINAL_STATES = ("finished", "failed", "cancelled", "diverged")
 
@@ -49,13 +53,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name_file(exc, path)
         raise
 
 
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, default=_json_default).encode()
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
+    atomic_write_bytes(path, json_bytes(obj))
+
+
+def overwrite_in_place(path: Path, data: bytes) -> None:
+    """Rewrite a small file in its own blocks: the last resort when the disk is too full for
+    the temp file of an atomic write (a reader may see it torn for a moment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _json_default(obj: Any) -> Any:
@@ -67,15 +88,67 @@ def _json_default(obj: Any) -> Any:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    """torch.save write-then-rename (fsynced): a kill or a full disk leaves the previous file.
+
+    Saving through our own file object keeps the OS error: torch reports a failed write
+    as an opaque RuntimeError, with the real cause (ENOSPC, EFBIG) only as its context.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            try:
+                torch.save(obj, fh)
+            except RuntimeError as exc:
+                cause = os_error(exc)
+                if cause is not None:
+                    raise cause from exc
+                raise
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name_file(exc, path)
         raise
+
+
+def _name_file(exc: BaseException, path: Path) -> None:
+    """A failed write() names no file; say which one it was."""
+    if isinstance(exc, OSError) and not exc.filename:
+        exc.filename = str(path)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind an exception (itself, its cause or its context), if any."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """No space left, a file-size limit or a quota: the disk, not the run, is at fault."""
+    cause = os_error(exc)
+    return cause is not None and cause.errno in DISK_FULL
+
+
+RUN_FILES = (CONFIG, PROGRESS, CHECKPOINT, MODEL, METADATA, JOB, "calibration.json")
+
+
+def sweep_temp_files(run_dir: Path) -> list[Path]:
+    """Remove the half-written temp files a killed writer left (call only under the run lock)."""
+    gone = []
+    for name in RUN_FILES:
+        for tmp in Path(run_dir).glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
 
 
 def read_json(path: Path) -> dict | None:
@@ -121,15 +194,24 @@ def run_status(run_dir: Path) -> dict:
     """progress.json plus a liveness check: a 'running' run whose process is gone is 'stopped'."""
     prog = read_json(run_dir / PROGRESS) or {}
     status = prog.get("status", "unknown" if not (run_dir / METADATA).exists() else "finished")
-    if status in ("running", "starting"):
-        pid = prog.get("pid")
-        job = read_json(run_dir / "job.json") or {}
-        pid = job.get("pid", pid)
-        if pid and not pid_alive(int(pid)):
+    if status in ("running", "starting", "caching"):
+        if not writer_alive(run_dir, prog):
             prog["status"] = "stopped"
             prog["message"] = prog.get("message") or "the training process ended without finishing (killed?); start it again to resume"
     prog.setdefault("status", status)
     return prog
+
+
+def writer_alive(run_dir: Path, prog: dict | None = None) -> bool:
+    """Whether the process that writes the run still runs: the app's job (job.json) or the
+    training process itself (progress.json), each checked by PID *and* start time, so a
+    reused PID does not keep a dead run 'running'. Unknown (another host, no PID) counts as alive."""
+    if prog is None:
+        prog = read_json(run_dir / PROGRESS) or {}
+    procs = [p for p in (ProcessId.from_record(read_json(run_dir / JOB) or {}), ProcessId.from_record(prog)) if p]
+    if not procs or any(p.elsewhere() for p in procs):
+        return True
+    return any(p.alive() for p in procs)
 
 
 def summarize(run_dir: Path) -> RunSummary:

@@ -14,10 +14,39 @@ from pathlib import Path
 
 import torch
 
-from h2a.engine.runs import atomic_torch_save
+from h2a.engine.config import TrainingError
+from h2a.engine.runs import atomic_torch_save, safe_load
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "best", "best_epoch", "stale", "elapsed",
                    "history", "splits", "target_mean", "target_std", "rng", "mlflow_run_id")
+
+
+# What a resume cannot do without (older checkpoints may lack the rest, e.g. "rng" is read plainly).
+REQUIRED_KEYS = ("model", "optimizer", "epoch", "step", "best", "best_epoch", "stale", "splits",
+                 "target_mean", "target_std", "rng")
+
+
+class CheckpointError(TrainingError):
+    """checkpoint.pt cannot be read or is not a training checkpoint."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A run's checkpoint, or a CheckpointError naming the file and what to do.
+
+    Checkpoints are written atomically, so a bad one comes from outside (a failing disk, a
+    copy cut short, a file put there by hand); it must not end in a traceback.
+    """
+    try:
+        ckpt = safe_load(path)
+    except Exception as exc:  # torch raises many types for a bad zip or pickle
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is truncated or corrupt and cannot be resumed from ({first}). Restore "
+                              "a good copy, or move it away to start this run again from epoch 1.") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED_KEYS)
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint (missing {', '.join(missing[:4])}). Restore "
+                              "a good copy, or move it away to start this run again from epoch 1.")
+    return ckpt
 
 
 @dataclass

@@ -4,9 +4,11 @@ The same ``train(cfg)`` runs from the CLI, from the app (as a background subproc
 the CLI) and under ``torchrun`` (DDP, rank-0 logging and saving). CUDA with bf16 autocast
 and channels_last when there is a GPU; on CPU float32 channels_last (1.6x faster than
 bf16 autocast for EfficientNet-Lite0 on AMX: oneDNN's bf16 depthwise backward is slow) or
-bf16 autocast on request. Every epoch ends with an atomic checkpoint, so a killed run
-resumes at the next epoch; a cancel flag file, a time budget, early stopping and a
-divergence guard end a run cleanly with a clear status.
+bf16 autocast on request. Rank 0 holds the run folder's lock (``h2a.engine.lock``) for the
+run's life, so a second writer is refused. Every epoch ends with an atomic checkpoint, so a
+killed run resumes at the next epoch and a full disk keeps the last good one; a cancel
+flag file, a time budget, early stopping and a divergence guard end a run cleanly with a
+clear status.
 
 This module opens, runs and closes a run; the pieces live beside it: ``builder`` (building),
 ``loop`` (the iteration), ``callbacks`` and ``tracking`` (everything around it), ``state``
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,9 +28,11 @@ import torch
 
 from h2a import RESEARCH_NOTE, __version__
 from h2a.device import describe_device, resolve_device
+from h2a.engine.builder import build_engine
 from h2a.engine.callbacks import CANCELLED, ProgressFile
 from h2a.engine.config import TrainConfig, TrainingDiverged, TrainingError
 from h2a.engine.distributed import init_distributed, leave_together
+from h2a.engine.lock import RunLock
 from h2a.engine.loop import Engine, run_epochs
 from h2a.engine.optim import make_optimizer, progressive_size, resize_batch  # noqa: F401 - the old import path
 from h2a.engine.runs import (
@@ -39,40 +44,71 @@ from h2a.engine.runs import (
     PROGRESS,
     atomic_torch_save,
     atomic_write_json,
+    is_disk_full,
+    os_error,
     read_json,
     safe_load,
+    sweep_temp_files,
 )
-from h2a.engine.builder import build_engine
 from h2a.engine.splits import make_splits  # noqa: F401 - the old import path
+from h2a.engine.state import CheckpointError, load_checkpoint
 from h2a.engine.tracking import MLflowTracker
 from h2a.inference.arrays import predict_arrays
 from h2a.inference.calibration import CALIBRATION, calibration_summary, predict_procedure
+from h2a.processes import host, start_time
 from h2a.progress import ProgressFn
 from h2a.settings import dist_env
+
+
+class DiskFull(TrainingError):
+    """A write failed for want of space (or a file-size limit or quota)."""
 
 
 def train(cfg: TrainConfig, progress: ProgressFn | None = None, log=print) -> dict:
     """Run (or resume) a training run; returns metadata.json's content.
 
-    Raises TrainingError (incl. TrainingDiverged) with a clear message; the run's
-    progress.json then says 'failed' / 'diverged' with the same message.
+    Raises TrainingError (incl. TrainingDiverged, DiskFull, CheckpointError, RunLocked)
+    with a clear message; the run's progress.json then says 'failed' / 'diverged' with the
+    same message, except when another writer holds the folder (its files are not ours).
     """
     cfg.validate()
     env = dist_env()
     init_distributed(cfg, env.enabled)
     device = resolve_device(cfg.device, env.local_rank)
     _configure_device(device)
-    state = {"status": "starting", "pid": os.getpid(), "task": cfg.task, "arch": cfg.arch,
-             "device": describe_device(device), "world_size": env.world_size, "epoch": 0,
-             "epochs": cfg.epochs, "batch": 0, "batches": 0, "history": [], "message": "",
+    with _run_lock(Path(cfg.out), env.is_main):
+        return _train_locked(cfg, env, device, progress, log)
+
+
+@contextmanager
+def _run_lock(run_dir: Path, main: bool):
+    """Rank 0 holds the folder's lock from before it reads anything until after its last write."""
+    if not main:
+        yield
+        return
+    with RunLock(run_dir):
+        sweep_temp_files(run_dir)  # a killed writer's half files; no one else writes here now
+        yield
+
+
+def _train_locked(cfg: TrainConfig, env, device: torch.device, progress: ProgressFn | None, log) -> dict:
+    state = {"status": "starting", "pid": os.getpid(), "pid_start": start_time(os.getpid()), "host": host(),
+             "task": cfg.task, "arch": cfg.arch, "device": describe_device(device), "world_size": env.world_size,
+             "epoch": 0, "epochs": cfg.epochs, "batch": 0, "batches": 0, "history": [], "message": "",
              "started": time.time()}
-    cfg, ckpt = _open_run(cfg, env.is_main, state)
+    try:
+        cfg, ckpt = _open_run(cfg, env.is_main, state)
+    except CheckpointError as exc:
+        old = read_json(Path(cfg.out) / PROGRESS) or {}  # keep the curves the page shows
+        state.update(history=old.get("history", []), epoch=old.get("epoch", 0), started=old.get("started"))
+        ProgressFile(Path(cfg.out), env.is_main, state).finish("failed", str(exc), log)
+        raise
     writer = ProgressFile(Path(cfg.out), env.is_main, state, progress,
                           budget_s=cfg.time_budget_min * 60 if cfg.time_budget_min else None)
-    writer.update(force=True)
     tracker = MLflowTracker(env.is_main, cfg, ckpt.get("mlflow_run_id") if ckpt else None)
     status, message = "failed", ""
     try:
+        writer.update(force=True)
         result = _train(cfg, ckpt, device, env, writer, tracker, log)
         status, message = "finished", ""
         return result
@@ -84,13 +120,26 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, log=print) -> di
         raise
     except Exception as exc:
         status, message = "failed", str(exc)
+        if is_disk_full(exc):
+            message = disk_full_message(exc, Path(cfg.out))
+            raise DiskFull(message) from exc
         raise
     finally:
         if status == "finished" and state.get("cancelled"):
             status, message = "cancelled", state.get("message", CANCELLED)
-        writer.update(force=True, status=status, message=message or state.get("message", ""))
+        writer.finish(status, message or state.get("message", ""), log)
         tracker.close(status)
         leave_together(env.enabled)
+
+
+def disk_full_message(exc: BaseException, run_dir: Path) -> str:
+    """'disk full while writing checkpoint.pt (...)', and what survived."""
+    cause = os_error(exc)
+    what = Path(cause.filename).name if cause is not None and cause.filename else "a file"
+    reason = cause.strerror if cause is not None and cause.strerror else str(exc)
+    kept = ("the last good checkpoint.pt is kept; free space, then resume the run"
+            if (run_dir / CHECKPOINT).exists() else "no checkpoint had been saved yet")
+    return f"disk full while writing {what} ({reason}): {kept}"
 
 
 def _configure_device(device: torch.device) -> None:
@@ -109,10 +158,14 @@ def _open_run(cfg: TrainConfig, main: bool, state: dict) -> tuple[TrainConfig, d
         old = read_json(run_dir / PROGRESS) or {}
         if old.get("status") == "finished":
             raise TrainingError(f"{run_dir} already holds a finished run; choose another --out")
-        ckpt = safe_load(run_dir / CHECKPOINT)
+        ckpt = load_checkpoint(run_dir / CHECKPOINT)
         saved = read_json(run_dir / CONFIG)
         if saved:
-            cfg = TrainConfig.from_dict({**saved, "device": cfg.device, "workers": cfg.workers})
+            # The folder it was pointed at wins over the one saved: a moved or copied run
+            # writes where it now is, never back into the folder it came from.
+            cfg = TrainConfig.from_dict({**saved, "out": cfg.out, "device": cfg.device, "workers": cfg.workers})
+            if main and saved.get("out") != cfg.out:
+                atomic_write_json(run_dir / CONFIG, asdict(cfg))
         state["history"] = list(ckpt.get("history", []))
         state["started"] = old.get("started", state["started"])
     elif main:

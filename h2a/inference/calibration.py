@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from h2a.inference.conformal import DEFAULT_LEVEL, MondrianConformal, Procedure
+from h2a.inference.conformal import DEFAULT_LEVEL, Procedure, choose_conformal, conformal_from_dict
 
 __all__ = ["CALIBRATION", "COVERAGE", "DEFAULT_TTA", "ECE_BINS", "TemperatureScaler", "boneage_calibration",
            "calibrate_run",
@@ -135,10 +135,11 @@ def _stamp(content: dict) -> dict:
 def boneage_calibration(pred: np.ndarray, age: np.ndarray, male: np.ndarray, procedure: Procedure,
                         level: float = DEFAULT_LEVEL) -> dict:
     """calibration.json content for a bone-age run from validation predictions (months)."""
-    conf = MondrianConformal(level).fit(pred, age, male)
+    conf, choice = choose_conformal(pred, age, male, level)
+    chosen = next(c for c in choice["candidates"] if c["grouping"] == choice["chosen"])
     return _stamp({"task": "boneage", "split": "validation", "procedure": procedure.to_dict(),
-                   "interval": conf.to_dict(),
-                   "validation_coverage": conf.cross_fit_coverage(pred, age, male)})
+                   "interval": conf.to_dict(), "validation_coverage": chosen,
+                   "interval_candidates": choice["candidates"]})
 
 
 def sex_calibration(logits: np.ndarray, male: np.ndarray, procedure: Procedure, shift: bool = False) -> dict:
@@ -160,7 +161,7 @@ def calibration_summary(cal: dict | None) -> dict | None:
     if "interval" in cal:
         iv = cal["interval"]
         out.update(method=iv["method"], level=iv["level"], n=iv["n"],
-                   grouping=MondrianConformal.from_dict(iv).grouping(),
+                   grouping=conformal_from_dict(iv).grouping(),
                    validation_coverage=cal.get("validation_coverage"))
     if "temperature" in cal:
         out.update(method=cal["temperature"]["method"], temperature=cal["temperature"]["temperature"],

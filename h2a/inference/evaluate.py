@@ -13,7 +13,7 @@ from h2a.inference.arrays import predict_arrays
 from h2a.inference.calibration import expected_calibration_error, record_coverage
 from h2a.inference.conformal import Procedure
 from h2a.inference.loading import LoadedRun, load_run
-from h2a.inference.metrics import interval_metrics
+from h2a.inference.metrics import interval_metrics, json_safe
 from h2a.progress import ProgressFn
 
 LEGACY_Z = 1.96  # the old interval rule: estimate +/- 1.96 x max(TTA SD, validation RMSE)
@@ -57,7 +57,8 @@ def rows_in_split(meta: dict, labelled: pd.DataFrame, split: str) -> pd.DataFram
 def split_images(run: LoadedRun, data: str | Path | None, split: str | None,
                  progress: ProgressFn | None = None) -> SplitImages:
     """The images a run is evaluated (or calibrated) on: ``data`` None = the run's own dataset;
-    ``split`` 'all', 'validation' or 'holdout' (default: validation of its own folder, else all)."""
+    ``split`` 'all', 'validation' or 'holdout' (default: validation of its own folder, else all).
+    ValueError when there are none, or none of them decodes."""
     from h2a.data.cache import build_cache
     from h2a.data.datasets import load_dataset
 
@@ -72,6 +73,9 @@ def split_images(run: LoadedRun, data: str | Path | None, split: str | None,
     cache = build_cache(ds, run.preprocess, progress=progress)
     rows = cache.rows(labelled["id"].astype(str).tolist())
     ok = cache.ok[rows]
+    if not ok.any():  # no metric is defined on zero images: say so instead of NaN or None figures
+        raise ValueError(f"{ds.name}: none of the {len(labelled)} labelled images could be decoded ({split}); "
+                         f"`h2a stats --data {data_path}` lists the problems")
     return SplitImages(labelled[ok], cache, rows[ok], ok, data_path, same, split)
 
 
@@ -99,6 +103,9 @@ def evaluate(
     on the same images. ``record`` keeps a held-out coverage measured with the calibrated
     procedure in the run folder (coverage.json) for the predict page. Sex: ``ece`` of the
     calibrated and ``ece_uncalibrated`` of the raw probabilities.
+
+    ``metrics`` is strict JSON: a figure that is undefined on these images (an SD of one
+    image, an AUC with one sex) is None, never NaN. ValueError when no image decodes.
     """
     from h2a.engine.runs import resolve_run
 
@@ -134,7 +141,7 @@ def evaluate(
             and not metrics.get("interval_procedure_mismatch")):
         record_coverage(run.path, run.calibration, split, str(data_path), metrics["n"],
                         metrics["interval_coverage"], metrics["interval_width_months"])
-    return EvalResult(metrics, preds, run, cache, rows)
+    return EvalResult(json_safe(metrics), preds, run, cache, rows)
 
 
 def interval_figures(run: LoadedRun, pred: np.ndarray, sd_months: np.ndarray, ages: np.ndarray, male: np.ndarray,

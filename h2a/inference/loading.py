@@ -14,7 +14,7 @@ from h2a.device import use_channels_last
 from h2a.engine.runs import METADATA, MODEL, read_json, safe_load
 from h2a.engine.tasks import Task, task_of_run
 from h2a.inference.calibration import measured_coverage, read_calibration
-from h2a.inference.conformal import MondrianConformal, Procedure
+from h2a.inference.conformal import MondrianConformal, NormalisedConformal, Procedure, conformal_from_dict
 from h2a.models import H2AModel, create_model, fold_batchnorm
 
 
@@ -48,10 +48,10 @@ class LoadedRun:
         return self.task_obj.to_output(raw, calibrated)
 
     @property
-    def conformal(self) -> MondrianConformal | None:
+    def conformal(self) -> MondrianConformal | NormalisedConformal | None:
         """The bone-age run's conformal interval calibration, or None."""
         cal = self.calibration or {}
-        return MondrianConformal.from_dict(cal["interval"]) if "interval" in cal else None
+        return conformal_from_dict(cal["interval"]) if "interval" in cal else None
 
     @property
     def calibrated_procedure(self) -> Procedure | None:

@@ -17,6 +17,24 @@ def band_order(labels) -> list[str]:
     return sorted(set(labels), key=lambda s: int(s.split("-")[0]))
 
 
+def json_safe(obj):
+    """``obj`` with numpy scalars as Python numbers and NaN / infinity as None, recursively:
+    what strict JSON (``allow_nan=False``) and a formatter that checks for None can take."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(json_safe(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return [json_safe(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 LOA_Z = 1.96  # limits of agreement: bias +/- 1.96 SD covers ~95% of differences (normal errors)
 
 

@@ -62,6 +62,8 @@ def colourfulness(source: Source) -> float | None:
             im.draft("RGB", (256, 256))
             if im.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
                 return None
+            if im.mode != "P":  # shrink first: converting an 80-megapixel image copies it whole
+                im.thumbnail((256, 256))
             im = im.convert("RGB")
             im.thumbnail((256, 256))
             a = np.asarray(im, dtype=np.float32) / 255.0

@@ -10,7 +10,11 @@ Foundation Study, as printed with the Greulich & Pyle atlas (``../shared/CLINICA
 * within +/-2 SD: within normal limits; below -2 SD: delayed; above +2 SD: advanced
   (a value of exactly +/-2 counts as within normal limits);
 * a BA within two years of the end of the atlas (18 y girls, 19 y boys) means a
-  near-mature skeleton, where the estimate and the SDS mean less.
+  near-mature skeleton, where the estimate and the SDS mean less;
+* a chronological age outside 0-30 years (``MAX_AGE_YEARS``) is refused
+  (``check_age_months``): it is a typo or a wrong date (``--age-months 100000``, a birth
+  year 1800), not a child, and read against the table it would become "delayed" with an
+  SDS in the thousands.
 
 The two caveats (reference row extrapolated, near-mature skeleton) are also coded
 alerts (``Assessment.alerts``), so a prediction carries them as warnings without
@@ -31,11 +35,13 @@ from h2a.predict.alerts import Alert, Code
 
 __all__ = [
     "GP_TABLE",
+    "MAX_AGE_YEARS",
     "REFERENCE_LIMITS",
     "REFERENCE_NAME",
     "REFERENCE_STATEMENT",
     "Assessment",
     "assess",
+    "check_age_months",
     "chronological_age_months",
     "classify",
     "gp_reference",
@@ -173,16 +179,40 @@ def parse_date(value: date | datetime | str | None) -> date | None:
 
 DAYS_PER_MONTH = 365.25 / 12
 
+# Well past the atlas (19 y) and the table (17 y), so a young adult's film still gets an
+# answer (with the caveats), yet far below any typo that would produce an absurd SDS.
+MAX_AGE_YEARS = 30
+
+
+def check_age_months(months: float, source: str = "the chronological age") -> float:
+    """``months`` as a float when it is a plausible chronological age (0 to MAX_AGE_YEARS
+    years); ValueError naming ``source`` otherwise."""
+    try:
+        age = float(months)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source} must be a number of months, got {months!r}") from None
+    if not np.isfinite(age):
+        raise ValueError(f"{source} must be a number of months, got {months!r}")
+    if age < 0 or age > MAX_AGE_YEARS * 12:
+        raise ValueError(f"{source} is {age:g} months ({age / 12:.1f} years): H2A accepts 0 to {MAX_AGE_YEARS} "
+                         f"years (0-{MAX_AGE_YEARS * 12} months); check the age or the dates")
+    return age
+
 
 def chronological_age_months(dob: date | datetime | str, exam_date: date | datetime | str) -> float:
-    """Age at the exam in months (days / 30.4375); ValueError when the exam precedes birth."""
+    """Age at the exam in months (days / 30.4375); ValueError when the exam precedes birth or
+    comes more than MAX_AGE_YEARS years after it (a wrong date, not a child)."""
     born, seen = parse_date(dob), parse_date(exam_date)
     if born is None or seen is None:
         raise ValueError("both the date of birth and the exam date are needed")
     days = (seen - born).days
     if days < 0:
         raise ValueError(f"the exam date {seen.isoformat()} is before the date of birth {born.isoformat()}")
-    return days / DAYS_PER_MONTH
+    months = days / DAYS_PER_MONTH
+    if months > MAX_AGE_YEARS * 12:
+        raise ValueError(f"the date of birth {born.isoformat()} is {months / 12:.1f} years before the exam date "
+                         f"{seen.isoformat()}: H2A accepts ages of 0 to {MAX_AGE_YEARS} years; check the dates")
+    return months
 
 
 def classify(sds: float) -> str:
@@ -221,11 +251,10 @@ class Assessment:
 
 def assess(ba_months: float, ca_months: float, male: bool) -> Assessment:
     """SDS, BA - CA and the classification for one exam, with the notes a report prints."""
-    ba, ca = float(ba_months), float(ca_months)
-    if not (np.isfinite(ba) and np.isfinite(ca)):
+    ba = float(ba_months)
+    if not np.isfinite(ba):
         raise ValueError("bone age and chronological age must be numbers of months")
-    if ca < 0:
-        raise ValueError(f"chronological age cannot be negative ({ca:.1f} months)")
+    ca = check_age_months(ca_months)
     mean, sd, note = gp_reference(ca, male)
     sds = (ba - ca) / sd
     alerts: list[Alert] = []

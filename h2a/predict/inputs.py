@@ -7,6 +7,10 @@
   given, else the DICOM dates (birth + study or acquisition date), else the DICOM
   ``PatientAge``; a given date of birth or exam date is completed from the DICOM when
   only one of them was typed. Without a CA the result has a bone age but no SDS.
+* A CA outside 0-30 years (``h2a.predict.clinical.check_age_months``) is refused: typed
+  (an age, or both dates) it fails the call or that file with a message saying so; from
+  the DICOM header (or dates completed from it) it leaves the file without an SDS and
+  says why, since the image itself can still be read.
 * From a DICOM only the non-identifying facts ``read_header`` exposes are used.
 
 Core module: no streamlit, no torch.
@@ -22,7 +26,7 @@ import numpy as np
 
 from h2a.data.imageio import ImageReadError, read_header
 from h2a.predict.alerts import Alert, Code
-from h2a.predict.clinical import chronological_age_months, parse_date
+from h2a.predict.clinical import check_age_months, chronological_age_months, parse_date
 
 __all__ = [
     "SEX_NEEDED",
@@ -85,13 +89,6 @@ def resolve_sex(given: Any, dicom: dict | None) -> tuple[bool, str, list[Alert]]
     raise SexNeededError(SEX_NEEDED)
 
 
-def _months_given(age_months: float) -> float:
-    age = float(age_months)
-    if not np.isfinite(age) or age < 0:
-        raise ValueError(f"age at exam must be a positive number of months, got {age_months!r}")
-    return age
-
-
 def resolve_age(dob: Any = None, exam_date: Any = None, age_months: float | None = None,
                 dicom: dict | None = None) -> tuple[float | None, str | None, list[Alert]]:
     """(CA in months or None, where it came from, alerts). See the module docstring."""
@@ -100,7 +97,7 @@ def resolve_age(dob: Any = None, exam_date: Any = None, age_months: float | None
     if born is not None and seen is not None:
         return chronological_age_months(born, seen), "date of birth and exam date given", []
     if age_months is not None:
-        return _months_given(age_months), "age at exam given", []
+        return check_age_months(age_months, "the age at exam"), "age at exam given", []
     tag_born = parse_date(d.get("birth_date"))
     tag_seen = parse_date(d.get("study_date") or d.get("acquisition_date"))
     b, s = born or tag_born, seen or tag_seen
@@ -111,7 +108,11 @@ def resolve_age(dob: Any = None, exam_date: Any = None, age_months: float | None
         except ValueError as exc:
             return None, None, [Alert(Code.NO_CHRONOLOGICAL_AGE, f"no chronological age: {exc}")]
     if d.get("age_months") is not None:
-        return float(d["age_months"]), f"DICOM PatientAge ({d.get('patient_age')})", []
+        try:
+            ca = check_age_months(d["age_months"], "the DICOM PatientAge")
+        except ValueError as exc:
+            return None, None, [Alert(Code.NO_CHRONOLOGICAL_AGE, f"no chronological age: {exc}")]
+        return ca, f"DICOM PatientAge ({d.get('patient_age')})", []
     if born is not None or seen is not None:
         return None, None, [Alert(Code.NO_CHRONOLOGICAL_AGE, "only one of date of birth / exam date is known: "
                                                              "no chronological age, so no SDS")]
@@ -151,6 +152,6 @@ def check_call_inputs(sex: Any, dob: Any, exam_date: Any, age_months: float | No
     if born is not None and born > date.today():
         raise ValueError(f"the date of birth {born.isoformat()} is in the future")
     if age_months is not None:
-        _months_given(age_months)
+        check_age_months(age_months, "the age at exam")
     if int(tta) < 1:
         raise ValueError(f"--tta must be at least 1 (1 = no augmentation), got {tta}")

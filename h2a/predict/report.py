@@ -10,7 +10,6 @@ carry patient names), and a patient label appears only when the user typed one.
 
 from __future__ import annotations
 
-import csv
 import io
 import time
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from PIL import Image
 
 from h2a import RESEARCH_NOTE, __version__
 from h2a.engine.runs import atomic_write_bytes
+from h2a.exports import csv_bytes, write_csv
 from h2a.predict.alerts import codes, flagged, messages
 from h2a.predict.clinical import (
     REFERENCE_LIMITS,
@@ -30,7 +30,7 @@ from h2a.predict.clinical import (
     reference_band,
 )
 
-__all__ = ["CSV_COLUMNS", "batch_csv", "pdf_report", "write_report"]
+__all__ = ["CSV_COLUMNS", "batch_csv", "pdf_report", "write_batch_csv", "write_report"]
 
 DISCLAIMER = (
     "Research use only, not for clinical decisions. This estimate comes from a machine-learning model "
@@ -377,10 +377,11 @@ def _row(r) -> dict:
 
 
 def batch_csv(results: Iterable) -> bytes:
-    """One CSV row per file (PredictionResult or its dict), failures with their error."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in results:
-        writer.writerow({k: ("" if v is None else v) for k, v in _row(r).items()})
-    return buf.getvalue().encode("utf-8")
+    """One CSV row per file (PredictionResult or its dict), failures with their error; file
+    names and messages escaped against formula injection (``h2a.exports``)."""
+    return csv_bytes((_row(r) for r in results), CSV_COLUMNS)
+
+
+def write_batch_csv(path: str | Path, results: Iterable) -> Path:
+    """``batch_csv(results)`` written to ``path`` (``h2a predict --csv``): the page's table."""
+    return write_csv(path, (_row(r) for r in results), CSV_COLUMNS)
