@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 FULLRES = REPO.parent / "shared" / "data" / "rsna-fullres" / "boneage-training-dataset"
 QUIET = Path("/tmp/h2a-quiet")
 LOADED = re.compile(r"model loaded: ")
+# Debian's Chromium with the flags of the browser tests (tests/browser.py); a bench is a
+# script run on its own, so it does not import the test package.
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run"]
 
 
 def wait_for_quiet(poll_s: float = 30.0) -> None:
@@ -94,9 +100,9 @@ class Server:
     """`streamlit run` of the app on a free loopback port, its log kept for counting loads."""
 
     def __init__(self, log_path: Path) -> None:
-        from tests.browser import _free_port
-
-        self.port = _free_port()
+        with socket.socket() as s:  # a free loopback port
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")
@@ -159,8 +165,6 @@ async def one_session(browser, url: str, image: Path, age: int, ready: asyncio.B
 
 async def drive(url: str, images: list[Path], timeout_s: float, at_clicks: dict, server_pid: int) -> list[float]:
     from playwright.async_api import async_playwright
-
-    from tests.browser import CHROMIUM, FLAGS
 
     ready = asyncio.Barrier(len(images))
     async with async_playwright() as pw:
