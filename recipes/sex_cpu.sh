@@ -16,5 +16,9 @@ $PY -m h2a train --task sex --data "$DATA" --out "$RUN" \
     --epochs 6 --time-budget 25 --batch-size 32 --lr 1e-3 --weight-decay 1e-4 \
     --optimizer adamw --scheduler cosine --ema 0.998 --amp bf16 --freeze 4 \
     --holdout-fraction 0.1 --val-fraction 0.1 --workers 1 --seed 0
+# Probabilities: the model calls too many boys girls (a bias, not only over-confidence), so
+# temperature scaling alone left held-out ECE at 0.12; a fitted offset with it, on the
+# validation split and for the evaluation's own procedure (mirror), took it to 0.04.
+$PY -m h2a calibrate --model "$RUN" --tta --tta-views 0 --logit-shift
 $PY -m h2a evaluate --model "$RUN" --split holdout --tta --json | tee "$RUN/holdout.json"
 echo "wall time: $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
