@@ -94,6 +94,18 @@ def band_label(lo: float | None, hi: float | None) -> str:
     return f"{fmt(lo)}-{fmt(hi)} y"
 
 
+def _bands(band_edges: tuple[float, ...]) -> list[str]:
+    """The band labels between consecutive edges, open at both ends."""
+    edges = [None, *band_edges, None]
+    return [band_label(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def _band_of(pred: np.ndarray, band_edges: tuple[float, ...]) -> np.ndarray:
+    """Band label of each predicted age (months)."""
+    idx = np.searchsorted(np.asarray(band_edges), np.asarray(pred, float), side="right")
+    return np.asarray(_bands(band_edges), dtype=object)[idx]
+
+
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
     """The split-conformal quantile: the ceil((n + 1) level)-th smallest score.
 
@@ -131,13 +143,11 @@ class MondrianConformal:
     # -- groups ---------------------------------------------------------------
     @property
     def bands(self) -> list[str]:
-        edges = [None, *self.band_edges, None]
-        return [band_label(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+        return _bands(self.band_edges)
 
     def band_of(self, pred: np.ndarray) -> np.ndarray:
         """Band label of each predicted age (months)."""
-        idx = np.searchsorted(np.asarray(self.band_edges), np.asarray(pred, float), side="right")
-        return np.asarray(self.bands, dtype=object)[idx]
+        return _band_of(pred, self.band_edges)
 
     def groups_of(self, pred: np.ndarray, male: np.ndarray) -> np.ndarray:
         """The finest group label of each image: 'band|sex' (or the band when not by sex)."""
@@ -280,15 +290,9 @@ class NormalisedConformal:
         self.level, self.bandwidth = float(level), float(bandwidth)
         self.band_edges = tuple(float(e) for e in band_edges)
 
-    @property
-    def bands(self) -> list[str]:
-        edges = [None, *self.band_edges, None]
-        return [band_label(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
-
     def groups_of(self, pred: np.ndarray, male: np.ndarray) -> np.ndarray:
         """Predicted-age band of each image: the groups coverage is reported by (not fitted by)."""
-        idx = np.searchsorted(np.asarray(self.band_edges), np.asarray(pred, float), side="right")
-        return np.asarray(self.bands, dtype=object)[idx]
+        return _band_of(pred, self.band_edges)
 
     def fit(self, pred: np.ndarray, y: np.ndarray, male: np.ndarray | None = None) -> NormalisedConformal:
         pred, y = np.asarray(pred, float), np.asarray(y, float)
