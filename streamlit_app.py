@@ -24,6 +24,7 @@ PAGES = {
         st.Page("app_pages/training.py", title="Bone-age training", icon=":material/model_training:"),
         st.Page("app_pages/evaluation.py", title="Bone-age evaluation", icon=":material/query_stats:"),
         st.Page("app_pages/predict.py", title="Predict bone age", icon=":material/radiology:"),
+        st.Page("app_pages/studies.py", title="Studies", icon=":material/science:"),
     ],
     "Questions": [
         st.Page("app_pages/sex.py", title="Sex from the image", icon=":material/wc:"),

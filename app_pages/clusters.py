@@ -1,5 +1,9 @@
 """Clusters: do unsupervised clusters of CNN embeddings group the children by sex, by age,
-or by something else?"""
+or by something else?
+
+The embeddings, the UMAP map and k-means run as a background job (``h2a jobs``): the page
+asks for it and returns at once, shows its progress while it runs, and fills in when it
+is done. The same settings asked again, by anyone, show the same job or its answer."""
 
 import numpy as np
 import plotly.express as px
@@ -7,10 +11,17 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from h2a.app.charts import style
-from h2a.app.cluster_ui import (SOURCE_PRETRAINED, clustering_for, cluster_map, composition_table, embeddings_for,
-                                image_grid, selected_ids, sweep_for)
+from h2a.app.cluster_ui import (
+    SOURCE_PRETRAINED,
+    cluster_map,
+    clusters_job,
+    clusters_result,
+    composition_table,
+    image_grid,
+    job_progress,
+    selected_ids,
+)
 from h2a.app.state import require_dataset
-from h2a.models import PretrainedWeightsUnavailable
 from h2a.data.preprocess import PreprocessConfig
 from h2a.engine.runs import list_runs
 from h2a.exports import csv_bytes
@@ -24,39 +35,80 @@ st.caption("Each image becomes a vector (the CNN's pooled last feature map); UMA
            "and bone age. k-means also runs on the full embedding, so the answer does not rest on the 2-D map.")
 
 # ------------------------------------------------------------------ inputs
+# The form's last submitted values live under CL_SAVED as well as in the widgets: Streamlit
+# drops a widget's state when the page is left, and coming back must show the same job.
+DEFAULTS = {"cl_source": SOURCE_PRETRAINED, "cl_size": 128, "cl_k": 2, "cl_nn": 15, "cl_md": 0.1,
+            "cl_metric": "euclidean", "cl_pca": 50, "cl_seed": 0}
+CL_SAVED = "cl_saved"
 runs = [r for r in list_runs() if r.has_model]
 sources = [SOURCE_PRETRAINED] + [r.name for r in runs]
+saved = st.session_state.get(CL_SAVED, {})
+for key, default in DEFAULTS.items():
+    if key not in st.session_state:
+        st.session_state[key] = saved.get(key, default)
+if st.session_state["cl_source"] not in sources:  # a run deleted since
+    st.session_state["cl_source"] = SOURCE_PRETRAINED
 with st.form("cluster_form"):
     c1, c2, c3 = st.columns([2, 1, 1])
     source = c1.selectbox("Embedding source", sources, key="cl_source",
                           format_func=lambda s: "ImageNet-pretrained EfficientNet-Lite0" if s == SOURCE_PRETRAINED
                           else f"trained run: {s}")
-    size = c2.select_slider("Image size (pretrained)", [64, 96, 128, 160, 192, 224], value=128, key="cl_size",
+    size = c2.select_slider("Image size (pretrained)", [64, 96, 128, 160, 192, 224], key="cl_size",
                             help="a trained run always embeds at its own preprocessing")
-    k = c3.number_input("k (clusters)", 2, 20, 2, key="cl_k")
+    k = c3.number_input("k (clusters)", 2, 20, key="cl_k")
     c1, c2, c3, c4, c5 = st.columns(5)
-    n_neighbors = c1.number_input("UMAP neighbours", 2, 200, 15, key="cl_nn")
-    min_dist = c2.number_input("UMAP min distance", 0.0, 0.99, 0.1, step=0.05, key="cl_md")
+    n_neighbors = c1.number_input("UMAP neighbours", 2, 200, key="cl_nn")
+    min_dist = c2.number_input("UMAP min distance", 0.0, 0.99, step=0.05, key="cl_md")
     metric = c3.selectbox("Metric", ["euclidean", "cosine", "manhattan", "correlation"], key="cl_metric")
-    pca = c4.number_input("PCA components (0 = none)", 0, 512, 50, key="cl_pca")
-    seed = c5.number_input("Seed", 0, 10_000, 0, key="cl_seed")
-    st.form_submit_button("Compute", type="primary")
+    pca = c4.number_input("PCA components (0 = none)", 0, 512, key="cl_pca")
+    seed = c5.number_input("Seed", 0, 10_000, key="cl_seed")
+    computed = st.form_submit_button("Compute", type="primary",
+                                     help="runs as a background job: it keeps going if you leave the page")
+st.session_state[CL_SAVED] = {key: st.session_state[key] for key in DEFAULTS}
 
+# ------------------------------------------------------------------ the job
+# Asking is cheap: the embeddings, UMAP and k-means run in a background job shared by every
+# session that asks the same question; a finished one is shown at once.
 pp = PreprocessConfig(size=int(size)) if source == SOURCE_PRETRAINED else None
+settings = {"k": int(k), "pca": int(pca), "n_neighbors": int(n_neighbors), "min_dist": float(min_dist),
+            "metric": metric, "seed": int(seed)}
 try:
-    emb = embeddings_for(ds, source, pp)
-except (PretrainedWeightsUnavailable, FileNotFoundError, ValueError, RuntimeError) as exc:
-    st.error(f"Could not compute embeddings: {exc}")
+    job = clusters_job(ds, source, pp, **settings)
+    state = job.status()
+    loaded = clusters_result(job) if state.get("status") == "finished" else None
+    if computed and loaded is None and state.get("status") not in ("starting", "running"):
+        job = clusters_job(ds, source, pp, **settings, restart=True)  # Compute starts a failed/stopped job again
+        state = job.status()
+except (FileNotFoundError, ValueError, OSError) as exc:
+    st.error(f"Could not start the clusters job: {exc}")
     st.stop()
-if len(emb) <= int(k):
-    st.warning(f"Only {len(emb)} decodable images: too few for k = {k}.")
-    st.stop()
-st.caption(f"{len(emb):,} images · {emb.dim}-d embeddings from {emb.source} · "
-           + ("reused from the on-disk cache" if emb.from_cache else
-              f"computed now on {emb.info.get('device')} ({emb.info.get('images_per_s')} images/s)"))
 
-frame, scores = clustering_for(emb, emb.key, int(k), int(pca), int(n_neighbors), float(min_dist), metric, int(seed))
+if loaded is None:
+    status = state.get("status")
+    if status in ("starting", "running"):
+        st.info("Computing the embeddings, the UMAP map and k-means in the background. This page fills in "
+                "when the job is done; you can leave it and come back.", icon=":material/hourglass_top:")
+        job_progress(str(job.dir))
+    elif status == "cancelled":
+        st.warning(f"The clusters job `{job.name}` was cancelled. Press **Compute** to start it again.")
+    elif status == "stopped":
+        st.warning(f"The clusters job `{job.name}` stopped before finishing (its process ended: killed, or the "
+                   "server restarted). Press **Compute** to start it again.")
+    elif status == "failed":
+        st.error(f"The clusters job `{job.name}` failed: {state.get('message')}. Change the settings, or press "
+                 "**Compute** to try again.")
+        with st.expander("Job log"):
+            st.code(job.log_tail(30) or "(empty)")
+    else:
+        st.warning(f"The clusters job `{job.name}` has no result ({status}). Press **Compute** to start it.")
+    st.stop()
+
+frame, scores, sw, result = loaded
+emb_info = result.get("embedding") or {}
 full = scores["full"]
+st.caption(f"{result['n']:,} images · {emb_info.get('dim')}-d embeddings from {emb_info.get('source')}, computed on "
+           f"{emb_info.get('device')} ({emb_info.get('images_per_s')} images/s) · map and clusters from background job "
+           f"`{job.name}` ({result.get('seconds', 0):.0f} s), kept on disk: the same settings show at once")
 
 
 def _f(v, spec=".2f"):
@@ -136,8 +188,6 @@ right.plotly_chart(style(fig), width="stretch")
 
 # ------------------------------------------------------------------ choosing k
 st.subheader("Choosing k")
-ks = tuple(range(2, min(11, len(emb))))
-sw = sweep_for(emb, emb.key, int(pca), ks, int(seed))
 fig = make_subplots(rows=1, cols=2, subplot_titles=("inertia (look for the elbow)", "silhouette (higher is better)"))
 fig.add_scatter(x=sw["k"], y=sw["inertia"], mode="lines+markers", name="inertia", row=1, col=1)
 fig.add_scatter(x=sw["k"], y=sw["silhouette"], mode="lines+markers", name="silhouette", row=1, col=2)

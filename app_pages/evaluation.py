@@ -9,9 +9,9 @@ import streamlit as st
 
 from h2a.app.charts import SEX_COLORS, style
 from h2a.app.cam_ui import cam_of_file
-from h2a.app.runs_ui import evaluation
+from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, run_data_fingerprint
 from h2a.app.robustness_ui import robustness_section
-from h2a.app.state import dataset_at, require_dataset, thumb_for
+from h2a.app.state import dataset_at, require_dataset, show_thumb
 from h2a.app.training_ui import curves
 from h2a.inference.cam import overlay
 from h2a.data.datasets import DatasetError
@@ -46,17 +46,25 @@ views = int(c2.number_input("Augmented copies", 0, 32, 0, key="eval_views",
 
 
 def _evaluate(name: str):
+    """The run's evaluation, or its Pending background job (never computed in this rerun)."""
     data = str(ds.root) if source == "active" else None
     split = "all" if source == "active" else source
+    path = by_name[name].path
+    sizes = (read_json(path / "metadata.json") or {}).get("split_sizes", {})
+    n_hint = int(ds.meta["boneage"].notna().sum()) if source == "active" else sizes.get(source)
+    fingerprint = ds.fingerprint if source == "active" else run_data_fingerprint(path)
     try:
-        with st.spinner(f"Evaluating {name}…"):
-            return evaluation(by_name[name].path, data, split, tta, views)
+        return evaluation_or_pending(path, data, fingerprint, split, tta, views, n_hint=n_hint)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         st.error(f"{name}: {exc}")
         return None
 
 
-results = {name: r for name in picked if (r := _evaluate(name)) is not None}
+answers = {name: r for name in picked if (r := _evaluate(name)) is not None}
+pending = [r for r in answers.values() if isinstance(r, Pending)]
+if pending:
+    pending_status(pending)
+results = {name: r for name, r in answers.items() if not isinstance(r, Pending)}
 if not results:
     st.stop()
 
@@ -182,13 +190,8 @@ worst = preds.head(12)
 cols = st.columns(6)
 for i, row in enumerate(worst.itertuples()):
     with cols[i % 6]:
-        path = own.path_of(row.id)
-        thumb = thumb_for(path) if path else "image not found"
-        if isinstance(thumb, str):
-            st.error(thumb)
-        else:
-            st.image(thumb, caption=f"{row.id}: true {row.boneage:.0f}, pred {row.predicted:.0f} ({row.error:+.0f})",
-                     width="stretch")
+        show_thumb(own.path_of(row.id),
+                   f"{row.id}: true {row.boneage:.0f}, pred {row.predicted:.0f} ({row.error:+.0f})")
 
 st.subheader("Where the model looks (Grad-CAM)")
 cam_ids = st.multiselect("Images", preds["id"].astype(str).tolist(), default=preds["id"].astype(str).tolist()[:3],

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from h2a import RESEARCH_NOTE, __version__
-from h2a.app.state import require_dataset, thumb_for
+from h2a.app.state import require_dataset, show_thumb
 
 active = require_dataset()
 ds = active.ds
@@ -30,9 +30,8 @@ if len(labelled):
             picks.append(band.sample(1, random_state=0).iloc[0])
     strip = st.columns(max(1, len(picks)))
     for col, row in zip(strip, picks):
-        thumb = thumb_for(row["path"], 160)
-        if not isinstance(thumb, str):
-            col.image(thumb, caption=f"{row['boneage']:.0f} months · {'boy' if row['male'] else 'girl'}", width="stretch")
+        with col:  # from the workspace's thumbnail cache: no full-resolution decode per visit
+            show_thumb(row["path"], f"{row['boneage']:.0f} months · {'boy' if row['male'] else 'girl'}", side=160)
 
 st.subheader("What you can ask")
 LINKS = [

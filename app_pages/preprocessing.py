@@ -2,8 +2,16 @@
 to real images, and a named config that training will use.
 
 The model-input numbers come from ``h2a.data.transforms`` (input_norm + array_input), the
-one transform the engine, embeddings and prediction use, for the architecture picked."""
+one transform the engine, embeddings and prediction use, for the architecture picked.
 
+At full resolution (2000 px radiographs, 12,611 of them) the page stays quick: the picker
+lists at most 200 ids matching an id search (never every label in the browser), a picked image
+is decoded once per server (``st.cache_data``, shared by every session) and shown at screen
+size, and the augmented samples are cached per config."""
+
+import json
+
+import cv2
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -12,7 +20,7 @@ import torch
 
 from h2a.app.charts import style
 from h2a.app.option_widgets import option_widget
-from h2a.app.state import require_dataset
+from h2a.app.state import decoded, file_token, require_dataset
 from h2a.data import imageio
 from h2a.data.preprocess import (
     PreprocessConfig,
@@ -72,10 +80,49 @@ norm = input_norm(arch, cfg)
 cpu = torch.device("cpu")
 
 # ------------------------------------------------------------------ image choice
+DISPLAY_SIDE = 768  # the original is shown at screen size: encoding 5 MP for the browser takes seconds
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def image_labels(fingerprint: str, _rows: pd.DataFrame) -> dict[str, str]:
+    """'id · sex · age' per id, built once per dataset (a per-option table scan is quadratic)."""
+    ids = _rows["id"].astype(str).tolist()
+    ages = [f"{a:.0f} mo" if pd.notna(a) else "no age" for a in _rows["boneage"].astype(float).tolist()]
+    return {i: f"{i} · {s} · {a}" for i, s, a in zip(ids, _rows["sex"].astype(str).tolist(), ages)}
+
+
+labels = image_labels(ds.fingerprint, usable)
+paths = dict(zip(usable["id"].astype(str), usable["path"]))
+
+
 def _label(i: str) -> str:
-    row = usable.loc[usable["id"] == i].iloc[0]
-    age = f"{row.boneage:.0f} mo" if pd.notna(row.boneage) else "no age"
-    return f"{i} · {row.sex} · {age}"
+    return labels.get(str(i), str(i))
+
+
+MAX_OPTIONS = 200  # the picker sends only these labels to the browser, never all 12,611
+MAX_PICKS = 4
+all_ids = usable["id"].astype(str)
+valid_ids = set(all_ids)
+
+
+def matching_ids(query: str, limit: int = MAX_OPTIONS) -> list[str]:
+    """Ids containing ``query`` (any case; an exact id first), at most ``limit``."""
+    q = query.strip()
+    if not q:
+        return all_ids.head(limit).tolist()
+    hits = all_ids[all_ids.str.contains(q, case=False, regex=False)].head(limit).tolist()
+    return ([q] + [h for h in hits if h != q]) if q in valid_ids else hits
+
+
+def _picks() -> list[str]:
+    return [str(i) for i in st.session_state.get("preview_ids", []) if str(i) in valid_ids]
+
+
+def _add_typed_id() -> None:
+    """An exact id typed in the search box joins the picks (the oldest leaves beyond 4)."""
+    q = str(st.session_state.get("pp_find", "")).strip()
+    if q in valid_ids:
+        st.session_state["preview_ids"] = ([i for i in _picks() if i != q] + [q])[-MAX_PICKS:]
 
 
 c1, c2, c3 = st.columns([1, 2, 1])
@@ -90,25 +137,56 @@ if c3.button("Random image", key="pp_random") or "preview_ids" not in st.session
         rng = np.random.default_rng(st.session_state.get("pp_rng", 0))
         st.session_state["pp_rng"] = st.session_state.get("pp_rng", 0) + 1
         st.session_state["preview_ids"] = [str(pool["id"].iloc[rng.integers(len(pool))])]
-valid_ids = set(usable["id"])
-current = [i for i in st.session_state.get("preview_ids", []) if i in valid_ids] or [str(usable["id"].iloc[0])]
-picked = st.multiselect("Images (up to 4; or send some from the Population gallery)", usable["id"].tolist(),
-                        default=current, max_selections=4, format_func=_label, key=f"pp_ids_{'-'.join(current)}")
+current = _picks() or [str(all_ids.iloc[0])]
+query = st.text_input("Find images by id", key="pp_find", on_change=_add_typed_id,
+                      placeholder="type an id, or part of one",
+                      help=f"An exact id is added to the images below; part of one lists up to {MAX_OPTIONS} "
+                           f"matching ids to pick from ({len(all_ids):,} images in all).")
+matches = matching_ids(query)
+options = current + [m for m in matches if m not in current]
+if query.strip() and not matches:
+    st.caption(f"No id contains '{query.strip()}'.")
+picked = st.multiselect(f"Images (up to {MAX_PICKS}; or send some from the Population gallery)", options,
+                        default=current, max_selections=MAX_PICKS, format_func=_label,
+                        key=f"pp_ids_{'-'.join(current)}")
+if picked != current:  # the picks outlive a new search (which changes the options)
+    st.session_state["preview_ids"] = picked
 if not picked:
     st.info("Pick at least one image.")
     st.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _decode(path: str) -> np.ndarray | str:
-    try:
-        return imageio.read_image(path)
-    except imageio.ImageReadError as exc:
-        return str(exc)
+def _display_view(path: str, token: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray] | str:
+    """(uint8 image at most DISPLAY_SIDE px, 64-bin histogram of the full image), shared
+    by every session; the error text for a file that cannot be read."""
+    img = decoded(path)
+    if isinstance(img, str):
+        return img
+    counts, _ = np.histogram(img.ravel(), bins=64, range=(0.0, 1.0))
+    scale = DISPLAY_SIDE / max(img.shape)
+    if scale < 1:
+        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    return imageio.to_uint8(img), counts
 
 
-def _hist(values: np.ndarray, title: str, rng: tuple[float, float]) -> go.Figure:
-    counts, edges = np.histogram(values.ravel(), bins=64, range=rng)
+@st.cache_data(show_spinner=False, max_entries=64)
+def _augmented(path: str, token: tuple[int, int] | None, cfg_json: str, seed: int) -> list[np.ndarray] | None:
+    """The 8 augmented samples of one image for one config and seed (shared by sessions)."""
+    img = decoded(path)
+    if isinstance(img, str):
+        return None
+    cfg = PreprocessConfig(**json.loads(cfg_json))
+    # photometric=True: every augmentation training applies (test-time copies are geometric only)
+    return augment_samples(prepare(img, cfg), cfg, n=8, seed=seed, photometric=True)
+
+
+def _hist(values: np.ndarray, title: str, rng: tuple[float, float], counts: np.ndarray | None = None) -> go.Figure:
+    if counts is None:
+        counts, edges = np.histogram(values.ravel(), bins=64, range=rng)
+    else:
+        edges = np.linspace(rng[0], rng[1], len(counts) + 1)
     fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, marker_color="#4fa3d9"))
     fig.update_layout(title=title, bargap=0, xaxis_title="intensity", yaxis_title="pixels")
     return style(fig, height=220)
@@ -116,18 +194,19 @@ def _hist(values: np.ndarray, title: str, rng: tuple[float, float]) -> go.Figure
 
 # ------------------------------------------------------------------ before / after
 for ident in picked:
-    row = usable.loc[usable["id"] == ident].iloc[0]
-    img = _decode(row.path)
+    path = paths[str(ident)]
+    img = decoded(path)
     st.markdown(f"#### {_label(ident)}")
     if isinstance(img, str):
         st.error(img)
         continue
+    view, counts0 = _display_view(path, file_token(path))
     out = prepare(img, cfg)
     tensor = array_input(out, norm, cpu)[0, 0].numpy()  # exactly what the engine feeds the model
     left, right = st.columns(2)
     with left:
-        st.image(imageio.to_uint8(img), caption=f"original {img.shape[1]}x{img.shape[0]}", width="stretch")
-        st.plotly_chart(_hist(img, "Original intensities", (0.0, 1.0)), width="stretch", key=f"h0-{ident}")
+        st.image(view, caption=f"original {img.shape[1]}x{img.shape[0]}", width="stretch")
+        st.plotly_chart(_hist(img, "Original intensities", (0.0, 1.0), counts0), width="stretch", key=f"h0-{ident}")
     with right:
         st.image(out, caption=f"preprocessed {cfg.size}x{cfg.size} ({cfg.resize}, {cfg.contrast})", width="stretch")
         st.plotly_chart(_hist(out.astype(np.float32) / 255.0, "Preprocessed intensities", (0.0, 1.0)),
@@ -143,14 +222,13 @@ for ident in picked:
 
 # ------------------------------------------------------------------ augmentation grid
 st.subheader("Augmented samples")
-first = _decode(usable.loc[usable["id"] == picked[0], "path"].iloc[0])
-if isinstance(first, np.ndarray):
+first_path = paths[str(picked[0])]
+if isinstance(decoded(first_path), np.ndarray):
     if augmentation(cfg) is None:
         st.info("All augmentations are off: training sees the preprocessed image unchanged.")
     else:
-        # photometric=True: every augmentation training applies (test-time copies are geometric only)
-        samples = augment_samples(prepare(first, cfg), cfg, n=8, seed=st.session_state.get("pp_aug_seed", 0),
-                                  photometric=True)
+        samples = _augmented(first_path, file_token(first_path), json.dumps(cfg.to_dict(), sort_keys=True),
+                             st.session_state.get("pp_aug_seed", 0))
         if st.button("New samples", key="pp_aug_new"):
             st.session_state["pp_aug_seed"] = st.session_state.get("pp_aug_seed", 0) + 1
             st.rerun()

@@ -9,7 +9,7 @@ import streamlit as st
 from h2a.app.charts import SEX_COLORS, style
 from h2a.app.cam_ui import cam_of_file
 from h2a.app.cluster_ui import bands_for, bootstrap_for
-from h2a.app.runs_ui import evaluation
+from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, run_data_fingerprint
 from h2a.app.state import dataset_at, require_dataset
 from h2a.app.training_ui import curves, new_run_and_pick, show_run
 from h2a.inference.cam import overlay
@@ -52,13 +52,19 @@ source = c1.radio("Evaluate on", options, horizontal=True, key="sex_source",
                                "holdout": f"the run's held-out test split ({sizes.get('holdout', 0)})",
                                "active": f"all images of {ds.name} with a known sex"}.get)
 tta = c2.checkbox("Flip test-time augmentation", key="sex_tta")
-try:
-    with st.spinner(f"Evaluating {run_dir.name}…"):
-        metrics, preds = evaluation(run_dir, str(ds.root) if source == "active" else None,
-                                    "all" if source == "active" else source, tta)
+try:  # never computed in this rerun: a first evaluation runs in the background
+    answer = evaluation_or_pending(
+        run_dir, str(ds.root) if source == "active" else None,
+        ds.fingerprint if source == "active" else run_data_fingerprint(run_dir),
+        "all" if source == "active" else source, tta,
+        n_hint=int(ds.meta["male"].notna().sum()) if source == "active" else sizes.get(source))
 except (ValueError, FileNotFoundError, KeyError) as exc:
     st.error(f"{run_dir.name}: {exc}")
     st.stop()
+if isinstance(answer, Pending):
+    pending_status([answer])
+    st.stop()
+metrics, preds = answer
 if metrics.get("task") != "sex":
     st.error(f"{run_dir.name} is not a sex-classification run.")
     st.stop()

@@ -6,6 +6,8 @@ Not a test: it prints figures. Default data are the real RSNA samples in
     .venv/bin/python bench/bench_cache.py
     .venv/bin/python bench/bench_cache.py --data ../shared/data/rsna-fullres --size 512
     .venv/bin/python bench/bench_cache.py --limit 2000 --workers 2
+    python bench/make_scale_dataset.py --n 12611 --out /tmp/h2a-scale
+    .venv/bin/python bench/bench_cache.py --data /tmp/h2a-scale --limit 1000 --size 256 --size 512 --build-only
 
 "Epoch" here means producing every image once as normalised float32 tensors in batches
 of 64 (what the training loop consumes). The cache side reads uint8 rows from the
@@ -133,7 +135,8 @@ def bench_headers(ds, tmp: Path, workers: int) -> None:
           f"{n / warm:10.0f} img/s from the header DB ({warm:.2f} s)")
 
 
-def bench_one(root: Path, size: int, limit: int | None, workers: int, keep: Path | None) -> None:
+def bench_one(root: Path, size: int, limit: int | None, workers: int, keep: Path | None,
+              build_only: bool = False) -> None:
     t0 = time.perf_counter()
     ds = limited(datasets.load_dataset(root), limit)
     load_s = time.perf_counter() - t0
@@ -154,6 +157,11 @@ def bench_one(root: Path, size: int, limit: int | None, workers: int, keep: Path
         mb = cache.images.nbytes / 2**20
         print(f"  cache build:         {n / build_s:10.1f} img/s with {workers} worker(s) "
               f"({build_s:.2f} s, {mb:.0f} MiB, {cache.n_failed} failed)")
+        if "images_per_s" in cache.info:  # the build's own figures (decode phase only)
+            print(f"  build reports:       {cache.info['images_per_s']:10.1f} img/s, "
+                  f"{cache.info['mb_per_s']:.1f} MB/s read ({cache.info['input_bytes'] / 1e6:.0f} MB of files)")
+        if build_only:
+            return
         t0 = time.perf_counter()
         again = build_cache(ds, cfg, root=cache_root, workers=workers)
         reopen_s = time.perf_counter() - t0
@@ -189,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, action="append",
                     help="dataset folder (repeatable); default: rsna-thumbs-100 and rsna-fullres")
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, action="append", help="cache image size (repeatable; default 256)")
+    ap.add_argument("--build-only", action="store_true",
+                    help="header scan and cache build only (no epoch comparisons): for the scale dataset")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     ap.add_argument("--workers", type=int, default=None,
                     help=f"cache build processes (default H2A_WORKERS = {get_settings().workers})")
@@ -209,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"H2A tensor-cache benchmark: {os.cpu_count()} CPU(s), torch {torch.__version__}, "
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     for root in sets:
-        bench_one(root, args.size, args.limit, workers, args.keep)
+        for size in args.size or [256]:
+            bench_one(root, size, args.limit, workers, args.keep, args.build_only)
     return 0
 
 

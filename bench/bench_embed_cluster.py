@@ -12,6 +12,9 @@ Prints (and writes to bench/out/embed_cluster.json):
 * standardise + PCA, UMAP (numba compilation timed separately), k-means on the map and on
   the full embedding, and a k = 2..10 sweep, on all embeddings (11,005 for the thumbnails);
 * the k = 2 scores against sex (ARI, NMI, purity) on the map and on the full embedding.
+
+``--skip-full`` stops after the throughput sample; ``--json FILE`` writes the figures there
+too (bench/gpu_check.py reads them).
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ def main() -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "rsna-thumbs-100"))
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--sample", type=int, default=512, help="images in the timed throughput sample")
+    ap.add_argument("--sample", type=int, default=512,
+                    help="images in the timed throughput sample (the dataset's repeated when it has fewer)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                     help="bf16 autocast also on a CPU with AMX (auto: only on a GPU)")
     ap.add_argument("--skip-full", action="store_true", help="only the throughput sample, no full embedding/UMAP")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
     import numpy as np
@@ -45,7 +50,7 @@ def main() -> int:
     from h2a.data.cache import build_cache
     from h2a.analysis.clustering import EmbeddingClusterer, sweep_k
     from h2a.data.datasets import load_dataset
-    from h2a.device import describe_device, resolve_device
+    from h2a.device import amp_dtype, describe_device, resolve_device
     from h2a.analysis.embeddings import compute_embeddings, embed_arrays, resolve_source
     from h2a.data.preprocess import PreprocessConfig
     from h2a.progress import StderrProgress
@@ -73,7 +78,8 @@ def main() -> int:
     model = src.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    rows = np.flatnonzero(cache.ok)[: args.sample]
+    # a dataset smaller than the sample is repeated (a GPU needs more images than a few originals)
+    rows = np.resize(np.flatnonzero(cache.ok), args.sample)
     images = cache.take(rows)
     # warm-up batch (one-time oneDNN/CUDA setup is not throughput)
     embed_arrays(model, images[: args.batch_size], src.norm, device, batch_size=args.batch_size, amp=args.amp)
@@ -85,11 +91,15 @@ def main() -> int:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
     out["embed_sample"] = {"n": len(images), "seconds": round(dt, 2), "images_per_s": round(len(images) / dt, 1),
-                           "amp": args.amp}
+                           "amp": args.amp, "batch_size": args.batch_size,
+                           "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(device, args.amp),
+                                                                                            "fp32"),
+                           "channels_last": device.type == "cuda"}
     print(f"embedding throughput: {len(images) / dt:.1f} images/s ({len(images)} images at {args.size} px, "
           f"batch {args.batch_size}, {out['device']})", flush=True)
     if args.skip_full:
         print(json.dumps(out, indent=2))
+        _write(args.json, out)
         return 0
 
     # ---- the whole dataset through compute_embeddings (stored on disk)
@@ -138,7 +148,14 @@ def main() -> int:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "embed_cluster.json").write_text(json.dumps(out, indent=2, default=str))
     print(f"written to {dest / 'embed_cluster.json'}")
+    _write(args.json, out)
     return 0
+
+
+def _write(path: Path | None, out: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,21 @@ decode (header + pixels), preprocess, model (one forward), TTA (N augmented copi
 batch, embedding included), OOD (distance to the training embeddings), CAM (Grad-CAM +
 mapping back to the image), report (one-page PDF), and end to end (``predict_image`` with
 CAM + PDF, what the page does for one upload).
+
+    .venv/bin/python bench/bench_predict.py --device cuda --image ../shared/data/rsna-fullres/boneage-training-dataset/1377.png \
+        --data ../shared/data/rsna-thumbs-100 --workspace /tmp/ws --json predict.json
+
+``--image`` uploads that file's bytes as they are (a full-resolution original) instead of
+the 1500 x 2000 PNG; ``--device`` loads the models there (the app's Predictor uses the CPU);
+``--data`` trains the latency-only run on that dataset instead of generating the demo;
+``--workspace`` holds that run; ``--json`` writes the figures (bench/gpu_check.py reads them).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import tempfile
@@ -68,15 +77,15 @@ def _test_png(work: Path) -> tuple[bytes, str]:
     return buf.getvalue(), what
 
 
-def _latency_run(arch: str, size: int, workspace: Path) -> Path:
-    """One short epoch on the demo data: a real run folder of that architecture."""
+def _latency_run(arch: str, size: int, workspace: Path, data: Path | None = None) -> Path:
+    """One short epoch on ``data`` (default the demo data): a real run folder of that architecture."""
     from h2a.data.demo import ensure_demo
     from h2a.data.preprocess import PreprocessConfig
     from h2a.engine.config import TrainConfig
     from h2a.engine.trainer import train
     from h2a.models import model_info
 
-    demo = ensure_demo(n=120, seed=0)
+    demo = data if data is not None else ensure_demo(n=120, seed=0)
     out = workspace / "models" / f"latency-{arch}-{size}"
     cfg = TrainConfig(data=str(demo), out=str(out), arch=arch, pretrained=model_info(arch).pretrained_available,
                       preprocess=PreprocessConfig(size=size).to_dict(), epochs=1, batch_size=16,
@@ -95,10 +104,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=20, help="files for the throughput figure (rsna-fullres)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads per prediction (default: adaptive, 1 when the machine is busy)")
+    ap.add_argument("--device", default=None, help="where the models run: cpu (default, as the app), cuda, cuda:N")
+    ap.add_argument("--image", type=Path, default=None,
+                    help="upload this file as it is (default: a real radiograph resized to 1500 x 2000 PNG)")
+    ap.add_argument("--data", type=Path, default=None, help="dataset for the latency-only run (default: demo data)")
+    ap.add_argument("--workspace", type=Path, default=None,
+                    help="workspace of the latency-only run (default: one in the temp folder, reused)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="h2a-bench-predict-"))
-    ws = Path(tempfile.gettempdir()) / "h2a-bench-predict-ws"  # the latency-only run is reused between runs
+    # the latency-only run is reused between runs
+    ws = args.workspace or Path(tempfile.gettempdir()) / "h2a-bench-predict-ws"
     if not args.model:
         os.environ["H2A_WORKSPACE"] = str(ws)
         os.environ["H2A_MODELS_DIR"] = str(ws / "models")
@@ -106,6 +123,7 @@ def main() -> None:
 
     from h2a.data.imageio import read_header, read_image
     from h2a.data.preprocess import prepare
+    from h2a.device import describe_device, resolve_device
     from h2a.inference.cam import overlay
     from h2a.predict.batch import predict_files
     from h2a.predict.predictor import Predictor, cam_to_image, cpu_threads
@@ -117,11 +135,12 @@ def main() -> None:
     if not runs:
         out = ws / "models" / f"latency-{args.arch}-{args.size}"
         if not (out / "metadata.json").exists():
-            _latency_run(args.arch, args.size, ws)
+            _latency_run(args.arch, args.size, ws, args.data)
             made = time.perf_counter() - t0
         runs = [str(out)]
     t0 = time.perf_counter()
-    predictor = Predictor(runs, threads=args.threads)
+    device = resolve_device(args.device or "cpu")
+    predictor = Predictor(runs, device=device, threads=args.threads)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictor.prepare_ood()
@@ -130,13 +149,18 @@ def main() -> None:
     predictor.warmup()
     t_warm = time.perf_counter() - t0
     run = predictor.runs[0]
-    png, what = _test_png(tmp)
+    if args.image is not None:
+        png, what = args.image.read_bytes(), f"{args.image.name} as uploaded"
+    else:
+        png, what = _test_png(tmp)
+    upload = args.image.name if args.image is not None else "bench.png"
+    (tmp / "bench.png").write_bytes(png)  # the batch's stand-in without the real data
 
-    print(f"H2A predict benchmark · torch {torch.__version__} · {os.cpu_count()} CPUs")
+    print(f"H2A predict benchmark · torch {torch.__version__} · {os.cpu_count()} CPUs · {describe_device(device)}")
     for s in predictor.summaries:
         print(f"model  {s['run']}: {s['arch']} @ {s['image_size']} px"
               + (" (latency-only run, trained 1 short epoch)" if not args.model else ""))
-    print(f"image  {what}, resized to 1500 x 2000 px, PNG {len(png) / 1e6:.2f} MB")
+    print(f"image  {what}{'' if args.image else ', resized to 1500 x 2000 px'}, {len(png) / 1e6:.2f} MB")
     if made is not None:
         print(f"setup  latency-only run trained in {made:.1f} s")
     print(f"setup  load {t_load * 1000:.0f} ms · OOD reference {t_ood_ref * 1000:.0f} ms (once per run, then "
@@ -148,7 +172,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"load   1-min load average {load:.1f} on {os.cpu_count()} CPUs -> {torch.get_num_threads()} "
           f"torch thread(s) per prediction")
-    t_decode, img = _timed(lambda: (read_header(png, "bench.png"), read_image(png, "bench.png"))[1], r)
+    t_decode, img = _timed(lambda: (read_header(png, upload), read_image(png, upload))[1], r)
     t_prep, u8 = _timed(lambda: prepare(img, run.preprocess), r)
     t_model, _ = _timed(lambda: predictor.forward(run, u8[None], True), r)
     t_tta, out = _timed(lambda: predictor.forward(run, predictor.tta_inputs(run, u8, args.tta), True), r)
@@ -156,11 +180,13 @@ def main() -> None:
     t_ood = _timed(lambda: ref.score(out[1]), r)[0] if ref is not None else float("nan")
     shape = (img.shape[0] * 1024 // max(img.shape), img.shape[1] * 1024 // max(img.shape))
     t_cam, _ = _timed(lambda: cam_to_image(predictor.cam(run, u8, True), shape, run.preprocess), r)
-    res = predictor.predict_image(png, "bench.png", sex="male", age_months=120, tta=args.tta, cam=True)
+    res = predictor.predict_image(png, upload, sex="male", age_months=120, tta=args.tta, cam=True)
+    if res.error:  # predict_image never raises: a timing of its error path would look like a fast one
+        raise SystemExit(f"predict_image failed: {res.error}")
     t_overlay, _ = _timed(lambda: overlay(res.image, res.cam, 0.45), r)
     t_report, pdf = _timed(lambda: pdf_report(res), r)
     threads_cm.__exit__(None, None, None)  # predict_image picks its own threads (the same rule)
-    t_e2e, _ = _timed(lambda: pdf_report(predictor.predict_image(png, "bench.png", sex="male", age_months=120,
+    t_e2e, _ = _timed(lambda: pdf_report(predictor.predict_image(png, upload, sex="male", age_months=120,
                                                                  tta=args.tta, cam=True)), r)
 
     print(f"\nlatency for one image (median of {r}, ms)")
@@ -173,7 +199,14 @@ def main() -> None:
     print(f"  PDF size {len(pdf) / 1024:.0f} KiB; estimate {res.bone_age_months:.1f} months "
           f"[{res.interval_months[0]:.1f}, {res.interval_months[1]:.1f}]")
 
+    figures = {"device": describe_device(device), "image": what, "image_bytes": len(png),
+               "image_shape": list(img.shape), "arch": run.meta["model"]["name"], "size": run.preprocess.size,
+               "tta": args.tta, "repeat": r, "ms": {label: round(v * 1000, 2) for label, v in rows},
+               "estimate_months": res.bone_age_months}
     folder = FULLRES / "boneage-training-dataset"
+    if args.batch <= 0:
+        _write(args.json, figures)
+        return
     files = sorted(folder.glob("*.png"))[: args.batch] if folder.is_dir() else [tmp / "bench.png"] * args.batch
     t0 = time.perf_counter()
     results = predict_files(runs, [str(f) for f in files], sex="female", age_months=120, tta=args.tta)
@@ -182,6 +215,14 @@ def main() -> None:
     print(f"\nbatch  {len(files)} files ({'rsna-fullres originals' if folder.is_dir() else 'copies'}, "
           f"TTA {args.tta}, no CAM/PDF): {dt:.1f} s, {len(files) / dt:.2f} images/s, "
           f"{dt / len(files) * 1000:.0f} ms/image, {ok} ok")
+    figures["batch"] = {"files": len(files), "seconds": round(dt, 2), "ok": ok}
+    _write(args.json, figures)
+
+
+def _write(path: Path | None, figures: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,11 +19,19 @@ float32 NCHW measured in the same run: how the engine's CPU choice was made.
 Several batch sizes are timed over the same number of images each (--steps at the first
 batch size), --rounds times in turn, and the median printed with its ratio against the
 first: on small CPUs the fastest batch per image is not the largest (cache-bound).
+
+    .venv/bin/python bench/bench_train.py --device cuda --models resnet50 --sizes 256 512 \
+        --amp bf16 --channels-last on --json out.json
+
+--amp and --channels-last pin what is timed (default: the engine's own choice, as above);
+--json writes every result with the precision and memory format it actually ran in, for
+bench/gpu_check.py's table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -49,10 +57,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def dtype_name(adtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(adtype, "fp32")
+
+
 def bench(arch: str, size: int, cache: TensorCache | None, steps: int, batch: int, workers: int, device: torch.device,
-          cpu_bf16: bool, channels_last: bool | None = None) -> dict:
+          adtype: torch.dtype | None, channels_last: bool | None = None) -> dict:
+    """One (model, size, batch): images/s of a full step; ``adtype`` None = float32,
+    ``channels_last`` None = the engine's choice for that precision."""
     model = create_model(arch, "boneage", pretrained=False).to(device)
-    adtype = amp_dtype(device) or (torch.bfloat16 if cpu_bf16 else None)
     if channels_last is None:
         channels_last = use_channels_last(device, adtype)
     if channels_last:
@@ -82,7 +95,8 @@ def bench(arch: str, size: int, cache: TensorCache | None, steps: int, batch: in
         step(u8, sex, y)
     _sync(device)
     compute = batch * steps / (time.perf_counter() - t0)
-    result = {"arch": arch, "size": size, "compute_img_s": compute}
+    result = {"arch": arch, "size": size, "batch": batch, "amp": dtype_name(adtype), "channels_last": channels_last,
+              "compute_img_s": compute}
     if cache is not None:
         rows = np.flatnonzero(cache.ok)[: batch * (steps + 1)]
         dset = CachedImageDataset(cache, rows, targets=np.zeros(len(rows)), sex=np.ones(len(rows)),
@@ -120,7 +134,12 @@ def main() -> None:
                    "the median is printed (machines with noisy neighbours)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default=None)
-    p.add_argument("--cpu-bf16", action="store_true", help="also autocast to bf16 on CPU (AMX machines)")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default=None,
+                   help="autocast as the engine's --amp: auto = bf16 on GPU only (default), bf16 also on CPU, off")
+    p.add_argument("--cpu-bf16", action="store_true", help="the same as --amp bf16 (kept for old command lines)")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="memory format: auto = the engine's choice for the precision (default)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results (and device) to this JSON file")
     p.add_argument("--cpu-variants", action="store_true",
                    help="on CPU: time fp32/bf16 x NCHW/NHWC, ratios vs fp32 NCHW (no DataLoader pass)")
     args = p.parse_args()
@@ -133,12 +152,15 @@ def main() -> None:
             for size in args.sizes:
                 base = None
                 for bf16, nhwc in ((False, False), (False, True), (True, False), (True, True)):
-                    r = bench(arch, size, None, args.steps, args.batch_size[0], 0, device, bf16, nhwc)
+                    r = bench(arch, size, None, args.steps, args.batch_size[0], 0, device,
+                              torch.bfloat16 if bf16 else None, nhwc)
                     base = base or r["compute_img_s"]
                     label = f"{'bf16' if bf16 else 'fp32'} {'NHWC' if nhwc else 'NCHW'}"
                     print(f"{arch:<20} {size:>4} px  {label}  {r['compute_img_s']:7.1f} img/s "
                           f"(x{r['compute_img_s'] / base:4.2f} vs fp32 NCHW)", flush=True)
         return
+    adtype = amp_dtype(device, args.amp or ("bf16" if args.cpu_bf16 else "auto"))
+    channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
     # One cache per size, opened once: every (model, batch, round) reads the same one.
     ds = load_dataset(args.data) if args.data is not None else None
     caches = {size: build_cache(ds, PreprocessConfig(size=size)) if ds is not None else None for size in args.sizes}
@@ -148,16 +170,23 @@ def main() -> None:
         for arch, size, batch in configs:
             steps = max(2, round(args.steps * args.batch_size[0] / batch))
             runs[(arch, size, batch)].append(
-                bench(arch, size, caches[size], steps, batch, args.workers, device, args.cpu_bf16))
+                bench(arch, size, caches[size], steps, batch, args.workers, device, adtype, channels_last))
     base = None
+    results = []
     for (arch, size, batch), rs in runs.items():
-        r = {k: float(np.median([x[k] for x in rs])) for k in rs[0] if k not in ("arch", "size")}
+        r = {k: float(np.median([x[k] for x in rs])) for k in rs[0] if isinstance(rs[0][k], float)}
+        results.append({**rs[0], **r, "rounds": len(rs)})
         base = base or r["compute_img_s"]
-        line = (f"{arch:<20} {size:>4} px  batch {batch:>3}  compute {r['compute_img_s']:8.1f} img/s "
+        line = (f"{arch:<20} {size:>4} px  batch {batch:>3}  {rs[0]['amp']} "
+                f"{'NHWC' if rs[0]['channels_last'] else 'NCHW'}  compute {r['compute_img_s']:8.1f} img/s "
                 f"(x{r['compute_img_s'] / base:5.2f} vs first)")
         if "loader_img_s" in r:
             line += f"  with cache+DataLoader {r['loader_img_s']:8.1f} img/s  data wait {100 * r['data_wait_share']:4.1f}%"
         print(line, flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": describe_device(device), "torch": torch.__version__,
+                                         "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ since boot) and its process group; both must still match before anything is sign
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from dataclasses import dataclass
 
@@ -74,6 +75,17 @@ class ProcessId:
 
     def record(self) -> dict:
         return {"pid": self.pid, "pid_start": self.start, "pgid": self.pgid, "host": self.host}
+
+    def terminate_group(self) -> bool:
+        """SIGTERM the recorded process group, only while this is still the recorded process
+        (PID, start time and group all match); False when it is not, or is gone."""
+        if self.pgid is None or not self.verified():
+            return False
+        try:
+            os.killpg(self.pgid, signal.SIGTERM)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
 
     def elsewhere(self) -> bool:
         """Recorded on another machine (a shared models folder): nothing here can be checked."""

@@ -81,7 +81,7 @@ def get_settings() -> Settings:
         device=os.environ.get("H2A_DEVICE", "auto").strip() or "auto",
         demo_n=_int_env("H2A_DEMO_N", 2000),
         demo_seed=_int_env("H2A_DEMO_SEED", 0),
-        workers=_int_env("H2A_WORKERS", max(1, min(8, os.cpu_count() or 1))),
+        workers=_int_env("H2A_WORKERS", max(1, min(8, usable_cpus()))),
         data_roots=_data_roots(workspace, data_dir),
         password_hash=os.environ.get("H2A_PASSWORD_HASH", "").strip() or None,
         predict_slots=max(1, _int_env("H2A_PREDICT_SLOTS", 1)),
@@ -121,3 +121,11 @@ def dist_env() -> DistEnv:
         local_rank=_int_env("LOCAL_RANK", 0),
         world_size=_int_env("WORLD_SIZE", 1),
     )
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit), not the host's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -70,7 +70,9 @@ def wait_idle(page, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     time.sleep(1.0)
     while time.time() < deadline:
-        if page.locator('[data-testid="stStatusWidget"]').count() == 0:
+        # the app's own run state (bench/bench_pages.py waits the same way): the status
+        # widget also hides while a script still runs, e.g. between fragment reruns
+        if page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').count():
             page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=60_000)
             return
         time.sleep(0.5)

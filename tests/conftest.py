@@ -27,6 +27,19 @@ def workspace(tmp_path_factory) -> Path:
     return ws
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_background_jobs_left(workspace):
+    """A page test that opens Clusters starts a detached analysis job; stop whatever a test
+    module left running, so it neither competes with later tests for the CPU nor outlives
+    the suite."""
+    yield
+    from h2a.analysis.background import LIVE, force_stop, list_jobs
+
+    for job in list_jobs():
+        if job.status().get("status") in LIVE:
+            force_stop(job)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(workspace) -> Path:
     """A small synthetic dataset, the same one the app's demo choice uses in tests."""

@@ -312,3 +312,23 @@ def test_not_enough_disk_space_is_said_before_decoding(ds, tmp_path, monkeypatch
     with pytest.raises(cache_mod.CacheError, match="Not enough disk space.*smaller image size"):
         build_cache(ds, PreprocessConfig(size=512), root=tmp_path)
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ---------------------------------------------------------------- throughput (issue 18)
+
+def test_build_reports_images_and_megabytes_per_second(built, ds, folder, cache_root):
+    """The build says how fast it read: in index.json (so a reused cache still knows),
+    and in its progress messages (the CLI and pages show them)."""
+    cache, calls = built
+    m = ds.meta[ds.meta["path"].notna()]
+    input_bytes = sum(Path(p).stat().st_size for p in m["path"])
+    info = cache.info
+    assert info["input_bytes"] == input_bytes
+    assert info["images_per_s"] > 0 and info["mb_per_s"] > 0
+    # both rates describe the same run: images/s over MB/s is images per MB read
+    assert info["images_per_s"] / info["mb_per_s"] == pytest.approx(len(cache) / (input_bytes / 1e6), rel=0.05)
+    assert "images/s" in calls[-1][2] and "MB/s" in calls[-1][2]
+    mid = [msg for d, _, msg in calls if 0 < d < len(cache)]
+    assert all("images/s" in msg and "MB/s" in msg for msg in mid)
+    reused = build_cache(ds, CFG, root=cache_root, workers=2)
+    assert not reused.built_now and reused.info["images_per_s"] == info["images_per_s"]

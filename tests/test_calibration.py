@@ -43,6 +43,22 @@ def test_logit_shift_fixes_a_classifier_that_leans_one_way() -> None:
     assert e_shift < 0.04 < e_plain
 
 
+def test_sex_runs_fit_the_offset_by_default_in_training_and_h2a_calibrate() -> None:
+    """A temperature alone left the recipe's held-out ECE at 0.12; the end of training and
+    ``h2a calibrate`` both fit the offset unless told not to."""
+    from h2a.cli import build_parser
+    from h2a.engine.tasks import SexTask
+    from h2a.inference.conformal import Procedure
+
+    logits, y = _overconfident(3, 3000, scale=1.0, shift=-1.5)
+    cal = SexTask().calibrate(logits, np.zeros(len(y)), y.astype(bool), Procedure(True, 0))
+    assert cal["temperature"]["shift"] and cal["temperature"]["logit_shift"] == pytest.approx(1.5, abs=0.3)
+    plain = SexTask().calibrate(logits, np.zeros(len(y)), y.astype(bool), Procedure(True, 0), shift=False)
+    assert plain["temperature"]["logit_shift"] == 0.0
+    assert build_parser().parse_args(["calibrate", "--model", "r"]).logit_shift is True
+    assert build_parser().parse_args(["calibrate", "--model", "r", "--no-logit-shift"]).logit_shift is False
+
+
 def test_scaler_json_round_trip_and_unfitted_error() -> None:
     logits, y = _overconfident(2, 1000)
     s = TemperatureScaler(shift=True).fit(logits, y)

@@ -175,6 +175,7 @@ def test_overlay_shapes_and_types():
         overlay(gray, cam, alpha=1.5)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cam_on_cuda_under_autocast():
     torch.manual_seed(0)

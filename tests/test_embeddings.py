@@ -146,6 +146,7 @@ def test_bf16_embeddings_are_stored_apart_and_close(small_demo: Path) -> None:
     assert cos.min() > 0.97 and not np.array_equal(fp32.X, bf16.X)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_embeddings_match_cpu(demo_dir: Path) -> None:
     ds = load_dataset(demo_dir)

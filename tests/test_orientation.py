@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -111,3 +112,29 @@ def test_real_thumbnails_wrong_way_round_are_corrected_or_flagged() -> None:
         caught = sum(r.deviates for r in res)
         wrong = sum(r.was_corrected and (r.rotation, r.inverted) != (rot, inv) for r in res)
         assert caught >= 37 and wrong <= 2, (name, caught, wrong)
+
+
+def test_hand_crop_option_frames_the_hand_the_same_however_it_was_shot() -> None:
+    """The same hand small in a big empty film and filling the frame prepares (nearly) the
+    same with ``hand_crop``; without it the two inputs differ. The CAM goes back onto the box."""
+    from h2a.data.preprocess import PreprocessConfig, prepare
+    from h2a.predict.predictor import cam_to_image
+
+    h, w = 300, 200
+    hand = np.zeros((h, w), np.float32)  # a bright shaded blob on black: the box is unambiguous
+    cv2.ellipse(hand, (w // 2, h // 2), (w // 2 - 2, h // 2 - 2), 0, 0, 360, 1.0, -1)
+    hand *= np.linspace(0.5, 1.0, h, dtype=np.float32)[:, None]
+    canvas = np.zeros((3 * h, 3 * w), np.float32)
+    canvas[h:2 * h, w // 2:w // 2 + w] = hand
+    tight = np.zeros((h + 60, w + 90), np.float32)  # the same hand, framed tightly and off-centre
+    tight[30:30 + h, 20:20 + w] = hand
+    on, off = PreprocessConfig(size=128, resize="squash", hand_crop=True), PreprocessConfig(size=128, resize="squash")
+    assert on.cache_key() != off.cache_key() and "hand_crop" not in off.deterministic_dict()
+
+    def gap(cfg: PreprocessConfig) -> float:
+        return float(np.abs(prepare(canvas, cfg).astype(float) - prepare(tight, cfg).astype(float)).mean())
+
+    assert gap(on) < 4 < 20 < gap(off)
+    cam = cam_to_image(np.ones((8, 8), np.float32), canvas.shape, on, canvas)
+    x0, y0, x1, y1 = hand_bbox(canvas)
+    assert cam[y0:y1, x0:x1].min() > 0.99 and cam.sum() == pytest.approx((x1 - x0) * (y1 - y0), rel=0.01)

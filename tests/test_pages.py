@@ -35,6 +35,19 @@ def _render(at: AppTest, page: str, allowed_errors: set[str] = frozenset()) -> A
     return at
 
 
+def _tab_label(at: AppTest, prefix: str) -> str:
+    return next(t.label for t in at.tabs if t.label.startswith(prefix))
+
+
+def _open_tab(at: AppTest, label: str, allowed_errors: set[str] = frozenset()) -> None:
+    """Select a population tab (lazy tabs run only the selected one) and render it."""
+    at.session_state["pop_tab"] = label
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    for err in at.error:
+        assert any(name in err.value for name in allowed_errors), err.value
+
+
 @pytest.mark.parametrize("data", ["demo", "thumbs", "fullres"])
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders(monkeypatch, demo_dir, page: str, data: str) -> None:
@@ -46,7 +59,13 @@ def test_page_renders(monkeypatch, demo_dir, page: str, data: str) -> None:
     if page == "app_pages/population.py":
         labels = {m.label: m.value for m in at.metric}
         assert labels["Images"] != "0"
-        assert len(at.get("plotly_chart")) >= 4
+        assert len(at.get("plotly_chart")) == 2  # lazy tabs: the open one's charts only
+        for tab in ("Splits", "Images", "Gallery", _tab_label(at, "Problems")):
+            _open_tab(at, tab)
+        _open_tab(at, "Images")
+        assert len(at.get("plotly_chart")) >= 4  # resolutions and intensities
+        _open_tab(at, "Gallery")
+        assert len(at.get("image")) >= 1
     if page == "app_pages/preprocessing.py":
         assert "Augmented samples" in " ".join(s.value for s in at.subheader)
         assert len(at.get("image")) >= 1
@@ -71,6 +90,7 @@ def test_population_problems_tab_lists_bad_rows(monkeypatch, tmp_path: Path) -> 
     (root / "boneage-training-dataset.csv").write_text("\n".join(rows) + "\n")
     bad_names = {c.filename for c in cases if not c.expect_ok}
     at = _render(_app(monkeypatch, root), "app_pages/population.py", bad_names)
+    _open_tab(at, _tab_label(at, "Problems"), bad_names)
     frames = [df.value for df in at.dataframe]
     problems = next(f for f in frames if "problem" in f.columns and "item" in f.columns)
     text = "\n".join(problems["item"] + ": " + problems["problem"])
@@ -127,3 +147,26 @@ def test_preprocessing_page_shows_the_engines_model_input(monkeypatch, demo_dir,
         assert shown["min"] >= -1.0 - 1e-6 and shown["max"] <= 1.0 + 1e-6
         grey = (prepare(read_image(path), cfg).astype(np.float32) / 255 - 0.449) / 0.226
         assert abs(shown["mean"] - grey.mean()) > 0.05
+
+
+def test_preprocessing_picker_takes_a_typed_id_and_lists_few_options(monkeypatch, demo_dir) -> None:
+    """The picker never sends every label to the browser; an exact id typed in is shown."""
+    from h2a.data.datasets import load_dataset
+
+    at = _render(_app(monkeypatch, None), "app_pages/preprocessing.py")
+    ids = load_dataset(demo_dir).meta["id"].astype(str).tolist()
+    assert len(ids) > 200
+    picker = next(m for m in at.multiselect if m.key.startswith("pp_ids_"))
+    assert len(picker.options) <= 204, "at most 200 matches plus the current picks"
+    first = picker.value[0]
+    wanted = next(i for i in reversed(ids) if i != first)
+    at.text_input(key="pp_find").set_value(wanted).run()
+    assert not at.exception, [e.value for e in at.exception]
+    picker = next(m for m in at.multiselect if m.key.startswith("pp_ids_"))
+    assert wanted in picker.value and first in picker.value
+    assert any(m.value.startswith(f"#### {wanted} ") for m in at.markdown)
+    at.text_input(key="pp_find").set_value(wanted[:-1]).run()  # part of an id lists matches, keeps the picks
+    picker = next(m for m in at.multiselect if m.key.startswith("pp_ids_"))
+    assert wanted in picker.value
+    listed = [o for o in picker.options if not any(o.startswith(f"{v} ") for v in picker.value)]
+    assert listed and all(o.split(" ")[0].lower().find(wanted[:-1].lower()) >= 0 for o in listed)

@@ -1,5 +1,6 @@
 """AppTest for the sex and clusters pages on the demo data: no exception, the charts and
-tables are there, a rerun comes from cache, parameters take effect."""
+tables are there, the clusters come from their background job and are reused on a rerun,
+parameters take effect."""
 
 from __future__ import annotations
 
@@ -50,9 +51,16 @@ def test_sex_page_with_a_finished_run(demo_dir: Path, workspace: Path, monkeypat
     assert "validation" in at.radio(key="sex_source").value
 
 
-def test_clusters_page_computes_then_reuses(demo_dir: Path, monkeypatch) -> None:
-    at = _open("app_pages/clusters.py", monkeypatch)
+def test_clusters_page_fills_in_from_its_background_job(demo_dir: Path, monkeypatch) -> None:
+    from tests.test_background_jobs import finished
+    from tests.test_cluster_jobs_page import default_job
+
+    at = _open("app_pages/clusters.py", monkeypatch)  # asks for the job (or finds it done) and returns
     assert at.title[0].value == "Clusters of CNN embeddings"
+    job = default_job(demo_dir)
+    assert finished(job)["status"] == "finished", job.log_tail()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
     labels = [m.label for m in at.metric]
     assert "ARI vs sex (map)" in labels and "ARI vs sex (full)" in labels
     assert len(at.get("plotly_chart")) >= 4  # map, bone age by cluster, share male, k sweep
@@ -63,12 +71,15 @@ def test_clusters_page_computes_then_reuses(demo_dir: Path, monkeypatch) -> None
     assert "clusters follow sex" in _text(at)
     assert "Selected images (0)" in [s.value for s in at.subheader]
 
-    at.run()  # a rerun with the same inputs: from cache, no recomputation
-    assert "reused from the on-disk cache" in _text(at)
+    at.run()  # a rerun with the same inputs: the job's stored answer, no new job
+    assert f"background job `{job.name}`" in _text(at)
 
     at.radio(key="cl_color").set_value("boneage").run()
     assert not at.exception, [e.value for e in at.exception]
     at.number_input(key="cl_k").set_value(3)
-    at.button[0].click().run()  # the form's Compute button
+    next(b for b in at.button if b.label == "Compute").click().run()
     assert not at.exception, [e.value for e in at.exception]
+    k3 = default_job(demo_dir, k=3)
+    assert finished(k3)["status"] == "finished", k3.log_tail()
+    at.run()
     assert all(len(df.value) == 3 for df in at.dataframe)

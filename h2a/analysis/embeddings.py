@@ -39,7 +39,7 @@ from h2a.data.preprocess import PreprocessConfig
 from h2a.progress import ProgressFn, report
 
 __all__ = ["EMBED_VERSION", "Embeddings", "EmbeddingSource", "compute_embeddings", "embedding_dir",
-           "load_embeddings", "resolve_source"]
+           "load_embeddings", "resolve_source", "source_identity"]
 
 EMBED_VERSION = 1
 PRETRAINED = "pretrained"
@@ -101,6 +101,18 @@ def _file_sha1(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+_SHA_MEMO: dict[tuple, str] = {}
+
+
+def _model_sha1(path: Path) -> str:
+    """sha1 of a model file, remembered per (path, size, mtime): a page asks on every rerun."""
+    st = path.stat()
+    token = (str(path), st.st_size, st.st_mtime_ns)
+    if token not in _SHA_MEMO:
+        _SHA_MEMO[token] = _file_sha1(path)
+    return _SHA_MEMO[token]
+
+
 def _source_identity(source: str | Path, arch: str) -> tuple[str, str, Path | None]:
     """(identity, label, run_dir) without building a model (cheap: for cache lookups)."""
     if str(source) == PRETRAINED:
@@ -110,7 +122,13 @@ def _source_identity(source: str | Path, arch: str) -> tuple[str, str, Path | No
     run_dir = resolve_run(source)
     if not (run_dir / MODEL).exists():
         raise FileNotFoundError(f"{run_dir.name}: not a finished run (no model.pt yet)")
-    return f"run:{run_dir.name}:{_file_sha1(run_dir / MODEL)}", f"run:{run_dir.name}", run_dir
+    return f"run:{run_dir.name}:{_model_sha1(run_dir / MODEL)}", f"run:{run_dir.name}", run_dir
+
+
+def source_identity(source: str | Path, arch: str = "efficientnet_lite0") -> tuple[str, str, Path | None]:
+    """(identity for keys, label for people, run dir or None): which model embeds, without
+    loading it. Raises FileNotFoundError for a run that has no model yet."""
+    return _source_identity(source, arch)
 
 
 def _run_preprocess(run_dir: Path) -> PreprocessConfig:

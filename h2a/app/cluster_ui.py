@@ -1,13 +1,17 @@
-"""App-layer helpers for the sex and clusters pages: cached embeddings and clusterings,
-the cluster map figure and the image grid for selected points (sex-evidence CAMs come from
-``h2a.app.cam_ui``).
+"""App-layer helpers for the sex and clusters pages: the clusters background job (ask,
+watch, cancel, read its answer), the cluster map figure and the image grid for selected
+points (sex-evidence CAMs come from ``h2a.app.cam_ui``).
 
-Embeddings are cached on disk by ``h2a.analysis.embeddings`` (the first computation shows a
-progress bar); here a process-wide memo keeps the loaded array, and ``st.cache_data``
-keeps clusterings and k sweeps keyed by the embedding key and the parameters.
+Embeddings, UMAP and k-means run as a background job (``h2a.analysis.cluster_jobs``): the
+page only asks for it and returns; a fragment polls its progress. A finished job's answer
+is read once per server process with ``st.cache_data`` keyed by the job folder.
 """
 
 from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +20,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from h2a.app.charts import SEX_COLORS, style
-from h2a.app.state import progress_callback, thumb_for
+from h2a.app.state import thumb_for
 
 SOURCE_PRETRAINED = "pretrained"
 # Distinct hues for clusters (the theme's default palette has neighbouring blues), and
@@ -26,74 +30,109 @@ CLUSTER_COLORS = ["#f5a623", "#7ed321", "#9b59b6", "#1abc9c", "#e74c3c", "#f8e71
                   "#e15f41", "#c44569", "#f19066", "#786fa6"]
 
 
-# ---------------------------------------------------------------- embeddings
+# ---------------------------------------------------------------- background jobs
 
-@st.cache_resource(show_spinner=False)
-def _memo() -> dict:
-    """Process-wide memo of loaded Embeddings keyed by (data, source, model mtime, preprocessing)."""
-    return {}
+POLL_S = 2.0  # how often a running job's progress is redrawn
+FORCE_AFTER_S = 15.0  # a cancel not honoured after this long offers "Stop now" (SIGTERM)
 
 
-def _source_token(source: str) -> tuple:
-    if source == SOURCE_PRETRAINED:
-        return (source,)
-    from h2a.app.runs_ui import model_mtime
+def clusters_job(ds, source: str, preprocess, *, k: int, pca: int, n_neighbors: int, min_dist: float,
+                 metric: str, seed: int, restart: bool = False, start: bool = True):
+    """The clusters job for these inputs: attached to when it runs or has finished, started
+    when nobody asked yet (``start``), started again when failed/stopped and ``restart``.
+
+    Cheap: a key hash and a few small files; the work happens in the job's own process."""
+    from h2a.analysis.background import find_job, start_job
+    from h2a.analysis.cluster_jobs import clusters_spec
     from h2a.engine.runs import resolve_run
 
-    run_dir = resolve_run(source)
-    return (str(run_dir), model_mtime(run_dir))
+    src = source if source == SOURCE_PRETRAINED else str(resolve_run(source))
+    spec = clusters_spec(ds, src, preprocess, k=k, pca=pca, n_neighbors=n_neighbors, min_dist=min_dist,
+                         metric=metric, seed=seed)
+    job = find_job(spec)
+    if restart or (start and job.status().get("status") == "missing"):
+        job = start_job(spec, restart=restart)
+    return job
 
 
-def embeddings_for(ds, source: str, preprocess=None, arch: str = "efficientnet_lite0"):
-    """Embeddings of the active dataset, with a progress bar the first time (then disk/memo)."""
-    from h2a.analysis.embeddings import compute_embeddings
-
-    key = (str(ds.root), ds.fingerprint, _source_token(source), arch,
-           preprocess.cache_key() if preprocess is not None else None,
-           preprocess.size if preprocess is not None else None)
-    memo = _memo()
-    if key in memo:
-        emb = memo[key]
-        emb.from_cache = True
-        return emb
-    slot = st.empty()
-    holder: dict = {}
-
-    def _progress(done: int, total: int, message: str = "") -> None:
-        if "bar" not in holder:
-            holder["bar"] = slot.progress(0.0, text="Embedding images (first time only)…")
-        progress_callback(holder["bar"], "Embedding images (first time only)")(done, total, message)
-
-    emb = compute_embeddings(ds, source, arch=arch, preprocess=preprocess, progress=_progress)
-    slot.empty()
-    memo[key] = emb
-    return emb
+def _result_stamp(job) -> float:
+    try:
+        return (job.dir / "result.json").stat().st_mtime
+    except OSError:
+        return 0.0
 
 
-@st.cache_data(show_spinner="Computing the UMAP map and k-means (cached on disk for next time)…", max_entries=16)
-def clustering_for(_emb, emb_key: str, k: int, pca: int, n_neighbors: int, min_dist: float, metric: str,
-                   seed: int) -> tuple[pd.DataFrame, dict]:
-    """(per-image frame, scores) for one embedding and parameter set."""
-    from h2a.analysis.clustering import cluster_embeddings
+@st.cache_data(show_spinner=False, max_entries=16)
+def _load_clusters(job_dir: str, stamp: float):
+    from h2a.analysis.background import Job
+    from h2a.analysis.cluster_jobs import load_clusters
 
-    _, frame, scores = cluster_embeddings(_emb, k=k, pca=pca, n_neighbors=n_neighbors, min_dist=min_dist,
-                                          metric=metric, seed=seed)
-    return frame, scores
+    return load_clusters(Job(Path(job_dir)))
 
 
-@st.cache_data(show_spinner="Running k-means for each k…", max_entries=16)
-def sweep_for(_emb, emb_key: str, pca: int, ks: tuple[int, ...], seed: int) -> pd.DataFrame:
-    """Elbow and silhouette curves on the full (standardised, PCA) embedding."""
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
+def clusters_result(job):
+    """(frame, scores, sweep, result) of a finished job, shared by every session (cached by
+    the job folder and its result's time), or None while there is none."""
+    return _load_clusters(str(job.dir), _result_stamp(job))
 
-    from h2a.analysis.clustering import sweep_k
 
-    Z = StandardScaler().fit_transform(_emb.X)
-    n_comp = min(int(pca or 0), *Z.shape)
-    if n_comp >= 2:
-        Z = PCA(n_components=n_comp, random_state=seed).fit_transform(Z)
-    return sweep_k(Z.astype(np.float32), ks, random_state=seed)
+def duration(seconds) -> str:
+    """'42 s', '3 min 5 s', '1 h 02 min' (an ETA or an elapsed time)."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "?"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def progress_text(prog: dict) -> str:
+    """'embeddings: tensor cache · 1,200/12,611 · 41.3 images/s · ETA 4 min 36 s'."""
+    parts = [prog.get("stage") or "starting"]
+    done, total = prog.get("done") or 0, prog.get("total") or 0
+    if total:
+        parts.append(f"{done:,}/{total:,}")
+    if prog.get("rate"):
+        parts.append(f"{prog['rate']:,.1f}/s")
+    if prog.get("eta_s") is not None and total and done < total:
+        parts.append(f"ETA {duration(prog['eta_s'])}")
+    elif prog.get("status") == "running":
+        parts.append("no ETA inside this step")
+    return " · ".join(p for p in parts if p)
+
+
+@st.fragment(run_every=POLL_S)
+def job_progress(job_dir: str) -> None:
+    """A running job's stage, bar, ETA and Cancel button, redrawn every POLL_S seconds.
+
+    Only this fragment reruns while the job works; when the job ends it reruns the whole
+    page, which then shows the result (or the failure)."""
+    from h2a.analysis.background import LIVE, Job, force_stop, request_cancel
+
+    job = Job(Path(job_dir))
+    prog = job.status()
+    if prog.get("status") not in LIVE:
+        st.rerun()
+    done, total = prog.get("done") or 0, prog.get("total") or 0
+    st.progress(min(1.0, done / total) if total else 0.0, text=progress_text(prog))
+    elapsed, started = prog.get("elapsed_s"), prog.get("started")
+    if not isinstance(elapsed, (int, float)) and isinstance(started, (int, float)):
+        elapsed = time.time() - started
+    since = f" · running for {duration(elapsed)}" if isinstance(elapsed, (int, float)) else ""
+    st.caption(f"Background job `{job.name}`{since} · it keeps going if you leave this page or close the tab; "
+               "anyone asking for the same map watches this job.")
+    asked = prog.get("cancel_requested_at")
+    if asked is not None:
+        st.caption("Cancelling: the job stops after its current batch…")
+        if time.time() - asked > FORCE_AFTER_S and st.button(
+                "Stop now", key="cl_force",
+                help="SIGTERM the job's processes: its current step reports no progress, so it cannot stop by itself"):
+            force_stop(job)
+    elif st.button("Cancel", key="cl_cancel_job", icon=":material/cancel:"):
+        request_cancel(job)
+        st.caption("Cancelling: the job stops after its current batch…")
 
 
 # ---------------------------------------------------------------- figures

@@ -1,16 +1,38 @@
 """Cached access to trained runs for the pages: loaded models and evaluations.
 
+Evaluations never block a page's first render. ``evaluation_or_pending`` answers at once:
+the result kept in this process or on disk (``h2a.inference.eval_store``, shared by every
+server, session and restart), or a ``Pending`` job computed in a background thread. The
+job registry is one per server (``st.cache_resource``), keyed like the disk store, so ten
+sessions opening the same page start one evaluation, and a single worker thread keeps
+two CPUs from being split between evaluations. ``pending_status`` is a fragment that
+polls the jobs every second, shows their progress and reruns the page when they finish.
+Why threads, not a detached process: the evaluation is a few minutes of torch in this
+process at most once per (model, data, settings), and the disk store makes it survive
+a restart; a process would need its own job files, logs and clean-up for no gain.
+
 Grad-CAM maps live in ``h2a.app.cam_ui`` (cached per image and direction).
 """
 
 from __future__ import annotations
 
+import copy
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from h2a.engine.runs import MODEL
+from h2a.inference import eval_store
+from h2a.inference.eval_store import EvalKey
+
+KEEP_RESULTS = 32  # evaluations kept in memory per server (each a few hundred KB)
+POLL_S = 1.0
 
 
 def model_mtime(run_dir: str | Path) -> float:
@@ -34,17 +56,140 @@ def loaded_run(run_dir: str | Path):
     return _loaded(str(run_dir), model_mtime(run_dir))
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def _evaluation(run_dir: str, mtime: float, data: str | None, split: str | None, tta: bool,
-                views: int) -> tuple[dict, pd.DataFrame]:
-    from h2a.inference.evaluate import evaluate
-
-    result = evaluate(run_dir, data, split=split, flip_tta=tta, tta_views=views)
-    return result.metrics, result.predictions
+# ------------------------------------------------------------------ evaluations
 
 
-def evaluation(run_dir: str | Path, data: str | None, split: str | None, tta: bool,
+@dataclass
+class Pending:
+    """An evaluation being computed: what the status line shows."""
+
+    name: str
+    key: EvalKey
+    n_hint: int | None
+    future: Future
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        self.done, self.total, self.message = done, total, message
+
+    def text(self) -> str:
+        n = self.total or self.n_hint
+        images = f" on {n:,} images" if n else ""
+        step = f": {self.message} {self.done:,}/{self.total:,}" if self.total else ""
+        return f"Evaluating {self.name}{images}… ({time.monotonic() - self.started:.0f} s{step})"
+
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+
+class _Evaluations:
+    """Per-server registry: finished results (LRU) and running jobs, keyed by EvalKey."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h2a-eval")
+        self.results: OrderedDict[EvalKey, tuple[dict, pd.DataFrame]] = OrderedDict()
+        self.jobs: dict[EvalKey, Pending] = {}
+
+    def remember(self, key: EvalKey, result: tuple[dict, pd.DataFrame]) -> None:
+        with self.lock:
+            self.results[key] = result
+            self.results.move_to_end(key)
+            while len(self.results) > KEEP_RESULTS:
+                self.results.popitem(last=False)
+
+    def get(self, key: EvalKey, run_dir: Path, data: str | None, name: str,
+            n_hint: int | None) -> tuple[dict, pd.DataFrame] | Pending:
+        with self.lock:
+            if key in self.results:
+                self.results.move_to_end(key)
+                return self.results[key]
+            job = self.jobs.get(key)
+        if job is not None:
+            return self._finished(key, job)
+        hit = eval_store.load(key)  # a few ms: another server or an earlier start computed it
+        if hit is not None:
+            self.remember(key, hit)
+            return hit
+        with self.lock:
+            job = self.jobs.get(key)
+            if job is None:
+                job = Pending(name, key, n_hint, Future())
+                job.future = self.pool.submit(eval_store.evaluate_cached, key, run_dir, data, progress=job.progress)
+                self.jobs[key] = job
+        return self._finished(key, job)
+
+    def _finished(self, key: EvalKey, job: Pending) -> tuple[dict, pd.DataFrame] | Pending:
+        """The job's result once done (a failure raises here, once, and the next call retries)."""
+        if not job.future.done():
+            return job
+        with self.lock:
+            self.jobs.pop(key, None)
+        result = job.future.result()  # re-raises the evaluation's error
+        self.remember(key, result)
+        return result
+
+
+@st.cache_resource(show_spinner=False)
+def _evaluations() -> _Evaluations:
+    return _Evaluations()
+
+
+def evaluation_or_pending(run_dir: str | Path, data: str | None, data_fingerprint: str, split: str | None,
+                          tta: bool, views: int = 0, *, n_hint: int | None = None
+                          ) -> tuple[dict, pd.DataFrame] | Pending:
+    """(metrics, predictions) of a run on data when known (this process or the disk
+    store), else the Pending background job that computes it; never evaluates here.
+
+    ``data`` None is the run's own dataset; ``data_fingerprint`` is that data's
+    fingerprint (part of the key, so changed images are a miss). Raises the evaluation's
+    ValueError / FileNotFoundError / KeyError once when it failed (the next call retries).
+    The predictions are a copy: a page may change them freely."""
+    key = eval_store.eval_key(run_dir, data, data_fingerprint, split, tta, views)
+    out = _evaluations().get(key, Path(run_dir), data, Path(run_dir).name, n_hint)
+    if isinstance(out, Pending):
+        return out
+    metrics, preds = out
+    return copy.deepcopy(metrics), preds.copy()
+
+
+def evaluation(run_dir: str | Path, data: str | None, data_fingerprint: str, split: str | None, tta: bool,
                views: int = 0) -> tuple[dict, pd.DataFrame]:
-    """(metrics, predictions) of a run on data, computed once per input combination;
-    ``views`` augmented copies join the averaged prediction (0 = none)."""
-    return _evaluation(str(run_dir), model_mtime(run_dir), data, split, tta, int(views))
+    """The same, waiting for the answer (for callers that cannot show a pending state)."""
+    out = evaluation_or_pending(run_dir, data, data_fingerprint, split, tta, views)
+    if isinstance(out, Pending):
+        out.future.result()
+        return evaluation_or_pending(run_dir, data, data_fingerprint, split, tta, views)
+    return out
+
+
+@st.fragment(run_every=POLL_S)
+def pending_status(jobs: list[Pending]) -> None:
+    """Progress of running evaluations, refreshed every second; reruns the whole page
+    when all are done, so their figures fill in."""
+    if all(j.future.done() for j in jobs):
+        st.rerun(scope="app")
+    for job in jobs:
+        if job.future.done():
+            st.caption(f"{job.name}: done")
+        else:
+            st.progress(job.fraction(), text=job.text())
+    st.caption("The first evaluation of a run with these settings is computed once and kept on disk: "
+               "later visits, sessions and server restarts show it at once.")
+
+
+def run_data_fingerprint(run_dir: str | Path) -> str:
+    """Fingerprint of a run's own dataset as it is now (the one recorded at training when
+    the folder cannot be read): the data part of an evaluation's key."""
+    from h2a.app.state import dataset_at
+    from h2a.data.datasets import DatasetError
+    from h2a.engine.runs import read_json
+
+    info = (read_json(Path(run_dir) / "metadata.json") or {}).get("dataset") or {}
+    try:
+        return dataset_at(info["path"]).fingerprint
+    except (DatasetError, KeyError, TypeError, OSError):
+        return str(info.get("fingerprint", ""))

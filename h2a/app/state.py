@@ -7,7 +7,9 @@ the core in ``st.cache_*`` so every page shares one loaded dataset and one heade
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +35,22 @@ class ActiveData:
     headers: pd.DataFrame | None
     error: str | None = None
 
-    @property
+    @cached_property
     def frame(self) -> pd.DataFrame:
-        """Metadata joined with header facts and a display sex column."""
+        """Metadata joined with header facts and a display sex column; built once per loaded
+        dataset (the instance is shared by every session), so pages must not modify it."""
         from h2a.analysis.stats import sex_label
 
         meta = self.ds.meta.copy()
         meta["sex"] = sex_label(meta["male"])
         return meta.join(self.headers)
+
+    @cached_property
+    def summary(self) -> dict:
+        """``compute_stats`` of the dataset (the ``stats --json`` figures), once per load."""
+        from h2a.analysis.stats import compute_stats
+
+        return compute_stats(self.ds, self.headers)
 
 
 def progress_callback(bar, label: str):
@@ -51,6 +61,33 @@ def progress_callback(bar, label: str):
         bar.progress(min(1.0, frac), text=f"{label}: {message} {done}/{total}")
 
     return _update
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Import the heavy libraries (torch, timm, plotly) and describe the default
+    architecture in a background thread, once per server process, started by its first
+    request: the first visit to a model page then finds them loaded instead of paying
+    several seconds of imports inside its render. A page that needs a module still being
+    imported waits for that one import (Python's per-module import locks), never twice."""
+
+    def _run() -> None:
+        try:
+            import plotly.express  # noqa: F401
+            import torch  # noqa: F401
+
+            from h2a.data.preprocess import PreprocessConfig
+            from h2a.data.transforms import input_norm
+            from h2a.models import list_models
+
+            list_models()
+            input_norm("efficientnet_lite0", PreprocessConfig())
+        except Exception:  # noqa: BLE001 - only a head start: the page imports for itself
+            pass
+
+    thread = threading.Thread(target=_run, name="h2a-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(show_spinner=False)
@@ -126,6 +163,7 @@ def ensure_demo_with_progress() -> Path:
 
 def sidebar_dataset() -> ActiveData:
     """Sidebar picker for the active dataset; returns it loaded (or with an error)."""
+    warm_up()
     settings = get_settings()
     choices = [DEMO_CHOICE]
     if settings.data_dir is not None:
@@ -179,27 +217,83 @@ def require_dataset() -> ActiveData:
     return active
 
 
-@st.cache_data(show_spinner=False, max_entries=4096)
-def thumbnail(path: str, side: int = 192, mtime: float | None = None) -> np.ndarray | str:
-    """A small uint8 view of an image, or the error text for a file that cannot be read."""
-    import cv2
-
-    from h2a.data import imageio
-
+def file_token(path: str) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file, part of every cache key of its contents; None when gone."""
     try:
-        img = imageio.read_image(path)
-    except imageio.ImageReadError as exc:
-        return str(exc)
-    scale = side / max(img.shape)
-    if scale < 1:
-        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
-                         interpolation=cv2.INTER_AREA)
-    return imageio.to_uint8(img)
+        st_ = os.stat(path)
+    except OSError:
+        return None
+    return st_.st_size, st_.st_mtime_ns
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _thumbnail(path: str, side: int, token: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    from h2a.data.thumbs import get_thumbnail
+
+    thumb = get_thumbnail(path, side)
+    return thumb.image, thumb.error
+
+
+def thumbnail(path: str, side: int = 192) -> tuple[np.ndarray, str | None]:
+    """(uint8 image, error): from memory, else the workspace's on-disk thumbnail cache, else
+    one bounded decode. A file that cannot be read gives a placeholder and a message
+    naming it; a replaced file (new size or mtime) is read again."""
+    from h2a.data.thumbs import placeholder
+
+    token = file_token(path)
+    if token is None:
+        return placeholder(side), f"{Path(path).name}: file not found"
+    return _thumbnail(path, side, token)
 
 
 def thumb_for(path: str, side: int = 192) -> np.ndarray | str:
+    """The thumbnail, or the error text for a file that cannot be read."""
+    image, error = thumbnail(path, side)
+    return error if error else image
+
+
+def show_thumb(path: str | None, caption: str, side: int = 192) -> None:
+    """One thumbnail in the current container; a placeholder and the reason for a bad file."""
+    from h2a.data.thumbs import placeholder
+
+    if path is None:
+        st.image(placeholder(side), caption=caption, width="stretch")
+        st.error("image not found")
+        return
+    image, error = thumbnail(path, side)
+    st.image(image, caption=caption, width="stretch")
+    if error:
+        st.error(error)
+
+
+@st.cache_data(show_spinner="Measuring intensities on a sample of images (once per dataset; the "
+                            "thumbnails are kept on disk)…", max_entries=16)
+def _intensity(fingerprint: str, n: int, _ds: Dataset) -> pd.DataFrame:
+    from h2a.analysis import stats
+
+    return stats.intensity_summary(_ds, n=n)
+
+
+def intensity_for(ds: Dataset, n: int) -> pd.DataFrame:
+    """The dataset's intensity summary on an ``n``-image sample, computed once per server
+    (shared by every session) and again only when the data's fingerprint changes."""
+    return _intensity(ds.fingerprint, int(n), ds)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _decoded(path: str, token: tuple[int, int]) -> np.ndarray | str:
+    from h2a.data import imageio
+
     try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
+        return imageio.read_image(path)
+    except imageio.ImageReadError as exc:
+        return str(exc)
+
+
+def decoded(path: str) -> np.ndarray | str:
+    """A full decode of one image, shared by every session (the preprocessing preview's
+    sample decodes); the error text for a file that cannot be read."""
+    token = file_token(path)
+    if token is None:
         return f"{Path(path).name}: file not found"
-    return thumbnail(path, side, mtime)
+    return _decoded(path, token)

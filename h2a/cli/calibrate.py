@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from h2a.cli.common import CliError, add_procedure_options, print_json
+from h2a.inference.calibration import SEX_LOGIT_SHIFT
 from h2a.progress import StderrProgress
 
 
@@ -51,7 +52,8 @@ def register(sub) -> None:
     add_procedure_options(p, views_default=None,
                           views_help="augmented copies averaged (default: what h2a predict uses, 7 plus the image)")
     p.add_argument("--level", type=float, default=0.95, help="nominal coverage of the bone-age interval")
-    p.add_argument("--logit-shift", action="store_true",
-                   help="sex runs: fit an offset as well as the temperature (moves the 0.5 decisions)")
+    p.add_argument("--logit-shift", action=argparse.BooleanOptionalAction, default=SEX_LOGIT_SHIFT,
+                   help="sex runs: fit an offset as well as the temperature (moves the 0.5 decisions; "
+                        "default on, --no-logit-shift for the temperature alone)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calibrate)

@@ -85,6 +85,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
     n_bad = int((~cache.ok).sum())
     print(f"{len(cache)} images x {cfg.size}x{cfg.size} uint8 in {cache.path}"
           f"{' (reused)' if not cache.built_now else ''}; {n_bad} failed")
+    info = cache.info
+    if cache.built_now and info.get("images_per_s") is not None:
+        print(f"built in {info.get('build_seconds', 0):.1f} s: {info['images_per_s']:.1f} images/s, "
+              f"{info.get('mb_per_s', 0):.1f} MB/s read, {info.get('workers', '?')} workers")
     for ident, msg in list(cache.errors.items())[:20]:
         print(f"  {ident}: {msg}")
     return 0

@@ -98,7 +98,9 @@ class TensorCache:
     config: PreprocessConfig  # the caller's config (same cache_key as the one that built it)
     fingerprint: str
     built_now: bool = False  # True only when this call decoded the images (tests assert reuse)
-    info: dict = field(default_factory=dict)  # the rest of index.json (created, seconds, workers)
+    # the rest of index.json: created, build_seconds, workers, input_bytes and the build's
+    # throughput (images_per_s, mb_per_s), kept so a reused cache can still say them
+    info: dict = field(default_factory=dict)
     _row_of: dict[str, int] | None = field(default=None, repr=False)
     _dups: set[str] = field(default_factory=set, repr=False)
 
@@ -229,23 +231,49 @@ def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
+def _file_sizes(paths: list[str]) -> np.ndarray:
+    """Bytes of each input file (0 when it cannot be stat'ed: its decode will say why)."""
+    sizes = np.zeros(len(paths), dtype=np.int64)
+    for i, path in enumerate(paths):
+        try:
+            sizes[i] = os.stat(path).st_size
+        except OSError:
+            pass
+    return sizes
+
+
+def throughput(images: int, nbytes: int, seconds: float) -> dict[str, float]:
+    """images/s and MB/s (10^6 bytes of input files) of a build, as index.json keeps them."""
+    seconds = max(seconds, 1e-9)
+    return {"images_per_s": round(images / seconds, 6), "mb_per_s": round(nbytes / 1e6 / seconds, 6)}
+
+
+def _rate_text(rate: dict[str, float]) -> str:
+    return f"{rate['images_per_s']:.1f} images/s, {rate['mb_per_s']:.1f} MB/s"
+
+
 def _run_chunks(
     mm_path: Path, paths: list[str], cfg: PreprocessConfig, workers: int,
-    progress: ProgressFn | None,
+    progress: ProgressFn | None, sizes: np.ndarray | None = None,
 ) -> dict[int, str]:
+    """Decode + prepare every path into the memmap; progress says images/s and MB/s."""
     n = len(paths)
     spans = _chunks(n, workers)
     tasks = [(str(mm_path), n, a, paths[a:b], cfg.to_dict(), workers > 1) for a, b in spans]
+    ends = np.concatenate([[0], np.cumsum(sizes if sizes is not None else np.zeros(n, np.int64))])
     errors: dict[int, str] = {}
-    done = 0
+    done = done_bytes = 0
+    t0 = time.perf_counter()
     report(progress, 0, n, "decoding and preprocessing images")
 
     def collect(result: tuple[int, list[tuple[int, str]], int]) -> None:
-        nonlocal done
-        _, errs, count = result
+        nonlocal done, done_bytes
+        start, errs, count = result
         errors.update(dict(errs))
         done += count
-        report(progress, done, n, "decoding and preprocessing images")
+        done_bytes += int(ends[start + count] - ends[start])
+        rate = throughput(done, done_bytes, time.perf_counter() - t0)
+        report(progress, done, n, f"decoding and preprocessing images ({_rate_text(rate)})")
 
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
@@ -389,7 +417,10 @@ def build_cache(
     try:
         mm_path = tmp / IMAGES_FILE
         _reserve(mm_path, n * size * size)  # zeros: failed rows stay black
-        row_errors = _run_chunks(mm_path, paths, cfg, workers, progress) if n else {}
+        sizes = _file_sizes(paths)
+        t_decode = time.perf_counter()
+        row_errors = _run_chunks(mm_path, paths, cfg, workers, progress, sizes) if n else {}
+        rate = throughput(n, int(sizes.sum()), time.perf_counter() - t_decode)
         ok = np.ones(n, dtype=bool)
         errors: dict[str, str] = {}
         for row, msg in sorted(row_errors.items()):
@@ -410,6 +441,8 @@ def build_cache(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(seconds, 3),
             "workers": workers,
+            "input_bytes": int(sizes.sum()),
+            **rate,  # images_per_s, mb_per_s of the decode (workers running)
             "ids": ids,
             "ok": ok.tolist(),
             "errors": errors,
@@ -434,7 +467,7 @@ def build_cache(
     if cache is None:  # pragma: no cover - would mean the rename target vanished
         raise CacheError(f"Tensor cache {final} could not be opened right after building it")
     cache.built_now = True
-    report(progress, n, n, f"tensor cache built ({n - int((~ok).sum())}/{n} images ok)")
+    report(progress, n, n, f"tensor cache built ({n - int((~ok).sum())}/{n} images ok, {_rate_text(rate)})")
     return cache
 
 

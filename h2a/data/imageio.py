@@ -448,8 +448,10 @@ def _load_pil(fp: BinaryIO, name: str, size: int, prefix: bytes, decode: bool,
             return info, None
         _check_size(name, width, height, max_pixels)
         try:
-            im.seek(0)  # n_frames may have moved a multi-page TIFF
-            gray = _pil_gray(im, name)
+            gray = _cv2_gray(fp, im, prefix, info)
+            if gray is None:  # not a file the fast path takes: PIL decodes it
+                im.seek(0)  # n_frames may have moved a multi-page TIFF
+                gray = _pil_gray(im, name)
         except _BROKEN as exc:
             if "not available" in str(exc):  # e.g. "decoder jpeg2k not available"
                 raise UnsupportedImageError(
@@ -468,6 +470,152 @@ def _frame_count(im: Image.Image, name: str) -> int:
     except Exception as exc:  # PIL raises TypeError, SyntaxError, ... on a bad IFD chain
         raise CorruptImageError(name, "the file's list of pages is damaged (a bad page pointer), "
                                       "so it cannot be read safely") from exc
+
+
+# --------------------------------------------------------------------------- fast path (OpenCV)
+#
+# WHY: a full-resolution radiograph is a 2-4 MP PNG; PIL's band-by-band crop/asarray
+# loop costs a third of the decode. cv2.imdecode (libpng, libjpeg-turbo) hands back one
+# numpy array that converts with a single ufunc. PIL still reads the header (size limit,
+# mode, EXIF orientation, frames), errors keep PIL's wording, and the result is bit for
+# bit what the PIL path gives: the same converters run on the same bands. Anything the
+# fast path does not take, or that cv2 cannot decode, goes through PIL as before.
+#
+# Taken: PNG gray 1-16 bit, gray JPEG, and PNGs that cv2 returns with four 8-bit
+# channels (RGBA, gray+alpha, palette or RGB with transparency), whose bytes are exactly
+# the float32 result's size, so they are converted in place. Left to PIL: three-channel
+# results (RGB, palette without transparency, colour JPEG) and 16-bit colour, because a
+# uint8 colour copy plus the float32 result would break the issue-17 memory bound (at
+# most 1.75x the result in numpy memory), CMYK/YCbCr, animations and other formats.
+
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entropy-coded data
+# fast-path plan -> (channels cv2 returns, dtype) it must return, else PIL decodes
+_CV2_EXPECT = {"L": (1, np.uint8), "I16": (1, np.uint16), "RGBA": (4, np.uint8),
+               "LA": (4, np.uint8), "RGB": (4, np.uint8)}
+_BGRA_PICK = {"RGBA": [2, 1, 0, 3], "LA": [0, 3], "RGB": [2, 1, 0]}  # cv2 BGRA -> PIL's bands
+
+
+def _cv2_plan(im: Image.Image, prefix: bytes, info: ImageInfo) -> str | None:
+    """How the fast path converts this file (a key of _CV2_EXPECT), or None for PIL."""
+    if info.frames != 1:
+        return None  # APNG/MPO: PIL's frame rules stay the only ones
+    if im.format == "JPEG":
+        return "L" if im.mode == "L" else None
+    if im.format != "PNG" or prefix[12:16] != b"IHDR":
+        return None
+    depth, colour = prefix[24], prefix[25]
+    alpha = "transparency" in im.info
+    if colour == 0:
+        if depth == 16:
+            return "I16" if im.mode.startswith("I") else None
+        return "L" if im.mode in ("L", "1") else None
+    if depth != 8 and colour != 3:
+        return None
+    plans = {(4, "LA"): "LA", (6, "RGBA"): "RGBA"}
+    if alpha:
+        plans.update({(3, "P"): "RGBA", (2, "RGB"): "RGB"})  # PIL: P -> RGBA; RGB ignores tRNS
+    return plans.get((colour, im.mode))
+
+
+def _png_complete(data: bytes) -> bool:
+    """The chunks run to IEND inside the file (what check_integrity asks of a scan)."""
+    pos, n = 8, len(data)
+    while pos + 8 <= n:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        pos += 12 + length
+        if pos > n:
+            return False
+        if kind == b"IEND":
+            return True
+    return False
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """The markers run from SOI to an EOI; bytes after it (phone trailers) are fine.
+
+    libjpeg fills a cut-off JPEG with gray and only warns, where PIL says "truncated":
+    such files go to PIL, so both paths fail alike. An EOI inside an EXIF thumbnail does
+    not count, because segments are skipped by their lengths.
+    """
+    pos, n = 2, len(data)
+    while pos + 2 <= n:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            pos += 2
+            continue
+        if pos + 4 > n:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                return False
+            pos = found.start()
+    return False
+
+
+def _cv2_decode(fp: BinaryIO, fmt: str) -> np.ndarray | None:
+    """The pixels as cv2.IMREAD_UNCHANGED gives them (BGR order, 16 bits kept, no EXIF
+    rotation), or None when the file is incomplete or cv2 cannot read it."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - opencv is a dependency; PIL still works
+        return None
+    pos = fp.tell()
+    fp.seek(0)
+    data = fp.read()
+    fp.seek(pos)
+    if not (_png_complete(data) if fmt == "PNG" else _jpeg_complete(data)):
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+
+
+def _cv2_gray(fp: BinaryIO, im: Image.Image, prefix: bytes, info: ImageInfo) -> np.ndarray | None:
+    """float32 gray through cv2, equal to _pil_gray's; None sends the file to PIL."""
+    plan = _cv2_plan(im, prefix, info)
+    if plan is None:
+        return None
+    arr = _cv2_decode(fp, im.format)
+    channels, dtype = _CV2_EXPECT[plan]
+    if arr is None or arr.dtype != dtype or arr.shape[:2] != im.size[::-1] \
+            or (arr.shape[2] if arr.ndim == 3 else 1) != channels or not arr.flags.c_contiguous:
+        return None
+    if plan == "L":
+        out = np.empty(arr.shape, np.float32)
+        return np.multiply(arr, np.float32(1 / 255), out=out, dtype=np.float32)
+    if plan == "I16":
+        out = np.empty(arr.shape, np.float32)
+        out[...] = arr
+        del arr
+        return _scale_integer(out, out=out)
+    return _bgra_in_place(arr, _BGRA_PICK[plan], _BAND_CONVERTERS[plan])
+
+
+def _bgra_in_place(arr: np.ndarray, pick: list[int], convert) -> np.ndarray:
+    """Convert a (h, w, 4) uint8 BGRA array to float32 gray in its own bytes.
+
+    Row r of the result occupies exactly the bytes of row r of the input, and each band
+    is copied out (in PIL's channel order) before its rows are overwritten, so no second
+    full-size buffer exists. Bands are PIL's, so the converters give the same numbers.
+    """
+    height, width = arr.shape[:2]
+    out = arr.view(np.float32).reshape(height, width)
+    step = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, step):
+        band = arr[top:top + step].take(pick, axis=2)  # C order, as PIL's bands (the layout steers BLAS)
+        out[top:top + band.shape[0]] = convert(band)
+    return out
 
 
 def _pil_bomb(name: str, prefix: bytes, message: str, max_pixels: int) -> ImageTooLargeError:

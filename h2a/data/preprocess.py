@@ -66,6 +66,10 @@ class PreprocessConfig:
                        help="output side in pixels")
     resize: str = option("pad", choices=RESIZE_MODES, group="preprocessing", label="Geometry",
                          help="pad: keep aspect, black bars; squash: plain resize; crop: keep aspect, centre crop")
+    hand_crop: bool = option(False, group="preprocessing", label="Crop to the hand",
+                             help="cut the image to the hand's box plus a margin (largest bright region; "
+                                  "h2a.data.orientation.crop_to_hand) before the geometry, so the hand fills "
+                                  "the input however it was framed; no hand found: the whole image")
     intensity: str = option("none", choices=INTENSITY_MODES, group="preprocessing",
                             label="Intensity standardisation",
                             form={"labels": {"none": "none", "percentile": "percentile window 1-99%"}},
@@ -182,6 +186,8 @@ class PreprocessConfig:
             "resize": self.resize,
             "contrast": self.contrast,
         }
+        if self.hand_crop:
+            out["hand_crop"] = True
         if self.intensity != "none":
             out["intensity"] = self.intensity
         if self.contrast == "clahe":
@@ -263,6 +269,10 @@ def prepare(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     contrast on the content only (before padding, so black bars do not skew the percentile
     window, histogram equalisation or CLAHE)."""
     a = _to_float2d(img)
+    if cfg.hand_crop:
+        from h2a.data.orientation import crop_to_hand  # orientation is heavier; only when asked
+
+        a = crop_to_hand(a)
     s = cfg.size
     h, w = a.shape
     if cfg.resize == "squash":

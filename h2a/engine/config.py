@@ -100,6 +100,9 @@ class TrainConfig:
     patience: int = option(0, minimum=0, label="Early stopping patience", form={"max": 100},
                            help="early stopping after this many epochs without improvement (0 = off)")
     seed: int = option(0, minimum=0, label="Seed", help="random seed of the split, initialisation and batches")
+    split_seed: int | None = option(None, minimum=0, form=False,
+                                    help="seed of the validation / held-out split alone (default: --seed), so "
+                                         "runs with different seeds can hold out the same images")
     workers: int = option(2, minimum=0, form=False, help="DataLoader worker processes")
     device: str = option("auto", form=False, help="auto, cpu, cuda, cuda:N (default: the settings' device)")
     amp: str = option("auto", choices=AMP_MODES, label="Mixed precision",

@@ -12,7 +12,6 @@ act only while all of them still match.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -110,25 +109,32 @@ def _launch(run_dir: Path, cfg: TrainConfig | None, gpus: int | None) -> Path:
         return _spawn(run_dir, cfg, build_command(run_dir, gpus), gpus, lock)
 
 
-def _spawn(run_dir: Path, cfg: TrainConfig, cmd: list[str], gpus: int, lock: RunLock) -> Path:
-    """Launch ``cmd`` detached, in its own session, holding the inherited lock.
+def spawn_detached(cmd: list[str], log_path: Path, lock: RunLock) -> ProcessId:
+    """Start ``cmd`` in its own session (a rerun, a closed tab or the server's exit never
+    reaches it) holding the inherited lock, its output appended to ``log_path``.
 
-    progress.json and job.json are written before the lock is handed over: the job adopts
-    the lock only then, so its own first write cannot be overwritten by 'starting'.
+    The child adopts the lock only once named the holder: the caller writes its job.json /
+    progress.json first, then calls ``lock.hand_over(pid)``, so the job's own first write
+    cannot be overwritten by 'starting'. Shared by training runs, analysis jobs and studies.
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1", **lock.token())
-    with open(run_dir / LOG, "ab") as log:
+    with open(log_path, "ab") as log:
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, pass_fds=(lock.fd,))
-    job = ProcessId.of(proc.pid, pgid=proc.pid)  # a new session: its process group is its PID
+    return ProcessId.of(proc.pid, pgid=proc.pid)  # a new session: its process group is its PID
+
+
+def _spawn(run_dir: Path, cfg: TrainConfig, cmd: list[str], gpus: int, lock: RunLock) -> Path:
+    """Launch the training command detached and record it (see ``spawn_detached``)."""
+    job = spawn_detached(cmd, run_dir / LOG, lock)
     history = (read_json(run_dir / PROGRESS) or {}).get("history", [])  # a resumed run keeps its curves
     atomic_write_json(run_dir / JOB, {**job.record(), "cmd": cmd, "started": time.time(), "gpus": gpus})
     atomic_write_json(run_dir / PROGRESS, {"status": "starting", **job.record(), "epoch": 0,
                                            "epochs": cfg.epochs, "history": history, "message": "starting…",
                                            "task": cfg.task, "arch": cfg.arch, "updated": time.time()})
-    lock.hand_over(proc.pid)
+    lock.hand_over(job.pid)
     return run_dir
 
 
@@ -157,13 +163,7 @@ def force_stop(run_dir: Path) -> bool:
     recorded: after a crash the PID may belong to an unrelated process by now.
     """
     proc = job_process(run_dir)
-    if proc is None:
-        return False
-    try:
-        os.killpg(proc.pgid, signal.SIGTERM)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+    return proc is not None and proc.terminate_group()
 
 
 def log_tail(run_dir: Path, lines: int = 40) -> str:

@@ -20,8 +20,9 @@ def make_splits(ds: Dataset, cfg: TrainConfig) -> dict[str, list[str]]:
     strat = meta.assign(boneage=meta["boneage"].fillna(meta["boneage"].median() if meta["boneage"].notna().any() else 0))
     holdout: np.ndarray = np.array([], dtype=int)
     rest = np.arange(len(meta))
+    seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     if cfg.holdout_fraction > 0:
-        rest, holdout = stratified_split(strat, cfg.holdout_fraction, seed=cfg.seed + 7919)
+        rest, holdout = stratified_split(strat, cfg.holdout_fraction, seed=seed + 7919)
     if cfg.split == "dataset":
         split = meta["split"].to_numpy()
         train = rest[split[rest] == "train"]
@@ -29,10 +30,10 @@ def make_splits(ds: Dataset, cfg: TrainConfig) -> dict[str, list[str]]:
         if len(val) == 0:
             raise TrainingError(f"{ds.name}: --split dataset needs a validation CSV with images; use a stratified split")
     else:
-        tr, va = stratified_split(strat.iloc[rest].reset_index(drop=True), cfg.val_fraction, seed=cfg.seed)
+        tr, va = stratified_split(strat.iloc[rest].reset_index(drop=True), cfg.val_fraction, seed=seed)
         train, val = rest[tr], rest[va]
     if cfg.max_train_images and len(train) > cfg.max_train_images:
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(seed)
         train = np.sort(rng.choice(train, cfg.max_train_images, replace=False))
     if len(train) < 2 or len(val) < 1:
         raise TrainingError(f"{ds.name}: too few labelled images to train ({len(train)} train, {len(val)} validation)")

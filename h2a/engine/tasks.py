@@ -16,7 +16,7 @@ import pandas as pd
 from torch import nn
 
 from h2a import TASKS
-from h2a.inference.calibration import TemperatureScaler, boneage_calibration, sex_calibration
+from h2a.inference.calibration import SEX_LOGIT_SHIFT, TemperatureScaler, boneage_calibration, sex_calibration
 from h2a.inference.conformal import DEFAULT_LEVEL, Procedure
 from h2a.inference.metrics import (
     classification_metrics,
@@ -161,8 +161,9 @@ class SexTask(Task):
 
     def calibrate(self, raw: np.ndarray, age: np.ndarray, male: np.ndarray, procedure: Procedure,
                   level: float = DEFAULT_LEVEL, **options) -> dict:
-        """Temperature scaling of the logit (``shift=True`` also fits an offset)."""
-        return sex_calibration(raw, np.asarray(male).astype(bool), procedure, bool(options.get("shift", False)))
+        """Temperature scaling of the logit, with an offset unless ``shift=False``."""
+        return sex_calibration(raw, np.asarray(male).astype(bool), procedure,
+                               bool(options.get("shift", SEX_LOGIT_SHIFT)))
 
     def loss(self, kind: str = "l1") -> nn.Module:
         return nn.BCEWithLogitsLoss()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -64,8 +65,11 @@ class DiskFull(TrainingError):
     """A write failed for want of space (or a file-size limit or quota)."""
 
 
-def train(cfg: TrainConfig, progress: ProgressFn | None = None, log=print) -> dict:
+def train(cfg: TrainConfig, progress: ProgressFn | None = None, log=print, callbacks: Sequence = ()) -> dict:
     """Run (or resume) a training run; returns metadata.json's content.
+
+    ``callbacks`` (``h2a.engine.callbacks.Callback``) see every event after the run's own
+    handlers: a study's trial reports each epoch's validation figure and may stop the run.
 
     Raises TrainingError (incl. TrainingDiverged, DiskFull, CheckpointError, RunLocked)
     with a clear message; the run's progress.json then says 'failed' / 'diverged' with the
@@ -77,7 +81,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, log=print) -> di
     device = resolve_device(cfg.device, env.local_rank)
     _configure_device(device)
     with _run_lock(Path(cfg.out), env.is_main):
-        return _train_locked(cfg, env, device, progress, log)
+        return _train_locked(cfg, env, device, progress, log, callbacks)
 
 
 @contextmanager
@@ -91,7 +95,8 @@ def _run_lock(run_dir: Path, main: bool):
         yield
 
 
-def _train_locked(cfg: TrainConfig, env, device: torch.device, progress: ProgressFn | None, log) -> dict:
+def _train_locked(cfg: TrainConfig, env, device: torch.device, progress: ProgressFn | None, log,
+                  callbacks: Sequence = ()) -> dict:
     state = {"status": "starting", "pid": os.getpid(), "pid_start": start_time(os.getpid()), "host": host(),
              "task": cfg.task, "arch": cfg.arch, "device": describe_device(device), "world_size": env.world_size,
              "epoch": 0, "epochs": cfg.epochs, "batch": 0, "batches": 0, "history": [], "message": "",
@@ -109,7 +114,7 @@ def _train_locked(cfg: TrainConfig, env, device: torch.device, progress: Progres
     status, message = "failed", ""
     try:
         writer.update(force=True)
-        result = _train(cfg, ckpt, device, env, writer, tracker, log)
+        result = _train(cfg, ckpt, device, env, writer, tracker, log, callbacks)
         status, message = "finished", ""
         return result
     except TrainingDiverged as exc:
@@ -177,8 +182,11 @@ def _open_run(cfg: TrainConfig, main: bool, state: dict) -> tuple[TrainConfig, d
 
 
 def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, writer: ProgressFile,
-           tracker: MLflowTracker, log) -> dict:
+           tracker: MLflowTracker, log, callbacks: Sequence = ()) -> dict:
     eng, facts = build_engine(cfg, ckpt, device, env, writer, tracker, log)
+    if callbacks:
+        eng.callbacks.extend(callbacks)
+        eng.__post_init__()  # rebuild the hook table with them
     if ckpt is not None:
         log(f"resuming {eng.run_dir.name} at epoch {eng.state.epoch + 1}/{cfg.epochs}")
     writer.update(force=True, status="running", epoch=eng.state.epoch + 1, batches=eng.steps_per_epoch,

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ import torch
 from h2a import RESEARCH_NOTE, __version__
 from h2a.data.imageio import ImageReadError, read_header, read_image, to_uint8
 from h2a.data.preprocess import PreprocessConfig, prepare
+from h2a.data.orientation import hand_bbox
 from h2a.data.transforms import array_input, augment_samples
+from h2a.device import resolve_device
 from h2a.engine.runs import best_run, resolve_run
 from h2a.inference.calibration import DEFAULT_TTA
 from h2a.inference.conformal import Procedure
@@ -91,15 +93,24 @@ class NoModelError(FileNotFoundError):
     """No trained bone-age run to predict with."""
 
 
-def cam_to_image(cam: np.ndarray, shape: tuple[int, int], cfg: PreprocessConfig) -> np.ndarray:
+def cam_to_image(cam: np.ndarray, shape: tuple[int, int], cfg: PreprocessConfig,
+                 image: np.ndarray | None = None) -> np.ndarray:
     """A CAM at the model's square input -> the original image geometry ``shape`` (H, W).
 
     Undoes ``prepare``: 'pad' crops the letterbox, 'squash' stretches back, 'crop' puts
-    the map on the centred square (zero elsewhere).
+    the map on the centred square (zero elsewhere); with ``hand_crop`` the map goes on the
+    hand's box found again in ``image`` (the displayed image, of ``shape``).
     """
     h, w = shape
     s = cam.shape[0]
     cam = np.asarray(cam, np.float32)
+    if cfg.hand_crop and image is not None:
+        box = hand_bbox(image)
+        if box is not None:  # the map covers the hand's box, as prepare cut it
+            x0, y0, x1, y1 = box
+            out = np.zeros((h, w), np.float32)
+            out[y0:y1, x0:x1] = cam_to_image(cam, (y1 - y0, x1 - x0), replace(cfg, hand_crop=False))
+            return out
     if cfg.resize == "pad":
         scale = s / max(h, w)
         nh, nw = min(s, max(1, round(h * scale))), min(s, max(1, round(w * scale)))
@@ -288,6 +299,7 @@ class Predictor:
                  device: torch.device | None = None, ood: bool = True, threads: int | None = None) -> None:
         self.paths = resolve_runs(model)
         self.runs: list[LoadedRun] = []
+        device = device or resolve_device()  # H2A_DEVICE, else the GPU when there is one (page, CLI, batch)
         for p in self.paths:
             run = load_run(p, device)
             if run.task != "boneage":
@@ -516,7 +528,7 @@ class Predictor:
         """Mean Grad-CAM over the runs, in the displayed image's geometry, scaled to [0, 1]."""
         t3 = time.perf_counter()
         maps = [cam_to_image(self.cam(run, prepared[run.preprocess.cache_key()], male), res.image.shape,
-                             run.preprocess) for run in self.runs]
+                             run.preprocess, res.image) for run in self.runs]
         c = np.mean(maps, axis=0)
         peak = float(c.max())
         res.cam = (c / peak if peak > 0 else c).astype(np.float32)

@@ -1,0 +1,109 @@
+"""Background studies: the page starts ``h2a study run`` detached, like a training run.
+
+The job folder ``<workspace>/studies/<name>/`` plays a run folder's part: its lock (one
+coordinator per study; taken here and handed to the job, ``h2a.engine.lock``), ``job.json``
+(PID, process group, start time), ``log.txt`` and the coordinator's ``progress.json``. A
+rerun, a page switch or a closed tab never touches the process; a restarted server finds
+the study on disk. Stopping asks politely (the ``STOP`` flag and each running trial's
+``CANCEL``): running trials end after their batch and resume on the next ``study run``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from h2a.engine.jobs import force_stop, log_tail, request_cancel, spawn_detached
+from h2a.engine.lock import RunLock, RunLocked, describe_holder
+from h2a.engine.runs import JOB, LOG, atomic_write_json, read_json, writer_alive
+from h2a.studies import StudySpec
+from h2a.studies.runner import JOB_PROGRESS, STOP, StudyError, resolve_space
+from h2a.studies.storage import job_dir, storage_url
+
+
+def study_command(spec: StudySpec) -> list[str]:
+    """``python -m h2a study run ...`` for ``spec`` (absolute paths: any working directory)."""
+    cmd = [sys.executable, "-m", "h2a", "study", "run", "--name", spec.name,
+           "--trial-minutes", f"{spec.trial_minutes:g}", "--workers", str(spec.workers),
+           "--storage", storage_url(spec.storage), "--seed", str(spec.seed)]
+    if spec.data:  # not needed to continue an existing study
+        cmd += ["--data", str(Path(spec.data).resolve())]
+    if spec.preset:
+        cmd += ["--preset", spec.preset]
+    if spec.space_file:
+        cmd += ["--space", str(Path(spec.space_file).resolve())]
+    if spec.trials:
+        cmd += ["--trials", str(spec.trials)]
+    if spec.pruner:
+        cmd += ["--pruner", spec.pruner]
+    return cmd
+
+
+def start_study_job(spec: StudySpec) -> Path:
+    """Start the study's coordinator in the background; StudyError when it already runs here
+    or the spec is unusable (checked now, so the page shows the reason at once)."""
+    resolve_space(spec)  # a bad preset or space file fails here, not in the log
+    d = job_dir(spec.name)
+    try:
+        lock = RunLock(d).acquire()
+    except RunLocked as exc:
+        raise StudyError(f"study {spec.name} is already running ({describe_holder(exc.holder)})") from exc
+    with lock:
+        (d / STOP).unlink(missing_ok=True)
+        cmd = study_command(spec)
+        job = spawn_detached(cmd, d / LOG, lock)
+        atomic_write_json(d / JOB, {**job.record(), "cmd": cmd, "started": time.time(), "spec": spec.to_dict()})
+        old = read_json(d / JOB_PROGRESS) or {}
+        atomic_write_json(d / JOB_PROGRESS, {"status": "starting", **job.record(), "study": spec.name,
+                                             "storage": storage_url(spec.storage), "finished": old.get("finished", 0),
+                                             "total": old.get("total"), "message": "starting…",
+                                             "updated": time.time()})
+        lock.hand_over(job.pid)
+    return d
+
+
+def study_job_status(name: str) -> dict:
+    """{"status": running|stopped|finished|failed|none, "pid", "log_tail", "finished", "total", "message"}."""
+    d = job_dir(name)
+    job, prog = read_json(d / JOB), read_json(d / JOB_PROGRESS)
+    if not job and not prog:
+        return {"status": "none", "pid": None, "log_tail": "", "finished": 0, "total": None, "message": ""}
+    prog = prog or {}
+    status = prog.get("status", "stopped")
+    if status in ("running", "starting"):
+        status = "running" if writer_alive(d, prog) else "stopped"
+    elif status not in ("finished", "failed"):
+        status = "stopped"
+    return {"status": status, "pid": prog.get("pid") or (job or {}).get("pid"), "log_tail": log_tail(d),
+            "finished": prog.get("finished", 0), "total": prog.get("total"), "message": prog.get("message", "")}
+
+
+def running_trial_runs(name: str, storage: str | None) -> list[Path]:
+    """Run folders of the study's RUNNING trials."""
+    from h2a.studies.storage import load_study
+
+    try:
+        study = load_study(name, storage)
+    except KeyError:
+        return []
+    return [Path(t.user_attrs["run"]) for t in study.get_trials(deepcopy=False)
+            if t.state.name == "RUNNING" and t.user_attrs.get("run")]
+
+
+def stop_study(name: str) -> bool:
+    """Ask the study to stop: no new trials, running trials cancelled after their batch.
+    False when no coordinator of it runs on this machine."""
+    d = job_dir(name)
+    prog = read_json(d / JOB_PROGRESS) or {}
+    if not prog or prog.get("status") not in ("running", "starting") or not writer_alive(d, prog):
+        return False
+    (d / STOP).touch()
+    for run in running_trial_runs(name, prog.get("storage")):
+        request_cancel(run)
+    return True
+
+
+def kill_study(name: str) -> bool:
+    """SIGTERM the background study's process group (workers included), for one that ignores a stop."""
+    return force_stop(job_dir(name))
