@@ -88,8 +88,9 @@ def test_sex_run_is_calibrated_and_evaluate_reports_both_eces(demo_dir: Path, wo
     assert read_json(run / "metadata.json")["calibration"]["method"].startswith("temperature scaling")
     loaded = load_run(run)
     raw = np.linspace(-3, 3, 7)
-    t = cal["temperature"]["temperature"]
-    np.testing.assert_allclose(loaded.to_output(raw), 1 / (1 + np.exp(-raw / t)))
+    t, b = cal["temperature"]["temperature"], cal["temperature"]["logit_shift"]
+    assert cal["temperature"]["shift"]  # the offset is fitted by default
+    np.testing.assert_allclose(loaded.to_output(raw), 1 / (1 + np.exp(-(raw / t + b))))
     np.testing.assert_allclose(loaded.to_output(raw, calibrated=False), 1 / (1 + np.exp(-raw)))
 
     assert main(["evaluate", "--model", str(run), "--split", "validation", "--json"]) == 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from h2a.app.cam_ui import cam_of_file, clear_cam_cache
-from tests.conftest import open_page
+from tests.conftest import open_page, settle
 from tests.test_sex import make_sex_run
 
 
@@ -70,7 +70,7 @@ def test_evaluation_page_opacity_slider_computes_no_cam(tiny_run: Path, demo_dir
                                                          monkeypatch) -> None:
     monkeypatch.delenv("H2A_DATA_DIR", raising=False)
     at = open_page("app_pages/evaluation.py")
-    at.multiselect(key="eval_runs").set_value([tiny_run.name]).run()
+    settle(at.multiselect(key="eval_runs").set_value([tiny_run.name]).run())
     assert not at.exception, [e.value for e in at.exception]
     assert len(cam_calls) == len(at.multiselect(key="eval_cam_ids").value) == 3
     assert "Bland-Altman: bias" in str(at.get("plotly_chart")[1].proto.spec)  # the core's limits in the title

@@ -22,7 +22,7 @@ from tests.conftest import REPO, run_cli
 
 ALL_PAGES = ["app_pages/home.py", "app_pages/population.py", "app_pages/preprocessing.py",
              "app_pages/training.py", "app_pages/evaluation.py", "app_pages/predict.py",
-             "app_pages/sex.py", "app_pages/clusters.py"]
+             "app_pages/sex.py", "app_pages/clusters.py", "app_pages/studies.py"]
 PASSWORD = "correct horse battery staple"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, settle
 from tests.test_sex import make_sex_run
 
 
@@ -23,6 +23,7 @@ def _open(page: str, monkeypatch) -> AppTest:
         at = AppTest.from_file(str(REPO / page), default_timeout=300)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    settle(at)  # the Sex page evaluates its run in the background first
     assert not at.error, [e.value for e in at.error]
     return at
 

@@ -30,6 +30,8 @@ from h2a.analysis.background import (
 )
 from h2a.analysis.embeddings import PRETRAINED, load_embeddings, source_identity
 from h2a.data.preprocess import PreprocessConfig
+from h2a.engine.runs import atomic_write_bytes
+from h2a.exports import csv_bytes
 from h2a.progress import ProgressFn
 
 __all__ = ["FRAME", "SWEEP_KS", "clusters_spec", "embeddings_spec", "load_clusters"]
@@ -122,7 +124,7 @@ def _run_clusters(ctx: JobContext) -> dict:
     ctx.set_stage("k sweep")
     ks = tuple(x for x in p.get("sweep") or SWEEP_KS if x < len(emb))
     sweep = sweep_k(est.features_, ks, random_state=p["seed"], progress=ctx.steps)
-    frame.to_csv(ctx.dir / FRAME, index=False)
+    atomic_write_bytes(ctx.dir / FRAME, csv_bytes(frame))
     return {"n": len(emb), "scores": scores, "sweep": sweep.to_dict(orient="records"),
             "embedding": {**{k_: got.get(k_) for k_ in ("n", "dim", "key", "source", "device", "images_per_s",
                                                         "n_failed_images", "dataset")},

@@ -35,6 +35,7 @@ from h2a.engine.runs import (
     read_json,
     runs_root,
 )
+from h2a.exports import csv_bytes
 from h2a.processes import ProcessId
 from h2a.studies import PRUNERS, StudySpec
 from h2a.studies.space import Space, SpaceError, build_config, load_space, parse_space
@@ -405,7 +406,7 @@ def save_holdout_predictions(run_dir: Path, task: str, views: int = 0) -> Path:
     else:
         frame = pd.DataFrame({"id": p["id"].astype(str), "y": p["male"].astype(int), "prob": p["p_male"].astype(float)})
     path = Path(run_dir) / HOLDOUT_FILE
-    atomic_write_bytes(path, frame.sort_values("id").to_csv(index=False).encode())
+    atomic_write_bytes(path, csv_bytes(frame.sort_values("id")))  # users open it in spreadsheets too
     return path
 
 
