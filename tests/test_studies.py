@@ -119,3 +119,33 @@ def test_study_jobs_without_a_process(tmp_path: Path) -> None:
     # one coordinator per study: a held job folder refuses a second start, naming the holder
     with RunLock(job_dir("busy")), pytest.raises(StudyError, match=f"pid {__import__('os').getpid()}"):
         start_study_job(StudySpec(name="busy", data=str(tmp_path), preset="sex-input"))
+
+
+def test_a_search_starts_from_its_base_unless_the_base_is_outside_the_space(demo_dir: Path) -> None:
+    from h2a.studies.runner import baseline_params, enqueue_baseline
+
+    search = get_preset("recipe-search")
+    params = baseline_params(search, str(demo_dir))
+    # the CPU recipe (recipes/boneage_cpu.sh); what it does not name comes from the declared defaults
+    assert params == {"lr": 2e-3, "weight_decay": 1e-4, "batch_size": 32, "size": 128, "shift": 0.03, "rotation": 5.0,
+                      "zoom": 0.05, "aug_gamma": 0.0, "aug_contrast": 0.0, "drop_path": 0.2, "loss": "l1"}
+
+    outside = parse_space({"base": {"lr": 0.5}, "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}})
+    assert baseline_params(outside, str(demo_dir)) is None
+    off_grid = parse_space({"base": {"freeze": 1}, "params": {"freeze": {"type": "int", "low": 0, "high": 6, "step": 2}}})
+    assert baseline_params(off_grid, str(demo_dir)) is None
+
+    class Study:  # enqueue_baseline's view of an Optuna study
+        def __init__(self, trials: list) -> None:
+            self.trials, self.queued = trials, []
+
+        def get_trials(self, deepcopy: bool = False) -> list:
+            return self.trials
+
+        def enqueue_trial(self, params: dict, user_attrs: dict) -> None:
+            self.queued.append((params, user_attrs))
+
+    fresh, hand_queued = Study([]), Study(["a trial queued by hand"])
+    assert enqueue_baseline(fresh, search, str(demo_dir)) and fresh.queued == [(params, {"baseline": True})]
+    assert not enqueue_baseline(hand_queued, search, str(demo_dir)) and not hand_queued.queued
+    assert not enqueue_baseline(Study([]), get_preset("sex-input"), str(demo_dir))  # arms queue their grid

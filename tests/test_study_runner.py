@@ -123,6 +123,8 @@ def test_killed_study_resumes_without_losing_finished_trials(demo_dir: Path, tmp
     meta = read_json(Path(retry[0]["run_dir"]) / "metadata.json")
     assert [h["epoch"] for h in meta["history"]] == [1, 2, 3, 4]
     assert summary["n_finished"] == 2
+    assert by_number[0].get("baseline") and by_number[0]["params"] == {"lr": pytest.approx(0.01)}  # the base, first
+    assert summary["baseline"]["number"] == 0
 
 
 def test_two_workers_share_an_arms_study_on_one_sqlite(demo_dir: Path, tmp_path: Path, one_torch_thread) -> None:

@@ -95,6 +95,9 @@ def _print_summary(s: dict) -> None:
               + (f"  ({t['error']})" if t.get("error") else ""))
     if s.get("best"):
         print(f"best: trial {s['best']['number']} ({_fmt(s['best']['value'])}) {s['best']['run']}")
+    if s.get("baseline"):
+        b = s["baseline"]
+        print(f"baseline (the base settings): trial {b['number']} {b['state']} ({_fmt(b['value'])}) {b['run'] or '-'}")
     for c in s.get("comparisons") or []:
         print(f"  {c.get('verdict') or c}")
     if s.get("clusters") is not None:

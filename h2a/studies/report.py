@@ -380,6 +380,11 @@ def write_report(name: str, storage: str | None, out_dir: Path) -> Path:
         lines += ["## Best trial", "",
                   f"Trial {best['number']}: validation {(summary.get('metric') or '').upper()} "
                   f"{_fmt(best.get('value'), 3)} (run {_cell(best.get('run'))}; {_cell(params)}).", ""]
+        base = summary.get("baseline")
+        if base:
+            lines += [f"The base settings ran as trial {base['number']} ({base['state'].lower()}): validation "
+                      f"{(summary.get('metric') or '').upper()} {_fmt(base.get('value'), 3)}, on the same machine, "
+                      "budget and split as every other trial.", ""]
     lines += _comparison_lines(summary)
     lines += _clusters_lines(summary)
     if saved:

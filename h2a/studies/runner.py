@@ -232,6 +232,37 @@ def enqueue_arms(study, space: Space, target: int) -> None:
     study.set_user_attr("enqueued", True)
 
 
+def baseline_params(space: Space, data: str) -> dict | None:
+    """The base's own value of every searched setting, or None when one lies outside its
+    range: queued as a search's first trial, the base (the CPU recipe for ``recipe-search``)
+    is judged on the same machine, budget and split as the configurations that would replace it."""
+    from dataclasses import asdict
+
+    cfg = build_config(dict(space.base), data=data, out="unused", task=space.task)
+    values = {**asdict(cfg), **cfg.preprocess}
+    out = {}
+    for name, p in space.params.items():
+        value = values.get(name)
+        if p.type == "categorical":
+            if value not in p.choices:
+                return None
+        elif value is None or not p.low <= value <= p.high or (p.step and abs((value - p.low) / p.step % 1) > 1e-9):
+            return None
+        out[name] = value
+    return out
+
+
+def enqueue_baseline(study, space: Space, data: str) -> bool:
+    """Queue the base as trial 0 of a new search (not when trials were already queued by hand)."""
+    if space.kind != "search" or study.get_trials(deepcopy=False):
+        return False
+    params = baseline_params(space, data)
+    if params is None:
+        return False
+    study.enqueue_trial(params, user_attrs={"baseline": True})
+    return True
+
+
 # -- failing over and retrying -------------------------------------------------------------
 def _worker_of(trial) -> ProcessId | None:
     return ProcessId.from_record(trial.user_attrs.get("worker") or {})
@@ -267,7 +298,7 @@ def enqueue_retries(study) -> list[int]:
         if (t.state != TrialState.FAIL or "error" in t.user_attrs or t.user_attrs.get("spare")
                 or t.number in retried or not t.params):
             continue
-        attrs = {k: t.user_attrs[k] for k in ("arm", "seed") if k in t.user_attrs}
+        attrs = {k: t.user_attrs[k] for k in ("arm", "seed", "baseline") if k in t.user_attrs}
         attrs["retry_of"] = t.number
         run = t.user_attrs.get("run")
         if run and (Path(run) / "checkpoint.pt").exists():
@@ -562,6 +593,8 @@ def _run_trials(study, space: Space, spec: StudySpec, log: Callable[[str], None]
             "ended; failed over")
     if space.kind == "arms":
         enqueue_arms(study, space, target)
+    elif enqueue_baseline(study, space, spec.data):
+        log(f"study {spec.name}: trial 0 is the base settings (the baseline the search must beat)")
     retried = enqueue_retries(study)
     if retried:
         log(f"study {spec.name}: trials {', '.join(map(str, retried))} queued again (their runs resume)")

@@ -28,7 +28,7 @@ def trial_row(t) -> dict:
            "run": Path(run).name if run else None, "run_dir": run, "arm": t.user_attrs.get("arm"),
            "seed": t.user_attrs.get("seed"), "duration_s": duration,
            "worker": (t.user_attrs.get("worker") or {}).get("worker")}
-    for key in ("error", "failed_over", "retry_of"):
+    for key in ("error", "failed_over", "retry_of", "baseline"):
         if key in t.user_attrs:
             row[key] = t.user_attrs[key]
     if t.intermediate_values:
@@ -93,6 +93,9 @@ def study_summary(name: str, storage: str | None = None) -> dict:
         "n_finished": by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0),
         "best": best, "trials": trials, "comparisons": comparisons(study) if space.get("arms") else [],
     }
+    base = next((t for t in trials if t.get("baseline")), None)
+    if base is not None:
+        out["baseline"] = {k: base[k] for k in ("number", "state", "value", "params", "run")}
     if "clusters" in attrs or space.get("clusters") is not None:
         out["clusters"] = attrs.get("clusters")
     return out
