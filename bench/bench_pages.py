@@ -25,7 +25,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,9 +36,9 @@ FIRST_VISIT_S = 5.0
 REVISIT_S = 2.0
 DEFAULT_DATA = Path("/tmp/h2a-scale")
 SCALE_N = 12611
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run"]
+
+sys.path.insert(0, str(REPO))  # the tests' browser plumbing: one Streamlit launch and one set of Chromium flags
+from tests.browser import chromium, streamlit_server
 
 # True when the page has rendered: a title, no script run in progress, every image loaded.
 # ``expected`` (the title seen on an earlier visit) keeps a menu click from being "done"
@@ -171,22 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("H2A_MODELS_DIR", str(REPO / "models"))  # the runs the model pages show
     scan_s = scan_headers(data, env)
     load0 = os.getloadavg()
-    port = _free_port()
     log_path = args.log or workspace / "bench-pages-server.log"
-    log = open(log_path, "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
     rows: list[tuple[str, Measure, Measure, Measure]] = []
     first_request: Measure = None
     try:
-        _wait_health(base)
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        with streamlit_server(log_path, env) as (base, server), chromium() as browser:
             paths, first_request = menu_paths(browser, base, server.pid, args.timeout)
             print(f"  server's first request (home, loads the dataset): {fmt(first_request, 1e9)}", flush=True)
             wanted = [("" if p == "home" else p) for p in (args.pages or paths)]
@@ -211,32 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((path or "home", cold[path], warm, back))
                 print(f"  warm {path or 'home'}: {fmt(warm, FIRST_VISIT_S)} revisit {fmt(back, REVISIT_S)}",
                       flush=True)
-            browser.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
         if args.workspace is None:
             shutil.rmtree(workspace, ignore_errors=True)
     return report(data, scan_s, load0, first_request, rows, args.no_fail)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_health(base: str) -> None:
-    import urllib.request
-
-    for _ in range(240):
-        try:
-            if urllib.request.urlopen(f"{base}/_stcore/health", timeout=2).status == 200:
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("streamlit did not start; see the server log")
 
 
 def _title_of(browser, base: str, path: str) -> str:

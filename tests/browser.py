@@ -20,21 +20,22 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 SHOTS = REPO / ".h2a-screenshots"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 @contextmanager
-def app_server(log_path: Path) -> Iterator[str]:
-    """`streamlit run streamlit_app.py` on a free loopback port; yields its base URL."""
-    port = _free_port()
+def streamlit_server(log_path: Path, env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`streamlit run streamlit_app.py` on a free loopback port; yields its base URL and
+    process (``bench/bench_pages.py`` samples the server's CPU time through it)."""
+    port = free_port()
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ) if env is None else env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -45,11 +46,17 @@ def app_server(log_path: Path) -> Iterator[str]:
                 time.sleep(0.5)
         else:
             raise RuntimeError(f"streamlit did not start; see {log_path}")
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)
         log.close()
+
+
+@contextmanager
+def app_server(log_path: Path) -> Iterator[str]:
+    with streamlit_server(log_path) as (url, _):
+        yield url
 
 
 @contextmanager

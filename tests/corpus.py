@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,19 @@ class CorpusCase:
     def __post_init__(self) -> None:
         if self.header_ok is None:
             self.header_ok = self.expect_ok
+
+
+def read_with_peak(path: Path) -> tuple[np.ndarray, int]:
+    """(image, peak bytes Python allocated while ``read_image`` decoded it): the memory
+    tests compare the peak with the result's own size."""
+    from h2a.data.imageio import read_image
+
+    tracemalloc.start()
+    try:
+        img = read_image(path)
+        return img, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def phantom(height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:

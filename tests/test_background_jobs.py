@@ -85,13 +85,17 @@ def selftest(tag: str, **params) -> JobSpec:
     return JobSpec("selftest", {"tag": tag, "steps": 100_000, "step_s": 0.05, **params})
 
 
-@pytest.fixture(autouse=True)
-def stop_leftovers():
+def cancel_live_jobs(wait_s: float) -> None:
     """No test leaves a job running (they are detached and would outlive the session)."""
-    yield
     for job in list_jobs():
         if job.status().get("status") in ("starting", "running"):
-            cancel(job, wait_s=30)
+            cancel(job, wait_s=wait_s)
+
+
+@pytest.fixture(autouse=True)
+def stop_leftovers():
+    yield
+    cancel_live_jobs(wait_s=30)
 
 
 def test_concurrent_starts_of_one_key_launch_one_process(workspace: Path) -> None:

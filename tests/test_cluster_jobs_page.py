@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from h2a.analysis.background import Job, cancel, find_job, list_jobs
+from h2a.analysis.background import Job, cancel, find_job
 from tests.conftest import REPO
-from tests.test_background_jobs import finished, launches, recorded_pid, wait_until
+from tests.test_background_jobs import (
+    cancel_live_jobs,
+    finished,
+    launches,
+    recorded_pid,
+    wait_until,
+)
 
 PAGE = "app_pages/clusters.py"
 
@@ -48,6 +54,19 @@ def default_job(demo_dir: Path, **changes) -> Job:
     return find_job(clusters_spec(load_dataset(demo_dir), "pretrained", PreprocessConfig(size=size), **params))
 
 
+def assert_clusters_shown(at: AppTest) -> list:
+    """The page shows a finished job's answer (k = 2): ARIs, the charts, both cluster tables
+    and the download; returns the tables."""
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [m.label for m in at.metric]
+    assert "ARI vs sex (map)" in labels and "ARI vs sex (full)" in labels
+    assert len(at.get("plotly_chart")) >= 4  # map, bone age by cluster, share male, k sweep
+    tables = [df.value for df in at.dataframe]
+    assert len(tables) == 2 and all(len(t) == 2 and "% male" in t.columns for t in tables)
+    assert "Download coordinates and clusters (CSV)" in [b.label for b in at.get("download_button")]
+    return tables
+
+
 def forget(job: Job) -> None:
     """As if nobody had asked yet (an earlier test of the session may have)."""
     cancel(job, wait_s=60)
@@ -57,9 +76,7 @@ def forget(job: Job) -> None:
 @pytest.fixture(autouse=True)
 def stop_leftovers():
     yield
-    for job in list_jobs():
-        if job.status().get("status") in ("starting", "running"):
-            cancel(job, wait_s=60)
+    cancel_live_jobs(wait_s=60)
 
 
 def test_the_page_returns_with_a_running_job_then_fills_in(demo_dir: Path, monkeypatch) -> None:
@@ -86,13 +103,7 @@ def test_the_page_returns_with_a_running_job_then_fills_in(demo_dir: Path, monke
 
     assert finished(job)["status"] == "finished", job.log_tail()
     at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    labels = [m.label for m in at.metric]
-    assert "ARI vs sex (map)" in labels and "ARI vs sex (full)" in labels
-    assert len(at.get("plotly_chart")) >= 4  # map, bone age by cluster, share male, k sweep
-    tables = [df.value for df in at.dataframe]
-    assert len(tables) == 2 and all(len(t) == 2 and "% male" in t.columns for t in tables)
-    assert "Download coordinates and clusters (CSV)" in [b.label for b in at.get("download_button")]
+    assert_clusters_shown(at)
     assert job.name in page_text(at) and "clusters follow" in page_text(at)
     other.run()  # the other session fills in from the same result
     assert len(other.get("plotly_chart")) >= 4 and launches(job) == 1

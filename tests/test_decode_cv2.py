@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import io
-import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from h2a.data.imageio import (
     ImageTooLargeError,
     read_image,
 )
-from tests.corpus import png_bomb_bytes
+from tests.corpus import png_bomb_bytes, read_with_peak
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/rsna-fullres/boneage-training-dataset"
 H, W = 157, 211  # with BAND_PIXELS, five conversion bands and a shorter last one
@@ -256,12 +255,7 @@ def test_fast_path_stays_within_the_decode_memory_bound(tmp_path: Path, mode: st
     path = tmp_path / "big.png"
     im.save(path, compress_level=1, **({"transparency": 0} if mode == "P" else {}))
     assert _fast_taken(path, monkeypatch)
-    tracemalloc.start()
-    try:
-        img = read_image(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    img, peak = read_with_peak(path)
     assert peak / img.nbytes <= 1.75, f"{mode}: {peak / img.nbytes:.2f}x the result"
 
 

@@ -22,7 +22,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -287,8 +286,6 @@ def _ramp(height: int = 1500, width: int = 2000) -> np.ndarray:
 def test_decoding_allocates_no_float64_or_full_size_copies(tmp_path: Path, kind: str, limit: float) -> None:
     """numpy's allocations during one decode (tracemalloc sees them), relative to the
     float32 result: a float64 copy alone would be 2x, a float32 copy of RGB 3x."""
-    from h2a.data.imageio import read_image
-
     ramp = _ramp()
     path = tmp_path / kind
     if kind == "rgb.png":
@@ -301,12 +298,7 @@ def test_decoding_allocates_no_float64_or_full_size_copies(tmp_path: Path, kind:
         corpus.make_dicom(path, array=(ramp * 4095).astype(np.uint16), bits_stored=12,
                           window=(2000, 3000) if kind == "window.dcm" else None,
                           rescale=(1.0, -10.0) if kind == "window.dcm" else None)
-    tracemalloc.start()
-    try:
-        img = read_image(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    img, peak = corpus.read_with_peak(path)
     assert img.dtype == np.float32 and img.shape == ramp.shape
     assert peak / img.nbytes <= limit, f"{kind}: peak {peak / img.nbytes:.2f} x the result"
 

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
-import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
+import tomllib
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO, run_cli
@@ -401,17 +400,12 @@ def test_serve_dry_run_names_the_interface_and_the_closed_defaults() -> None:
     assert "password required" in res.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_starts_the_app_on_the_chosen_interface(tmp_path) -> None:
     """One command: `h2a serve --host 127.0.0.1 --port N` answers on that address."""
     from h2a.server import hash_password
+    from tests.browser import free_port
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, H2A_PASSWORD_HASH=hash_password(PASSWORD))
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "h2a", "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -149,3 +149,22 @@ def test_a_search_starts_from_its_base_unless_the_base_is_outside_the_space(demo
     assert enqueue_baseline(fresh, search, str(demo_dir)) and fresh.queued == [(params, {"baseline": True})]
     assert not enqueue_baseline(hand_queued, search, str(demo_dir)) and not hand_queued.queued
     assert not enqueue_baseline(Study([]), get_preset("sex-input"), str(demo_dir))  # arms queue their grid
+
+
+def test_median_pruning_waits_warmup_epochs_before_it_acts() -> None:
+    import optuna
+
+    from h2a.studies.runner import make_pruner
+
+    space = parse_space({"base": {}, "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+                         "pruning": {"startup_trials": 1, "warmup_epochs": 1}})
+    study = optuna.create_study(pruner=make_pruner("median", space))
+    good = study.ask()
+    for epoch in (1, 2):  # epochs are reported from 1, as TrialReporter does
+        good.report(10.0, epoch)
+    study.tell(good, 10.0)
+    bad = study.ask()
+    bad.report(100.0, 1)
+    assert not bad.should_prune()  # epoch 1 is the warm-up
+    bad.report(100.0, 2)
+    assert bad.should_prune()

@@ -125,6 +125,9 @@ def test_killed_study_resumes_without_losing_finished_trials(demo_dir: Path, tmp
     assert summary["n_finished"] == 2
     assert by_number[0].get("baseline") and by_number[0]["params"] == {"lr": pytest.approx(0.01)}  # the base, first
     assert summary["baseline"]["number"] == 0
+    from h2a.studies.report import trials_frame
+
+    assert trials_frame(summary).set_index("number")["baseline"].to_dict() == {0: True, 1: False, 2: False}
 
 
 def test_two_workers_share_an_arms_study_on_one_sqlite(demo_dir: Path, tmp_path: Path, one_torch_thread) -> None:

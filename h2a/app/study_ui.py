@@ -332,6 +332,10 @@ def show_study(name: str) -> None:
     if best:
         c2.metric(f"Best validation {(summary.get('metric') or '').upper()}", f"{best['value']:.3f}")
         c2.caption(f"trial {best['number']}" + (f" · {best['arm']}" if best.get("arm") else ""))
+    base = summary.get("baseline")
+    if base:
+        value = "-" if base.get("value") is None else f"{base['value']:.3f}"
+        c2.caption(f"the base settings: trial {base['number']}, {value} ({base['state'].lower()})")
     c3.metric("Minutes per trial", f"{summary.get('trial_minutes') or '-'}")
     findings = findings_rows(summary)
     if findings:

@@ -68,6 +68,8 @@ def trials_frame(summary: dict) -> pd.DataFrame:
                 row[f"param_{key}"] = value
         if t.get("error"):
             row["error"] = t["error"]
+        if summary.get("baseline"):
+            row["baseline"] = bool(t.get("baseline"))
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:

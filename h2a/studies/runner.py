@@ -154,8 +154,9 @@ def make_pruner(name: str, space: Space):
     import optuna
 
     if name == "median":
+        # epochs are reported from 1 and Optuna prunes from step n_warmup_steps on
         return optuna.pruners.MedianPruner(n_startup_trials=space.pruning["startup_trials"],
-                                           n_warmup_steps=space.pruning["warmup_epochs"])
+                                           n_warmup_steps=space.pruning["warmup_epochs"] + 1)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=int(space.base.get("epochs", 10)),
                                               reduction_factor=3)
