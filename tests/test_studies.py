@@ -168,3 +168,29 @@ def test_median_pruning_waits_warmup_epochs_before_it_acts() -> None:
     assert not bad.should_prune()  # epoch 1 is the warm-up
     bad.report(100.0, 2)
     assert bad.should_prune()
+
+
+def test_an_epoch_cut_short_by_a_stop_is_neither_reported_nor_pruned() -> None:
+    """`h2a study stop` ends a trial's epoch after its batch; that partial epoch's figure
+    must not prune the trial (it resumes), as it once did to a recipe-search trial."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from h2a.engine.callbacks import CANCELLED
+    from h2a.studies.runner import TrialReporter
+
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    done = study.ask()
+    done.report(10.0, 1)
+    study.tell(done, 10.0)
+    eng = SimpleNamespace(state=SimpleNamespace(stop_reason=CANCELLED))
+    stopped = TrialReporter(study.ask(), "val_mae", "s", prune=True)
+    stopped.on_epoch_end(eng, {"epoch": 1, "val_mae": 37.0})
+    assert stopped.pruned_at is None and eng.state.stop_reason == CANCELLED
+    assert not study.trials[stopped.trial.number].intermediate_values
+
+    eng.state.stop_reason = ""  # the same figure from a whole epoch prunes
+    worse = TrialReporter(study.ask(), "val_mae", "s", prune=True)
+    worse.on_epoch_end(eng, {"epoch": 1, "val_mae": 37.0})
+    assert worse.pruned_at == 1 and eng.state.stop_reason.startswith("pruned by study s at epoch 1")

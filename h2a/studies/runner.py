@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from h2a.engine.callbacks import Callback
+from h2a.engine.callbacks import CANCELLED, Callback
 from h2a.engine.runs import (
     METADATA,
     PROGRESS,
@@ -76,8 +76,8 @@ class TrialReporter(Callback):
             self._tagged = True
             nest_mlflow_run(eng, self.parent_run_id, self.study, self.trial.number)
         value = record.get(self.key)
-        if value is None or not math.isfinite(float(value)):
-            return
+        if value is None or not math.isfinite(float(value)) or eng.state.stop_reason == CANCELLED:
+            return  # a stop cut this epoch short: the resumed run reports it whole
         self.trial.report(float(value), int(record["epoch"]))
         if self.prune and self.trial.should_prune():
             self.pruned_at = int(record["epoch"])
