@@ -1,7 +1,7 @@
 """The seed papers' experiments as ready-made spaces (``h2a study run --preset NAME``).
 
 Every preset starts from the README's CPU recipe (EfficientNet-Lite0 from ImageNet, 128 px
-squash, AdamW lr 2e-3 with a cosine schedule, L1, light augmentation, 10% held out and 5%
+squash framed on the hand, AdamW lr 2e-3 with a cosine schedule, L1, light augmentation, 10% held out and 5%
 validation) and changes only what its question is about. Nothing names a device or a
 precision: the same command trains on the settings' device (a GPU when there is one, bf16
 autocast there) and ``--trial-minutes`` sets how much each trial gets, so a preset is small
@@ -16,7 +16,7 @@ from h2a.studies.space import Space, SpaceError, parse_space
 
 # The CPU recipe (recipes/boneage_cpu.sh), as space settings; a trial's time budget binds first.
 RECIPE_BASE = {
-    "arch": "efficientnet_lite0", "pretrained": True, "image_size": 128, "resize": "squash",
+    "arch": "efficientnet_lite0", "pretrained": True, "image_size": 128, "resize": "squash", "hand_crop": True,
     "epochs": 14, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "optimizer": "adamw",
     "scheduler": "cosine", "loss": "l1", "shift": 0.03, "rotation": 5.0, "zoom": 0.05,
     "bn_momentum": 0.1, "freeze": 0, "holdout_fraction": 0.1, "val_fraction": 0.05,
