@@ -3,10 +3,12 @@
 import streamlit as st
 
 from h2a.app.auth import is_unlocked, require_password
+from h2a.app.warmup import warm_imports
 from h2a.server import configure_logging, log_page_error
 
 st.set_page_config(page_title="H2A · Hand-to-Age", page_icon=":material/back_hand:", layout="wide")
 configure_logging()
+warm_imports()  # PyTorch and Plotly load in the background, not in the first page that needs them
 
 
 class PageError(Exception):
