@@ -14,7 +14,8 @@
 # 9.02 -> 8.96; stochastic depth kept at 0.2: --drop-path 0 gave 9.15 against 8.79, 64 views;
 # --hand-crop, every image framed on the hand's box before the geometry: 9.27 against 9.71,
 # one view, epoch-matched 10-epoch runs with the 53 full-resolution ids left out).
-# Measured: held-out MAE 8.85 months after 28 min 21 s of training (README).
+# Measured (README): held-out MAE 9.13 months after 28 min 46 s of training on a slow day (6.2
+# epochs fitted the budget); 8.65 with --epochs 10; 8.85 before the hand crop, 10.1 epochs.
 #   bash recipes/boneage_cpu.sh [DATA_DIR] [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,14 +15,9 @@ import importlib
 import logging
 import threading
 
-# What pages import lazily and is slow to import (PyTorch dominates).
-HEAVY_MODULES = (
-    "torch",
-    "h2a.data.transforms",
-    "h2a.data.preprocess",
-    "plotly.graph_objects",
-    "plotly.express",
-)
+# What pages import lazily and is slow to import. The transforms bring PyTorch, torchvision,
+# OpenCV and the preprocessing; Plotly's two are named apiece (its submodules load lazily).
+HEAVY_MODULES = ("h2a.data.transforms", "plotly.graph_objects", "plotly.express")
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None

@@ -1,8 +1,8 @@
 """The seed papers' experiments as ready-made spaces (``h2a study run --preset NAME``).
 
 Every preset starts from the README's CPU recipe (EfficientNet-Lite0 from ImageNet, 128 px
-squash framed on the hand, AdamW lr 2e-3 with a cosine schedule, L1, light augmentation, 10% held out and 5%
-validation) and changes only what its question is about. Nothing names a device or a
+squash framed on the hand, AdamW lr 2e-3 with a cosine schedule, L1, light augmentation, 10%
+held out and 5% validation) and changes only what its question is about. Nothing names a device or a
 precision: the same command trains on the settings' device (a GPU when there is one, bf16
 autocast there) and ``--trial-minutes`` sets how much each trial gets, so a preset is small
 on a CPU and scales up on a GPU. Arm presets declare their reference arm.
