@@ -3,7 +3,7 @@
 import streamlit as st
 
 from h2a.app.auth import is_unlocked, require_password
-from h2a.app.warmup import warm_imports
+from h2a.app.warmup import freeze_imports, warm_imports
 from h2a.server import configure_logging, log_page_error
 
 st.set_page_config(page_title="H2A · Hand-to-Age", page_icon=":material/back_hand:", layout="wide")
@@ -47,3 +47,5 @@ except Exception as exc:  # st.stop / st.rerun are BaseExceptions and pass throu
     # An exception element that was never raised carries no traceback: the id and a
     # fixed sentence only. (Tests still see it as ``at.exception``.)
     st.exception(PageError(f"Something went wrong (error id {error_id}); the server log has the details."))
+finally:
+    freeze_imports()  # a page that imported a library: its objects leave the post-run GC's walk

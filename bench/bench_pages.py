@@ -12,7 +12,8 @@ streamlit_app.py`` on the dataset (``H2A_DATA_DIR``, a fresh workspace unless
   2. *new session*: every page again in a new context (a second user: shared caches warm);
   3. *revisit*: in that second session, the Home page and back through the menu.
 A page is "rendered" when its title is shown, the script run has ended (no running
-state, so no spinner or "Running..." status) and every image has loaded. It prints one
+state, so no spinner or "Running..." status), no element is still a loading skeleton and
+every image has loaded. It prints one
 table and exits 1 when a page misses a target (``--no-fail``: always 0).
 
     python bench/bench_pages.py                     # builds /tmp/h2a-scale (12,611 images) first
@@ -38,20 +39,7 @@ DEFAULT_DATA = Path("/tmp/h2a-scale")
 SCALE_N = 12611
 
 sys.path.insert(0, str(REPO))  # the tests' browser plumbing: one Streamlit launch and one set of Chromium flags
-from tests.browser import chromium, streamlit_server
-
-# True when the page has rendered: a title, no script run in progress, every image loaded.
-# ``expected`` (the title seen on an earlier visit) keeps a menu click from being "done"
-# while the previous page is still on screen.
-READY_JS = """(expected) => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-  const h1 = document.querySelector('[data-testid="stMain"] h1');
-  if (!h1 || (expected && h1.textContent.trim() !== expected)) return false;
-  if (document.querySelector('[data-testid="stSpinner"]')) return false;
-  return Array.from(document.images).every(i => i.complete);
-}"""
-
+from tests.browser import READY_JS, chromium, streamlit_server
 
 def ensure_data(data: Path | None) -> Path:
     """The dataset to measure: ``--data``, or the scale dataset built once by its script."""

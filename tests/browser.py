@@ -19,6 +19,22 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--no-first-run"]
 SHOTS = REPO / ".h2a-screenshots"
 
+# True when the page has rendered (the tests' wait and bench/bench_pages.py's clock): a title,
+# no script run in progress, no spinner, no element still a skeleton (the browser loads the
+# image, chart and table components on first use: a page whose script has ended can show
+# grey placeholders for another 0.5 s), every image loaded.
+# ``expected`` (the title seen on an earlier visit) keeps a menu click from being "done"
+# while the previous page is still on screen.
+READY_JS = """(expected) => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+  const h1 = document.querySelector('[data-testid="stMain"] h1');
+  if (!h1 || (expected && h1.textContent.trim() !== expected)) return false;
+  if (document.querySelector('[data-testid="stSpinner"]')) return false;
+  if (document.querySelector('[data-testid="stMain"] [data-testid="stSkeleton"]')) return false;
+  return Array.from(document.images).every(i => i.complete);
+}"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -72,18 +88,13 @@ def chromium() -> Iterator[object]:
 
 
 def wait_idle(page, timeout: float = 240) -> None:
-    """Wait for the page title, then until the script run ends and images have loaded."""
+    """Wait until the page has rendered (``READY_JS``): title, run ended, no skeleton, images loaded."""
     page.wait_for_selector('[data-testid="stMain"] h1', timeout=timeout * 1000)
-    deadline = time.time() + timeout
-    time.sleep(1.0)
-    while time.time() < deadline:
-        # the app's own run state (bench/bench_pages.py waits the same way): the status
-        # widget also hides while a script still runs, e.g. between fragment reruns
-        if page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').count():
-            page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=60_000)
-            return
-        time.sleep(0.5)
-    raise AssertionError("page still running after timeout")
+    time.sleep(1.0)  # a run that is about to start still reads 'notRunning'
+    try:
+        page.wait_for_function(READY_JS, arg=None, timeout=timeout * 1000, polling=250)
+    except Exception as exc:  # noqa: BLE001 - Playwright's timeout type: name what did not settle
+        raise AssertionError(f"page not rendered after {timeout} s (still running, a spinner or a skeleton)") from exc
 
 
 def screenshot(page, name: str) -> None:

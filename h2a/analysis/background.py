@@ -53,7 +53,7 @@ from h2a.engine.runs import (
     read_json,
     writer_alive,
 )
-from h2a.processes import ProcessId
+from h2a.processes import ProcessId, lower_priority
 from h2a.settings import get_settings
 
 __all__ = [
@@ -87,7 +87,6 @@ FINAL = ("finished", "failed", "cancelled", "stopped")
 PROGRESS_EVERY_S = 0.5  # progress.json is rewritten at most this often (plus every stage change)
 RESTART_WAIT_S = 60.0  # a restart waits this long for an ending worker to let go of the lock
 START_GRACE_S = 60.0  # spec.json without progress.json for longer: the start was interrupted
-JOB_NICE = 10  # background work yields the CPU to the pages users are looking at
 # Where each kind is defined: the worker process imports only the module it needs.
 KIND_MODULES = {"embeddings": "h2a.analysis.cluster_jobs", "clusters": "h2a.analysis.cluster_jobs",
                 "selftest": "h2a.analysis.background"}
@@ -523,10 +522,7 @@ def run_job(path: Path) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     with lock:
-        try:
-            os.nice(JOB_NICE)
-        except OSError:
-            pass
+        lower_priority()  # the pages users are looking at come first
         signal.signal(signal.SIGTERM, _on_sigterm)
         spec = JobSpec.from_dict(spec_d)
         ctx = JobContext(path, spec)

@@ -9,7 +9,9 @@ two CPUs from being split between evaluations. ``pending_status`` is a fragment 
 polls the jobs every second, shows their progress and reruns the page when they finish.
 Why threads, not a detached process: the evaluation is a few minutes of torch in this
 process at most once per (model, data, settings), and the disk store makes it survive
-a restart; a process would need its own job files, logs and clean-up for no gain.
+a restart; a process would need its own job files, logs and clean-up for no gain. The
+worker is a niced daemon thread (``_Worker``): an evaluation neither slows the pages other
+users are on nor keeps a stopped server from exiting.
 
 Grad-CAM maps live in ``h2a.app.cam_ui`` (cached per image and direction).
 """
@@ -17,10 +19,11 @@ Grad-CAM maps live in ``h2a.app.cam_ui`` (cached per image and direction).
 from __future__ import annotations
 
 import copy
+import queue
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import streamlit as st
 from h2a.engine.runs import MODEL
 from h2a.inference import eval_store
 from h2a.inference.eval_store import EvalKey
+from h2a.processes import lower_priority
 
 KEEP_RESULTS = 32  # evaluations kept in memory per server (each a few hundred KB)
 POLL_S = 1.0
@@ -85,12 +89,48 @@ class Pending:
         return min(1.0, self.done / self.total) if self.total else 0.0
 
 
+class _Worker:
+    """One niced daemon thread running submitted calls in order.
+
+    Why not ``ThreadPoolExecutor``: its workers are joined at interpreter exit, so a server
+    stopped (Ctrl-C, SIGTERM) during a 20-minute evaluation did not exit until the
+    evaluation ended. A daemon thread ends with the process, and the disk store only ever
+    holds finished evaluations (written atomically). Niced (this thread and the PyTorch
+    threads it starts): the pages users are looking at come first."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        self.queue.put((future, fn, args, kwargs))
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self.thread.start()
+        return future
+
+    def _run(self) -> None:
+        lower_priority(thread_only=True)
+        while True:
+            future, fn, args, kwargs = self.queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)
+
+
 class _Evaluations:
     """Per-server registry: finished results (LRU) and running jobs, keyed by EvalKey."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h2a-eval")
+        self.worker = _Worker("h2a-eval")
         self.results: OrderedDict[EvalKey, tuple[dict, pd.DataFrame]] = OrderedDict()
         self.jobs: dict[EvalKey, Pending] = {}
 
@@ -118,7 +158,7 @@ class _Evaluations:
             job = self.jobs.get(key)
             if job is None:
                 job = Pending(name, key, n_hint, Future())
-                job.future = self.pool.submit(eval_store.evaluate_cached, key, run_dir, data, progress=job.progress)
+                job.future = self.worker.submit(eval_store.evaluate_cached, key, run_dir, data, progress=job.progress)
                 self.jobs[key] = job
         return self._finished(key, job)
 
