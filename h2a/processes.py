@@ -17,8 +17,8 @@ import threading
 from dataclasses import dataclass
 
 # Background work (analysis jobs, the pages' evaluations) runs at this nice value so it
-# yields the CPU to the pages users are looking at: on 2 cores an unniced evaluation took a
-# page's revisit from 0.9 to 4.5 s (bench/bench_pages.py).
+# yields the CPU to the pages users are looking at: on 2 cores a revisit during an unniced
+# evaluation took 2.00x its quiet time, 1.10x niced (bench/bench_busy_pages.py).
 BACKGROUND_NICE = 10
 
 
