@@ -11,10 +11,10 @@ streamlit_app.py`` on the dataset (``H2A_DATA_DIR``, a fresh workspace unless
      session to open the page since the server started (process caches empty);
   2. *new session*: every page again in a new context (a second user: shared caches warm);
   3. *revisit*: in that second session, the Home page and back through the menu.
-A page is "rendered" when its title is shown, the script run has ended (no running
-state, so no spinner or "Running..." status), no element is still a loading skeleton and
-every image has loaded. It prints one
-table and exits 1 when a page misses a target (``--no-fail``: always 0).
+A page is "rendered" when ``tests.browser.READY_JS`` says so: its title is shown, the
+script run has ended (no spinner or "Running..." status), no element is still a loading
+skeleton and every image has loaded. It prints one table and exits 1 when a page misses a
+target (``--no-fail``: always 0).
 
     python bench/bench_pages.py                     # builds /tmp/h2a-scale (12,611 images) first
     python bench/bench_pages.py --data DIR --pages population preprocessing
@@ -40,6 +40,7 @@ SCALE_N = 12611
 
 sys.path.insert(0, str(REPO))  # the tests' browser plumbing: one Streamlit launch and one set of Chromium flags
 from tests.browser import READY_JS, chromium, streamlit_server
+
 
 def ensure_data(data: Path | None) -> Path:
     """The dataset to measure: ``--data``, or the scale dataset built once by its script."""
