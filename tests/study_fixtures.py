@@ -73,3 +73,30 @@ def search_study(name: str, models_dir: Path, data: str = "/data/demo", n: int =
             value=None if state == optuna.trial.TrialState.PRUNED else 9.0 + 300 * abs(lr - 2e-3),
             intermediate_values={0: 12.0, 1: 11.0}, user_attrs={"run": str(models_dir / f"{name}-t{i}")})
         study.add_trial(trial)
+
+
+def search_with_base(name: str, models_dir: Path, data: str = "/data/demo",
+                     values: tuple[float, float, float] = (10.0, 9.0, 11.0)) -> list[Path]:
+    """A finished `recipe-search` whose trial 0 is the base settings; by default (validation
+    ``values``) trial 1 is the best and trial 2 the worst. Returns the trials' run folders
+    (empty: a test writes their predictions)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from h2a.studies.presets import preset_raw
+    from h2a.studies.storage import open_storage
+
+    study = optuna.create_study(study_name=name, storage=open_storage(None), direction="minimize")
+    for key, value in {"space": preset_raw("recipe-search"), "preset": "recipe-search", "kind": "search",
+                       "task": "boneage", "metric": "mae", "direction": "minimize", "data": data,
+                       "trial_minutes": 28.0, "pruner": "median", "trials": 3, "seed": 0}.items():
+        study.set_user_attr(key, value)
+    runs = []
+    for i, (lr, value) in enumerate(zip((2e-3, 1e-3, 5e-3), values)):
+        run = models_dir / f"{name}-t{i}"
+        run.mkdir(parents=True, exist_ok=True)
+        runs.append(run)
+        attrs = {"run": str(run), **({"baseline": True} if i == 0 else {})}
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions={"lr": FloatDistribution(5e-4, 6e-3, log=True)},
+                                                  value=value, user_attrs=attrs))
+    return runs

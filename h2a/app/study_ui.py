@@ -22,6 +22,7 @@ from h2a.studies import (
     StudySpec,
     list_studies,
     load_study,
+    start_confirm_job,
     start_study_job,
     stop_study,
     study_job_status,
@@ -30,6 +31,7 @@ from h2a.studies import (
 from h2a.studies.report import (
     clusters_frame,
     comparison_figure,
+    confirmation_frame,
     findings_rows,
     study_figures,
     trials_frame,
@@ -290,6 +292,49 @@ def show_arms(comparisons: list[dict]) -> None:
                "images. With several seeds an arm's per-image predictions are averaged over its seeds.")
 
 
+def show_confirmation(name: str, summary: dict) -> None:
+    """A search's best trial against its base settings: the stored confirmation, or a button
+    that measures it in the background (``h2a study confirm``)."""
+    from h2a.studies.runner import StudyError
+
+    c, best, base = summary.get("confirmation"), summary.get("best"), summary.get("baseline")
+    if c:
+        frame = confirmation_frame(c)
+        if not frame.empty:
+            ci = frame.pop("95% CI")  # our own numbers, kept as typed (see show_arms)
+            frame = safe_frame(frame)
+            frame.insert(5, "95% CI", ci)
+            st.dataframe(frame, hide_index=True, width="stretch",
+                         column_config={"difference": st.column_config.NumberColumn(format="%+.2f")})
+        values = " · ".join(f"{k}: {v:.3f}" for k, v in (c.get("holdout_values") or {}).items())
+        st.caption(f"Held-out {c['metric'].upper()} on {c.get('n_holdout'):,} images (the image, its mirror and "
+                   f"{c['views']} augmented copies): {values}. The best trial was picked on validation, so its lead "
+                   "there is optimistic; held-out was measured once and chose nothing.")
+        (st.success if c.get("adopt") else st.info)(f"Decision: {c['decision']}.", icon=":material/gavel:")
+        if best and best["number"] != c["best"]["number"]:
+            st.warning(f"The study has a new best trial ({best['number']}) since this was measured "
+                       f"(trial {c['best']['number']}).")
+        else:
+            return
+    if not best or not base or base.get("state") != "COMPLETE":
+        st.info("The best trial is compared with the base settings (trial 0) once both have finished.")
+        return
+    if not c:
+        st.caption(f"Best trial {best['number']} ({best['value']:.3f}) against the base settings, trial "
+                   f"{base['number']} ({base['value']:.3f}): on validation with a paired CI (this decides), then once "
+                   "on held-out. A few minutes per run on a CPU; runs in the background.")
+    running = study_job_status(name).get("status") in LIVE
+    if st.button("Measure the best trial against the base", key=f"confirm-{name}", disabled=running,
+                 help="runs `h2a study confirm` in the background; not while the study's trials run"):
+        try:
+            start_confirm_job(name)
+        except StudyError as exc:
+            st.error(f"Not started: {exc}")
+            return
+        st.toast("Measuring in the background; the status above follows it.")
+        st.rerun()
+
+
 def show_clusters(clusters: dict | None) -> None:
     if not clusters:
         st.info("The clusters are computed when the study runs; nothing stored yet.")
@@ -348,7 +393,12 @@ def show_study(name: str) -> None:
         names.insert(0, "Clusters")  # a clusters study has no trials: its table is the answer
     if summary.get("comparisons") or summary.get("reference"):
         names.insert(0, "Arms")
+    if summary.get("kind") == "search" and summary.get("baseline"):
+        names.insert(0, "Best vs base")
     tab = dict(zip(names, st.tabs(names)))
+    if "Best vs base" in tab:
+        with tab["Best vs base"]:
+            show_confirmation(name, summary)
     if "Arms" in tab:
         with tab["Arms"]:
             show_arms(summary.get("comparisons") or [])

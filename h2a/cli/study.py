@@ -1,4 +1,4 @@
-"""``h2a study``: studies on Optuna (run, worker, show, list, stop, report).
+"""``h2a study``: studies on Optuna (run, worker, show, list, stop, confirm, report).
 
 ``run`` creates or continues a study and runs trials until it has its finished trials;
 ``worker`` joins an existing study (what ``--workers K`` starts, and what another machine
@@ -100,6 +100,8 @@ def _print_summary(s: dict) -> None:
         print(f"baseline (the base settings): trial {b['number']} {b['state']} ({_fmt(b['value'])}) {b['run'] or '-'}")
     for c in s.get("comparisons") or []:
         print(f"  {c.get('verdict') or c}")
+    if s.get("confirmation"):
+        _print_confirmation(s["confirmation"])
     if s.get("clusters") is not None:
         print("clusters: see --json")
 
@@ -132,6 +134,35 @@ def cmd_stop(args: argparse.Namespace) -> int:
               f"--name {args.name}` resumes it)")
         return 0
     raise CliError(f"study {args.name} is not running on this machine")
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from h2a.studies.confirm import DEFAULT_VIEWS, confirm_search
+    from h2a.studies.runner import StudyError
+
+    views = DEFAULT_VIEWS if args.views is None else args.views
+    try:
+        record = confirm_search(args.name, args.storage, views=views, log=_log)
+    except StudyError as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        print_json(record)
+    else:
+        _print_confirmation(record)
+    return 0
+
+
+def _print_confirmation(c: dict) -> None:
+    metric = c["metric"].upper()
+    print(f"best trial {c['best']['number']} ({c['best']['run']}) against the base settings, trial "
+          f"{c['baseline']['number']} ({c['baseline']['run']}):")
+    for split, what in (("validation", "validation (one view; decides)"),
+                        ("holdout", f"held-out once (mirror + {c['views']} views)")):
+        if c.get(split):
+            print(f"  {what}: {c[split]['verdict']}")
+    values = ", ".join(f"{k} {v:.3f}" for k, v in (c.get("holdout_values") or {}).items())
+    print(f"  held-out {metric} ({c.get('n_holdout')} images): {values}")
+    print(f"decision: {c['decision']}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -196,6 +227,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     st = ssub.add_parser("stop", help="stop a study running on this machine (resume with study run)")
     st.add_argument("name", type=_check_name)
     st.set_defaults(func=cmd_stop)
+
+    cf = ssub.add_parser("confirm", help="a search's best trial against its base settings: validation (decides), "
+                                         "then held-out once; stored in the study")
+    cf.add_argument("name", type=_check_name)
+    cf.add_argument("--views", type=int, default=None, metavar="N",
+                    help="augmented copies averaged with the image and its mirror on held-out "
+                         "(default 64, the CPU recipe's procedure)")
+    storage_opt(cf)
+    cf.add_argument("--json", action="store_true")
+    cf.set_defaults(func=cmd_confirm)
 
     rp = ssub.add_parser("report", help="write a Markdown report with the plots")
     rp.add_argument("name", type=_check_name)

@@ -88,6 +88,13 @@ def start_study_job(spec: StudySpec) -> Path:
     return _start(spec)
 
 
+def start_confirm_job(name: str, storage: str | None = None, views: int | None = None) -> Path:
+    """Start ``h2a study confirm`` for a finished search in the background (its job folder)."""
+    from h2a.studies.jobs import start_confirm_job as _start
+
+    return _start(name, storage, views)
+
+
 def stop_study(name: str) -> bool:
     """Ask a running study to stop (its running trials end after their current batch and
     are resumed by the next ``study run``); False when none of it runs here."""
@@ -103,5 +110,5 @@ def study_job_status(name: str) -> dict:
     return _status(name)
 
 
-__all__ = ["PRUNERS", "StudySpec", "default_storage", "list_studies", "load_study", "start_study_job",
-           "stop_study", "study_job_status", "study_summary"]
+__all__ = ["PRUNERS", "StudySpec", "default_storage", "list_studies", "load_study", "start_confirm_job",
+           "start_study_job", "stop_study", "study_job_status", "study_summary"]

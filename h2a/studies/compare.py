@@ -26,9 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["METRICS", "MetricSpec", "arm_comparisons", "combine_seeds", "paired_bootstrap", "read_predictions",
-           "verdict", "weighted_auc"]
+__all__ = ["METRICS", "PREDICTION_FILES", "MetricSpec", "arm_comparisons", "combine_seeds", "paired_bootstrap",
+           "read_predictions", "score_predictions", "verdict", "weighted_auc"]
 
+# A run's predictions on a split, as the comparisons read them (written by
+# ``h2a.studies.runner.save_predictions``).
+PREDICTION_FILES = {"holdout": "holdout_predictions.csv", "validation": "validation_predictions.csv"}
 CHUNK = 250  # resamples drawn at a time: bounded memory (250 x n indices) on any n
 
 
@@ -164,12 +167,20 @@ def paired_bootstrap(y: Sequence[float], pred_a: Sequence[float], pred_b: Sequen
 # ---------------------------------------------------------------- arms of runs
 
 def read_predictions(path) -> pd.DataFrame:
-    """A run's ``holdout_predictions.csv`` (``id, y, pred`` or ``id, y, prob``), ids as text."""
+    """A run's ``holdout_predictions.csv`` or ``validation_predictions.csv`` (``id, y, pred``
+    or ``id, y, prob``), ids as text."""
     frame = pd.read_csv(path, dtype={"id": str})
     missing = {"id", "y"} - set(frame.columns)
     if missing or not ({"pred", "prob"} & set(frame.columns)):
         raise ValueError(f"{path}: expected columns id, y and pred (or prob), found {', '.join(frame.columns)}")
     return frame
+
+
+def score_predictions(frame: pd.DataFrame, metric: str = "mae") -> float:
+    """The metric of one predictions frame (``read_predictions``) on all its images."""
+    spec = _spec(metric)
+    y, p = frame["y"].to_numpy(float), frame[spec.column].to_numpy(float)
+    return _metric(y.astype(int) if spec.name == "auc" else y, p, spec)
 
 
 def combine_seeds(frames: Sequence[pd.DataFrame], metric: str = "mae") -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Background studies: the page starts ``h2a study run`` detached, like a training run.
+"""Background studies: the page starts ``h2a study run`` (and ``h2a study confirm``)
+detached, like a training run.
 
 The job folder ``<workspace>/studies/<name>/`` plays a run folder's part: its lock (one
 coordinator per study; taken here and handed to the job, ``h2a.engine.lock``), ``job.json``
@@ -44,20 +45,35 @@ def start_study_job(spec: StudySpec) -> Path:
     """Start the study's coordinator in the background; StudyError when it already runs here
     or the spec is unusable (checked now, so the page shows the reason at once)."""
     resolve_space(spec)  # a bad preset or space file fails here, not in the log
-    d = job_dir(spec.name)
+    return _start(spec.name, study_command(spec), spec.storage, {"spec": spec.to_dict()})
+
+
+def start_confirm_job(name: str, storage: str | None = None, views: int | None = None) -> Path:
+    """Start ``h2a study confirm`` in the background (the study's job folder and lock, so it
+    never overlaps the study's own trials); StudyError when something of the study runs here."""
+    from h2a.studies.confirm import DEFAULT_VIEWS
+
+    cmd = [sys.executable, "-m", "h2a", "study", "confirm", name, "--storage", storage_url(storage),
+           "--views", str(DEFAULT_VIEWS if views is None else views)]
+    return _start(name, cmd, storage, {"confirm": True}, "confirming the best trial against the base…")
+
+
+def _start(name: str, cmd: list[str], storage: str | None, record: dict, message: str = "starting…") -> Path:
+    """Spawn ``cmd`` detached holding the study's job lock, after writing job.json and a
+    'starting' progress.json (trial counts kept) the page reads at once."""
+    d = job_dir(name)
     try:
         lock = RunLock(d).acquire()
     except RunLocked as exc:
-        raise StudyError(f"study {spec.name} is already running ({describe_holder(exc.holder)})") from exc
+        raise StudyError(f"study {name} is already running ({describe_holder(exc.holder)})") from exc
     with lock:
         (d / STOP).unlink(missing_ok=True)
-        cmd = study_command(spec)
         job = spawn_detached(cmd, d / LOG, lock)
-        atomic_write_json(d / JOB, {**job.record(), "cmd": cmd, "started": time.time(), "spec": spec.to_dict()})
+        atomic_write_json(d / JOB, {**job.record(), "cmd": cmd, "started": time.time(), **record})
         old = read_json(d / JOB_PROGRESS) or {}
-        atomic_write_json(d / JOB_PROGRESS, {"status": "starting", **job.record(), "study": spec.name,
-                                             "storage": storage_url(spec.storage), "finished": old.get("finished", 0),
-                                             "total": old.get("total"), "message": "starting…",
+        atomic_write_json(d / JOB_PROGRESS, {"status": "starting", **job.record(), "study": name,
+                                             "storage": storage_url(storage), "finished": old.get("finished", 0),
+                                             "total": old.get("total"), "message": message,
                                              "updated": time.time()})
         lock.hand_over(job.pid)
     return d

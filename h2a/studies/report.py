@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["SEED_CLAIMS", "StudyFigure", "clusters_frame", "comparison_figure", "comparisons_frame",
-           "findings_rows", "kaleido_available", "study_figures", "trials_frame", "write_report"]
+           "confirmation_frame", "findings_rows", "kaleido_available", "study_figures", "trials_frame", "write_report"]
 
 REPORT = "report.md"
 
@@ -40,6 +40,7 @@ SEED_CLAIMS: dict[str, dict[str, str]] = {
                  "arm": "random-init", "expect": "worse"},
 }
 CLUSTERS_CLAIM = "Clustering CNN embeddings groups children by sex"
+SEARCH_CLAIM = "The search finds settings that beat its base settings under the same time budget"
 
 
 # ---------------------------------------------------------------- tables
@@ -97,11 +98,51 @@ def clusters_frame(clusters: dict | None) -> pd.DataFrame:
     return pd.DataFrame([{c: row.get(c) for c in CLUSTER_COLUMNS} for row in rows], columns=CLUSTER_COLUMNS)
 
 
+def confirmation_frame(confirmation: dict | None) -> pd.DataFrame:
+    """A confirmed search (``h2a.studies.confirm``): the best trial against the base, one row
+    on validation (what decides) and one on held-out (measured once)."""
+    columns = ["split", "images", "best", "base", "difference", "95% CI", "significant", "verdict"]
+    rows = []
+    for split, what in (("validation", "validation (one view; decides)"), ("holdout", "held-out (measured once)")):
+        c = (confirmation or {}).get(split)
+        if not c or c.get("difference") is None:
+            continue
+        rows.append({"split": what, "images": c.get("n_images"), "best": c.get("value_arm"),
+                     "base": c.get("value_reference"), "difference": c["difference"],
+                     "95% CI": f"{c['ci_low']:+.2f} to {c['ci_high']:+.2f}",
+                     "significant": "yes" if c.get("significant") else "no",
+                     "verdict": c.get("verdict")})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _search_finding(c: dict) -> dict:
+    """The findings row of a confirmed search: holds when the best trial was adopted."""
+    metric = c["metric"].upper()
+    held = c.get("holdout_values") or {}
+    if c.get("validation") is None:
+        base = c["baseline"]
+        return {"claim": SEARCH_CLAIM, "holds": "no",
+                "measurement": f"the base settings (trial {base['number']}) had the best validation {metric} "
+                               f"({base['value']:.2f}) of {c.get('n_finished_trials')} finished trials; held-out "
+                               f"{metric} {_fmt(next(iter(held.values()), None))} ({c.get('n_holdout'):,} images)"}
+    v, h = c["validation"], c.get("holdout") or {}
+    measurement = (f"best trial {c['best']['number']} against the base: validation {metric} {v['value_arm']:.2f} vs "
+                   f"{v['value_reference']:.2f} (difference {v['difference']:+.2f}, 95% CI {v['ci_low']:+.2f} to "
+                   f"{v['ci_high']:+.2f}, {v['n_images']:,} images)")
+    if h.get("difference") is not None:
+        measurement += (f"; held-out once {h['value_arm']:.2f} vs {h['value_reference']:.2f} (difference "
+                        f"{h['difference']:+.2f}, 95% CI {h['ci_low']:+.2f} to {h['ci_high']:+.2f}, "
+                        f"{h['n_images']:,} images)")
+    return {"claim": SEARCH_CLAIM, "measurement": measurement,
+            "holds": "yes" if c.get("adopt") else "not shown at this size"}
+
+
 def findings_rows(summary: dict) -> list[dict]:
     """README-style findings: ``claim``, ``measurement`` (with its CI) and ``holds``
     ('yes', 'no', 'not shown at this size' or 'no comparison yet') for a preset with a seed
     claim; one row per embedding source for a clusters study (ARI vs sex; "holds" when the
-    clusters follow sex by ``h2a.analysis.clustering``'s threshold)."""
+    clusters follow sex by ``h2a.analysis.clustering``'s threshold); for a confirmed search, whether
+    its best trial beat the base settings on validation (``h2a study confirm``)."""
     from h2a.analysis.clustering import FOLLOWS_FROM
 
     out = []
@@ -134,6 +175,8 @@ def findings_rows(summary: dict) -> list[dict]:
                                    f"the full embedding; ARI vs age band {_fmt(row.get('ari_age_band'), fixed=True)} / "
                                    f"{_fmt(full.get('ari_age_band'), fixed=True)}",
                     "holds": "yes" if best >= FOLLOWS_FROM else "no"})
+    if summary.get("confirmation"):
+        out.append(_search_finding(summary["confirmation"]))
     return out
 
 
@@ -291,6 +334,23 @@ def _comparison_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _confirmation_lines(summary: dict) -> list[str]:
+    c = summary.get("confirmation")
+    if not c:
+        return []
+    lines = [f"## Best trial against the base settings (`h2a study confirm`, held-out with the mirror and "
+             f"{c['views']} augmented views)", ""]
+    frame = confirmation_frame(c)
+    if not frame.empty:
+        frame["difference"] = frame["difference"].map(lambda d: f"{d:+.2f}")
+        lines += _table(frame, list(frame.columns)) + [""]
+    values = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in (c.get("holdout_values") or {}).items())
+    lines += [f"Held-out {c['metric'].upper()} ({c.get('n_holdout'):,} images): {values}.", "",
+              f"**Decision:** {_cell(c['decision'])}. The best trial was picked on validation, so its lead there is "
+              "optimistic; held-out was measured once and chose nothing.", ""]
+    return lines
+
+
 def _clusters_lines(summary: dict) -> list[str]:
     clusters = summary.get("clusters")
     if not clusters:
@@ -358,6 +418,9 @@ def write_report(name: str, storage: str | None, out_dir: Path) -> Path:
     if summary.get("comparisons"):
         write_csv(out_dir / "comparisons.csv", comparisons_frame(summary["comparisons"]))
         csvs.append("comparisons.csv")
+    if summary.get("confirmation"):
+        write_csv(out_dir / "confirmation.csv", confirmation_frame(summary["confirmation"]))
+        csvs.append("confirmation.csv")
     if summary.get("clusters"):
         write_csv(out_dir / "clusters.csv", clusters_frame(summary["clusters"]))
         csvs.append("clusters.csv")
@@ -388,6 +451,7 @@ def write_report(name: str, storage: str | None, out_dir: Path) -> Path:
                       f"{(summary.get('metric') or '').upper()} {_fmt(base.get('value'), 3)}, on the same machine, "
                       "budget and split as every other trial.", ""]
     lines += _comparison_lines(summary)
+    lines += _confirmation_lines(summary)
     lines += _clusters_lines(summary)
     if saved:
         lines += _figure_lines(saved, png)

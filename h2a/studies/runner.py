@@ -37,12 +37,13 @@ from h2a.engine.runs import (
 )
 from h2a.exports import csv_bytes
 from h2a.processes import ProcessId
+from h2a.progress import ProgressFn
 from h2a.studies import PRUNERS, StudySpec
+from h2a.studies.compare import PREDICTION_FILES
 from h2a.studies.space import Space, SpaceError, build_config, load_space, parse_space
 from h2a.studies.storage import job_dir, open_storage, storage_url
 
 TRIAL_FILE = "study.json"  # in a trial's run folder: which study and trial, and how it ended
-HOLDOUT_FILE = "holdout_predictions.csv"
 STOP = "STOP"  # in the job folder: workers start no new trial
 JOB_PROGRESS = "progress.json"
 POLL_S = 5.0
@@ -401,7 +402,7 @@ class Objective:
 
     def _holdout(self, run_dir: Path, trial) -> None:
         """Held-out predictions once (mirror + the space's views, as ``evaluate --tta``)."""
-        path = save_holdout_predictions(run_dir, self.space.task, self.space.holdout_tta_views)
+        path = save_predictions(run_dir, self.space.task, views=self.space.holdout_tta_views)
         trial.set_user_attr("holdout_predictions", str(path))
 
     def _mark(self, run_dir: Path, trial, state: str, value: float | None = None, note: str = "") -> None:
@@ -426,18 +427,20 @@ def _on_cpu(device: str) -> bool:
         return False
 
 
-def save_holdout_predictions(run_dir: Path, task: str, views: int = 0) -> Path:
-    """``RUN/holdout_predictions.csv``: ``id, y, pred`` (months) or ``id, y, prob`` (P(male))."""
+def save_predictions(run_dir: Path, task: str, split: str = "holdout", views: int = 0, flip_tta: bool = True,
+                     progress: ProgressFn | None = None) -> Path:
+    """``RUN/<split>_predictions.csv`` (``PREDICTION_FILES``): ``id, y, pred`` (months) or
+    ``id, y, prob`` (P(male)), what the paired comparisons read."""
     from h2a.inference.evaluate import evaluate
 
-    res = evaluate(run_dir, split="holdout", flip_tta=True, tta_views=views, record=False)
+    res = evaluate(run_dir, split=split, flip_tta=flip_tta, tta_views=views, record=False, progress=progress)
     p = res.predictions
     if task == "boneage":
         frame = pd.DataFrame({"id": p["id"].astype(str), "y": p["boneage"].astype(float),
                               "pred": p["predicted"].astype(float)})
     else:
         frame = pd.DataFrame({"id": p["id"].astype(str), "y": p["male"].astype(int), "prob": p["p_male"].astype(float)})
-    path = Path(run_dir) / HOLDOUT_FILE
+    path = Path(run_dir) / PREDICTION_FILES[split]
     atomic_write_bytes(path, csv_bytes(frame.sort_values("id")))  # users open it in spreadsheets too
     return path
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from h2a.studies.compare import PREDICTION_FILES
 from h2a.studies.storage import load_study
 
-HOLDOUT_FILE = "holdout_predictions.csv"
+CONFIRM_ATTR = "confirmation"  # a search's best trial vs its base (h2a.studies.confirm), stored in the study
 
 
 def _finite(value) -> float | None:
@@ -46,7 +47,7 @@ def arm_frames(study) -> dict[str, list]:
         arm, run = t.user_attrs.get("arm"), t.user_attrs.get("run")
         if t.state.name != "COMPLETE" or arm not in out or not run:
             continue
-        path = Path(run) / HOLDOUT_FILE
+        path = Path(run) / PREDICTION_FILES["holdout"]
         if path.exists():
             out[arm].append(read_predictions(path))
     return out
@@ -96,6 +97,8 @@ def study_summary(name: str, storage: str | None = None) -> dict:
     base = next((t for t in trials if t.get("baseline")), None)
     if base is not None:
         out["baseline"] = {k: base[k] for k in ("number", "state", "value", "params", "run")}
+    if attrs.get(CONFIRM_ATTR):
+        out["confirmation"] = attrs[CONFIRM_ATTR]
     if "clusters" in attrs or space.get("clusters") is not None:
         out["clusters"] = attrs.get("clusters")
     return out
