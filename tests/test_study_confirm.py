@@ -20,17 +20,10 @@ from h2a.studies.runner import StudyError, enqueue_baseline, open_or_create, res
 from h2a.studies.storage import job_dir
 from tests.conftest import open_page
 from tests.study_fixtures import arm_study, search_study, search_with_base
+from tests.test_study_page import storage  # noqa: F401 - the fixture: a study storage of each test's own
 from tests.test_study_runner import _quiet
 
 N_IMAGES = 200
-
-
-@pytest.fixture
-def storage(tmp_path, monkeypatch) -> str:
-    url = f"sqlite:///{tmp_path / 'studies.db'}"
-    monkeypatch.setenv("H2A_STUDY_STORAGE", url)
-    monkeypatch.delenv("H2A_DATA_DIR", raising=False)
-    return url
 
 
 def _fake_predictions(monkeypatch, gain: dict[tuple[str, str], float], noise: float = 0.3) -> list:
@@ -113,7 +106,7 @@ def test_what_cannot_be_confirmed_says_why(storage, monkeypatch, capsys) -> None
     with pytest.raises(StudyError, match="base settings' trial has not finished"):
         confirm_search("cf-nobase", log=_quiet)
     with RunLock(job_dir("cf-locked")):  # the study's trials run (its coordinator holds the lock)
-        with pytest.raises(StudyError, match="is running here"):
+        with pytest.raises(StudyError, match="already running here"):
             confirm_search("cf-locked", log=_quiet)
     assert "confirmation" not in load_study("cf-locked").user_attrs
     assert main(["study", "confirm", "cf-arms"]) == 2

@@ -26,7 +26,7 @@ from pathlib import Path
 from h2a.engine.runs import atomic_write_json, read_json
 from h2a.processes import ProcessId
 from h2a.studies.compare import METRICS, arm_comparisons, read_predictions, score_predictions
-from h2a.studies.runner import JOB_PROGRESS, STOP, StudyError, save_predictions
+from h2a.studies.runner import JOB_PROGRESS, STOP, StudyError, save_predictions, study_lock
 from h2a.studies.storage import job_dir, load_study, storage_url
 from h2a.studies.summary import CONFIRM_ATTR
 
@@ -88,8 +88,6 @@ def confirm_search(name: str, storage: str | None = None, views: int = DEFAULT_V
     figure), ``adopt``, ``decision`` (plain language), ``measured`` (epoch seconds) and
     ``reused`` (True when an earlier confirmation of the same best trial was returned).
     """
-    from h2a.engine.lock import RunLock, RunLocked, describe_holder
-
     if views < 0:
         raise StudyError(f"--views must be 0 or more, got {views}")
     try:
@@ -103,13 +101,7 @@ def confirm_search(name: str, storage: str | None = None, views: int = DEFAULT_V
             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(stored['measured']))}; held-out is not looked at again")
         return {**stored, "reused": True}
     d = job_dir(name)
-    try:
-        lock = RunLock(d).acquire()
-    except RunLocked as exc:
-        raise StudyError(f"study {name} is running here ({describe_holder(exc.holder)}): confirm once it has "
-                         f"finished or been stopped (`h2a study stop {name}`)") from exc
-    with lock:
-        (d / STOP).unlink(missing_ok=True)
+    with study_lock(name, f"confirm once it has finished or been stopped (`h2a study stop {name}`)"):
         progress = _Progress(d, name, storage)
         try:
             record = _measure(study, base, best, views, progress, log)

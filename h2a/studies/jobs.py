@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 from h2a.engine.jobs import force_stop, log_tail, request_cancel, spawn_detached
-from h2a.engine.lock import RunLock, RunLocked, describe_holder
 from h2a.engine.runs import JOB, LOG, atomic_write_json, read_json, writer_alive
 from h2a.studies import StudySpec
-from h2a.studies.runner import JOB_PROGRESS, STOP, StudyError, resolve_space
+from h2a.studies.runner import JOB_PROGRESS, STOP, resolve_space, study_lock
 from h2a.studies.storage import job_dir, storage_url
 
 
@@ -62,12 +61,7 @@ def _start(name: str, cmd: list[str], storage: str | None, record: dict, message
     """Spawn ``cmd`` detached holding the study's job lock, after writing job.json and a
     'starting' progress.json (trial counts kept) the page reads at once."""
     d = job_dir(name)
-    try:
-        lock = RunLock(d).acquire()
-    except RunLocked as exc:
-        raise StudyError(f"study {name} is already running ({describe_holder(exc.holder)})") from exc
-    with lock:
-        (d / STOP).unlink(missing_ok=True)
+    with study_lock(name) as lock:
         job = spawn_detached(cmd, d / LOG, lock)
         atomic_write_json(d / JOB, {**job.record(), "cmd": cmd, "started": time.time(), **record})
         old = read_json(d / JOB_PROGRESS) or {}

@@ -551,20 +551,28 @@ class JobProgress:
         self.update(finished=counts(study)["finished"], total=total)
 
 
+def study_lock(name: str, hint: str = ""):
+    """The study's job-folder lock, its STOP flag cleared: one coordinator, confirmation or
+    page-started job of a study at a time here. StudyError naming the holder (and ``hint``)."""
+    from h2a.engine.lock import RunLock, RunLocked, describe_holder
+
+    d = job_dir(name)
+    try:
+        lock = RunLock(d).acquire()
+    except RunLocked as exc:
+        raise StudyError(f"study {name} is already running here ({describe_holder(exc.holder)})"
+                         + (f"; {hint}" if hint else "")) from exc
+    (d / STOP).unlink(missing_ok=True)
+    return lock
+
+
 def run_study(spec: StudySpec, log: Callable[[str], None] = print, sources: dict[str, str | None] | None = None) -> dict:
     """``h2a study run``: create or continue the study, run it to its target, return its summary."""
-    from h2a.engine.lock import RunLock, RunLocked, describe_holder
     from h2a.studies.summary import study_summary
 
     space, preset = resolve_space(spec)
     d = job_dir(spec.name)
-    try:
-        lock = RunLock(d).acquire()
-    except RunLocked as exc:
-        raise StudyError(f"study {spec.name} is already running here ({describe_holder(exc.holder)}); "
-                         f"stop it with `h2a study stop {spec.name}` or wait") from exc
-    with lock:
-        (d / STOP).unlink(missing_ok=True)
+    with study_lock(spec.name, f"stop it with `h2a study stop {spec.name}` or wait"):
         study, space = open_or_create(spec, space, preset)
         progress = JobProgress(spec)
         progress.update(status="running", message="")
