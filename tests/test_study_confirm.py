@@ -5,6 +5,7 @@ and the Studies page."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,17 @@ from tests.test_study_page import storage  # noqa: F401 - the fixture: a study s
 from tests.test_study_runner import _quiet
 
 N_IMAGES = 200
+
+
+@pytest.fixture(autouse=True)
+def _no_job_folders_left():
+    """Confirming writes the study's job folder into the shared workspace (the page lists
+    job folders as studies): remove this module's, so later page tests see none of them."""
+    yield
+    from h2a.studies.storage import studies_dir
+
+    for d in studies_dir().glob("cf-*"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _fake_predictions(monkeypatch, gain: dict[tuple[str, str], float], noise: float = 0.3) -> list:
