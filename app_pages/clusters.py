@@ -21,6 +21,7 @@ from h2a.app.cluster_ui import (
     job_progress,
     selected_ids,
 )
+from h2a.app.plain import plain, safe_table
 from h2a.app.state import require_dataset
 from h2a.data.preprocess import PreprocessConfig
 from h2a.engine.runs import list_runs
@@ -80,7 +81,7 @@ try:
         job = clusters_job(ds, source, pp, **settings, restart=True)  # Compute starts a failed/stopped job again
         state = job.status()
 except (FileNotFoundError, ValueError, OSError) as exc:
-    st.error(f"Could not start the clusters job: {exc}")
+    st.error(f"Could not start the clusters job: {plain(exc, 600)}")
     st.stop()
 
 if loaded is None:
@@ -95,8 +96,8 @@ if loaded is None:
         st.warning(f"The clusters job `{job.name}` stopped before finishing (its process ended: killed, or the "
                    "server restarted). Press **Compute** to start it again.")
     elif status == "failed":
-        st.error(f"The clusters job `{job.name}` failed: {state.get('message')}. Change the settings, or press "
-                 "**Compute** to try again.")
+        st.error(f"The clusters job `{job.name}` failed: {plain(state.get('message'), 1000)}. Change the settings, "
+                 "or press **Compute** to try again.")
         with st.expander("Job log"):
             st.code(job.log_tail(30) or "(empty)")
     else:
@@ -106,9 +107,10 @@ if loaded is None:
 frame, scores, sw, result = loaded
 emb_info = result.get("embedding") or {}
 full = scores["full"]
-st.caption(f"{result['n']:,} images · {emb_info.get('dim')}-d embeddings from {emb_info.get('source')}, computed on "
-           f"{emb_info.get('device')} ({emb_info.get('images_per_s')} images/s) · map and clusters from background job "
-           f"`{job.name}` ({result.get('seconds', 0):.0f} s), kept on disk: the same settings show at once")
+st.caption(f"{result['n']:,} images · {emb_info.get('dim')}-d embeddings from {plain(emb_info.get('source'), 300)}, "
+           f"computed on {plain(emb_info.get('device'))} ({emb_info.get('images_per_s')} images/s) · map and "
+           f"clusters from background job `{job.name}` ({result.get('seconds', 0):.0f} s), kept on disk: the same "
+           "settings show at once")
 
 
 def _f(v, spec=".2f"):
@@ -165,9 +167,9 @@ else:
 st.subheader("Cluster composition")
 left, right = st.columns(2)
 left.markdown("**k-means on the 2-D map**")
-left.dataframe(composition_table(scores), hide_index=True, width="stretch")
+left.dataframe(safe_table(composition_table(scores)), hide_index=True, width="stretch")
 right.markdown(f"**k-means on the {full['space']}**")
-right.dataframe(composition_table(full), hide_index=True, width="stretch")
+right.dataframe(safe_table(composition_table(full)), hide_index=True, width="stretch")
 long = frame.melt(id_vars=["boneage", "sex"], value_vars=["cluster", "cluster_full"], var_name="space",
                   value_name="k-means cluster")
 long["space"] = long["space"].map({"cluster": "map", "cluster_full": "full embedding"})

@@ -9,8 +9,10 @@ import streamlit as st
 
 from h2a.app.charts import SEX_COLORS, style
 from h2a.app.cam_ui import cam_of_file
+from h2a.app.plain import plain, safe_table
 from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, run_data_fingerprint
 from h2a.app.robustness_ui import robustness_section
+from h2a.app.sites_ui import sites_section
 from h2a.app.state import dataset_at, require_dataset, show_thumb
 from h2a.app.training_ui import curves
 from h2a.inference.cam import overlay
@@ -33,10 +35,11 @@ by_name = {r.name: r for r in runs}
 picked = st.multiselect("Runs (two or more to compare)", names, default=names[:1], key="eval_runs")
 if not picked:
     st.stop()
+sites_section([by_name[n].path for n in picked])
 c1, c2 = st.columns([3, 1])
 source = c1.radio("Evaluate on", ["validation", "holdout", "active"], horizontal=True, key="eval_source",
                   format_func={"validation": "the run's validation split", "holdout": "the run's held-out test split",
-                               "active": f"all labelled images of {ds.name}"}.get)
+                               "active": f"all labelled images of {plain(ds.name)}"}.get)
 tta = c2.checkbox("Flip test-time augmentation", key="eval_tta")
 views = int(c2.number_input("Augmented copies", 0, 32, 0, key="eval_views",
                             help="Also average this many copies drawn with the run's own augmentation ranges "
@@ -56,7 +59,7 @@ def _evaluate(name: str):
     try:
         return evaluation_or_pending(path, data, fingerprint, split, tta, views, n_hint=n_hint)
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        st.error(f"{name}: {exc}")
+        st.error(f"{plain(name)}: {plain(exc, 600)}")
         return None
 
 
@@ -83,7 +86,7 @@ for name, (m, _) in results.items():
                                               if m.get("interval_width_months") is not None else None),
                  "interval": "conformal" if "conformal" in str((m.get("interval_method") or {}).get("method"))
                  else "old rule"})
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+st.dataframe(safe_table(pd.DataFrame(rows)), hide_index=True, width="stretch")
 if len(results) > 1:
     fig = go.Figure()
     for name in results:
@@ -103,7 +106,7 @@ focus = st.selectbox("Run in detail", list(results), key="eval_focus")
 metrics, preds = results[focus]
 preds = preds.copy()
 preds["sex"] = np.where(preds["male"], "male", "female")
-st.caption(f"{metrics['n']} images · split: {metrics['split']} · data: {metrics['data']}"
+st.caption(f"{metrics['n']} images · split: {plain(metrics['split'])} · data: {plain(metrics['data'], 300)}"
            + (f" · {metrics['n_failed_images']} images could not be decoded" if metrics.get("n_failed_images") else ""))
 
 left, right = st.columns(2)
@@ -162,15 +165,15 @@ if metrics.get("interval_coverage") is not None:
         c[2].metric("Old rule on the same images", f"{100 * legacy['interval_coverage']:.1f}%",
                     f"width {legacy['interval_width_months']:.1f} mo", delta_color="off",
                     help="estimate ± 1.96 × max(TTA SD, validation RMSE): the rule before conformal intervals")
-    st.caption(f"Method: {im.get('method')}. Groups: {im.get('grouping')}. Calibrated procedure: "
-               f"{im.get('procedure_text') or im.get('procedure')}.")
+    st.caption(f"Method: {plain(im.get('method'), 400)}. Groups: {plain(im.get('grouping'), 400)}. Calibrated "
+               f"procedure: {plain(im.get('procedure_text') or im.get('procedure'), 400)}.")  # the run's files
     for note in (im.get("note"), im.get("in_sample_note")):
         if note:
-            st.warning(note, icon=":material/info:")
+            st.warning(plain(note, 1000), icon=":material/info:")
     table = by_bin.assign(coverage=[None if v is None else f"{100 * v:.0f}%" for v in by_bin["coverage"]],
                           MAE=by_bin["MAE"].round(1), width=by_bin["width"].astype(float).round(1))
-    st.dataframe(table.rename(columns={"MAE": "MAE (mo)", "width": "mean width (mo)"}), hide_index=True,
-                 width="stretch")
+    table = table.rename(columns={"MAE": "MAE (mo)", "width": "mean width (mo)"})
+    st.dataframe(safe_table(table), hide_index=True, width="stretch")
 meta = read_json(by_name[focus].path / "metadata.json") or {}
 if meta.get("history"):
     st.plotly_chart(curves(meta["history"], "boneage", "Training curves"), width="stretch")
@@ -184,7 +187,7 @@ st.subheader("Worst cases")
 try:
     own = ds if source == "active" else dataset_at(meta["dataset"]["path"])
 except DatasetError as exc:  # the run's folder moved: say so, keep the figures above
-    st.warning(f"The run's dataset folder cannot be read ({exc}); no images to show.")
+    st.warning(f"The run's dataset folder cannot be read ({plain(exc, 600)}); no images to show.")
     st.stop()
 worst = preds.head(12)
 cols = st.columns(6)
@@ -203,14 +206,15 @@ if cam_ids:
         row = preds[preds["id"].astype(str) == ident].iloc[0]
         path = own.path_of(ident)
         if path is None:
-            col.error(f"{ident}: image not found")
+            col.error(f"{plain(ident)}: image not found")
             continue
         try:  # cached per (run, image, sex): moving the opacity slider only re-blends
             u8, heat = cam_of_file(by_name[focus].path, path, bool(row.male))
         except ImageReadError as exc:
-            col.error(f"{ident}: {exc}")
+            col.error(f"{plain(ident)}: {plain(exc, 600)}")
             continue
-        col.image(overlay(u8, heat, alpha=alpha), caption=f"{ident}: pred {row.predicted:.0f} mo", width="stretch")
+        col.image(overlay(u8, heat, alpha=alpha), caption=f"{plain(ident)}: pred {row.predicted:.0f} mo",
+                  width="stretch")
 
 st.download_button("Download predictions (CSV)", csv_bytes(preds), file_name=f"{focus}-predictions.csv",
                    mime="text/csv")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from h2a import RESEARCH_NOTE, __version__
+from h2a.app.plain import plain
 from h2a.app.state import require_dataset, show_thumb
 
 active = require_dataset()
@@ -17,7 +18,8 @@ meta = ds.meta
 cols = st.columns(4)
 cols[0].metric("Images", f"{len(ds.with_images()):,}")
 cols[1].metric("Boys / girls", f"{int((meta['male'] == True).sum()):,} / {int((meta['male'] == False).sum()):,}")  # noqa: E712
-cols[2].metric("Splits", len(ds.splits), help=", ".join(ds.splits))
+# split names come from the folder's CSV file names
+cols[2].metric("Splits", len(ds.splits), help=plain(", ".join(ds.splits), 400))
 cols[3].metric("Problems", len(ds.problems))
 
 # One image per age band: what the dataset looks like at a glance.

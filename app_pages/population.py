@@ -12,9 +12,10 @@ import plotly.express as px
 import streamlit as st
 
 from h2a.app.charts import SEX_COLORS, style
+from h2a.app.plain import plain, safe_table
 from h2a.app.state import intensity_for, require_dataset, show_thumb
 from h2a.analysis.stats import age_bin_table, split_table
-from h2a.exports import csv_bytes, safe_frame
+from h2a.exports import csv_bytes
 
 TABS = ["Bone age by sex", "Splits", "Images", "Gallery", "Problems"]
 
@@ -34,14 +35,14 @@ def age_tab(ds, labelled: pd.DataFrame, summary: dict) -> None:
     fig.update_traces(spanmode="hard")  # no density drawn below 0 or above the oldest child
     right.plotly_chart(style(fig), width="stretch")
     st.markdown("**Images per 12-month bone-age bin and sex**")
-    st.dataframe(age_bin_table(ds.meta), hide_index=True, width="stretch")
+    st.dataframe(safe_table(age_bin_table(ds.meta)), hide_index=True, width="stretch")
     st.caption(" · ".join(
         f"{s}: n={v['n']}, mean {v['mean']:.1f}, median {v['median']:.0f}, range {v['min']:.0f}-{v['max']:.0f} months"
         for s, v in summary["by_sex"].items() if v["n"]))
 
 
 def split_tab(ds, frame: pd.DataFrame, labelled: pd.DataFrame) -> None:
-    st.dataframe(split_table(ds.meta), hide_index=True, width="stretch")
+    st.dataframe(safe_table(split_table(ds.meta)), hide_index=True, width="stretch")
     if labelled["split"].nunique() <= 1:
         st.caption("One labelled split: add a validation CSV to the folder to compare splits side by side.")
         return
@@ -68,7 +69,7 @@ def images_tab(ds, frame: pd.DataFrame) -> None:
                        title="Width and height")
     right.plotly_chart(style(fig), width="stretch")
     facts = sized.groupby(["format", "mode", "bit_depth"], dropna=False).size().rename("images").reset_index()
-    st.dataframe(facts, hide_index=True)
+    st.dataframe(safe_table(facts), hide_index=True)
     st.markdown("**Intensity and contrast** (a random sample, read as 128 px thumbnails)")
     n_sample = st.slider("Sample size", 50, 1000, 200, step=50, key="intensity_n")
     intens = intensity_for(ds, n_sample)
@@ -125,8 +126,8 @@ def problems_tab(ds) -> None:
     probs = ds.problem_frame()
     kinds = probs["problem"].str.replace(r"[0-9]+", "N", regex=True).str.split(":").str[0]
     st.warning(f"{len(probs)} problems. The good rows are loaded; these rows or files were skipped or have no image.")
-    st.dataframe(kinds.value_counts().rename_axis("kind").rename("count").reset_index(), hide_index=True)
-    st.dataframe(safe_frame(probs), hide_index=True, width="stretch")  # its toolbar exports too
+    st.dataframe(safe_table(kinds.value_counts().rename_axis("kind").rename("count").reset_index()), hide_index=True)
+    st.dataframe(safe_table(probs), hide_index=True, width="stretch")  # its toolbar exports too
     st.download_button("Download the problem list (CSV)", csv_bytes(probs),
                        file_name=f"{ds.name}-problems.csv", mime="text/csv")
 
@@ -137,7 +138,7 @@ frame = active.frame
 summary = active.summary
 
 st.title("Population statistics")
-st.caption(f"{ds.root} · fingerprint {ds.fingerprint}")
+st.caption(f"{plain(ds.root, 300)} · fingerprint {ds.fingerprint}")
 
 c = st.columns(5)
 c[0].metric("Images", f"{summary['n_images']:,}")

@@ -7,6 +7,7 @@ import streamlit as st
 
 from h2a import RESEARCH_NOTE
 from h2a.app import predict_ui as ui
+from h2a.app.plain import cut, plain, safe_table
 from h2a.predict.clinical import MAX_AGE_YEARS, parse_date
 from h2a.predict.predictor import DEFAULT_TTA
 from h2a.predict.report import batch_csv
@@ -22,9 +23,15 @@ if not runs:
 
 # ------------------------------------------------------------------ model
 labels = {ui.run_label(r): r for r in runs}
-c1, c2 = st.columns([4, 1])
+c1, c3, c2 = st.columns([3, 1.3, 1])
 chosen = c1.multiselect("Model run(s)", list(labels), default=[next(iter(labels))], key="predict_runs",
-                        help="The best validated bone-age run is preselected; several runs form an ensemble.")
+                        help="The best validated bone-age run is preselected (models trained on real images, "
+                             "the shipped ones included, before synthetic-demo runs); several runs form an "
+                             "ensemble.")
+site_label = c3.selectbox("Site profile", ui.site_options([labels[c].path for c in chosen]), key="predict_site",
+                          help="How the model is adapted to where the image comes from (h2a adapt). auto: a "
+                               "site the run declares for images much larger than its training images (the "
+                               "shipped model's 'fullres') applies to those, the model as trained to the rest.")
 tta = int(c2.number_input("Test-time augmentations", 1, 32, DEFAULT_TTA, key="predict_tta",
                           help="Augmented copies per image (the run's own flip/shift/rotation/zoom ranges) "
                                f"behind the estimate; 1 = none. The conformal interval was calibrated with "
@@ -33,6 +40,17 @@ if not chosen:
     st.info("Choose at least one model run.")
     st.stop()
 paths = [labels[c].path for c in chosen]
+site = ui.site_value(site_label)
+backend = "onnx" if st.toggle("Run through ONNX (onnxruntime)", key="predict_onnx",
+                              help="The run's ONNX export (written next to its weights on first use) instead of "
+                                   "PyTorch: the same preprocessing, copies and interval; outputs within 0.001 "
+                                   "months of PyTorch's. The heat map still comes from PyTorch.") else "torch"
+for c in chosen:
+    if labels[c].shipped:
+        card = ui.model_card(labels[c].path)
+        if card:
+            with st.expander(f"Model card: {plain(labels[c].name)} (shipped with H2A)"):
+                st.markdown(card.split("---", 2)[-1])
 
 # ------------------------------------------------------------------ files
 uploads = st.file_uploader("Radiographs", type=["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom"],
@@ -60,10 +78,12 @@ if len(files) == 1:
     name, data = files[0]
     f = facts[0]
     key = digests[0][:12]
-    if f:
-        st.caption(f"From the DICOM header: sex **{f.get('patient_sex') or 'not recorded'}**, date of birth "
-                   f"**{f.get('dob') or 'not recorded'}**, exam date **{f.get('exam_date') or 'not recorded'}**"
-                   + (f", age **{f['patient_age']}**" if f.get("patient_age") else "") + ". Check them below.")
+    if f:  # tag values are the file's text: shown as text, cut (plain)
+        st.caption(f"From the DICOM header: sex **{plain(f.get('patient_sex') or 'not recorded')}**, date of birth "
+                   f"**{plain(f.get('dob') or 'not recorded')}**, exam date "
+                   f"**{plain(f.get('exam_date') or 'not recorded')}**"
+                   + (f", age **{plain(f['patient_age'], 40)}**" if f.get("patient_age") else "")
+                   + ". Check them below.")
     with st.form(f"predict-form-{key}"):
         sex = st.radio("Sex (required)", ui.SEXES, index=ui.SEXES.index(f["sex"]) if f.get("sex") else None,
                        horizontal=True, key=f"sex-{key}",
@@ -100,8 +120,9 @@ else:
     with st.form("predict-batch-form"):
         fill = st.radio("Sex for every file that has none in the table", ui.SEXES, index=None, horizontal=True,
                         key="predict_fill_sex")
-        edited = st.data_editor(
-            table, hide_index=True, disabled=["file"], key=f"predict-editor-{hash(digests)}", width="stretch",
+        edited = st.data_editor(  # safe_table: the toolbar's CSV download exports these cells
+            safe_table(table), hide_index=True, disabled=["file"], key=f"predict-editor-{hash(digests)}",
+            width="stretch",
             column_config={
                 "sex": st.column_config.SelectboxColumn("sex", options=ui.SEXES),
                 "date of birth": st.column_config.DateColumn("date of birth", format="YYYY-MM-DD"),
@@ -132,9 +153,9 @@ if not request or request["digests"] != digests:
 bar = st.progress(0.0, text="Predicting…") if len(files) > 1 else None
 results = []
 for i, ((name, data), row) in enumerate(zip(files, request["rows"])):
-    with st.spinner(f"Predicting {name}…"):
+    with st.spinner(f"Predicting {plain(name)}…"):
         results.append(ui.predict(paths, data, name, sex=row["sex"], dob=row["dob"], exam_date=row["exam"],
-                                  age_months=row["age"], tta=tta))
+                                  age_months=row["age"], tta=tta, site=site, backend=backend))
     if bar is not None:
         bar.progress((i + 1) / len(files), text=f"Predicted {i + 1}/{len(files)}")
 if bar is not None:
@@ -147,11 +168,12 @@ else:
     st.subheader("Results")
     frame = ui.results_frame(results)
     n_bad = int(frame["error"].notna().sum())
-    st.dataframe(frame, hide_index=True, width="stretch")
+    st.dataframe(safe_table(frame), hide_index=True, width="stretch")
     if n_bad:
         st.warning(f"{n_bad} of {len(results)} files could not be predicted; the table says why.")
     st.download_button("Download the table (CSV)", data=batch_csv(results), file_name="h2a-bone-age.csv",
                        mime="text/csv", key="predict_csv", on_click="ignore", icon=":material/download:")
-    i = st.selectbox("Details for", range(len(results)), format_func=lambda k: results[k].file, key="predict_detail")
+    i = st.selectbox("Details for", range(len(results)), format_func=lambda k: cut(results[k].file),
+                     key="predict_detail")
     st.divider()
     ui.show_result(results[i], key=f"{i}-{digests[i][:12]}")

@@ -20,6 +20,7 @@ import torch
 
 from h2a.app.charts import style
 from h2a.app.option_widgets import option_widget
+from h2a.app.plain import plain, safe_table
 from h2a.app.state import decoded, file_token, require_dataset
 from h2a.data import imageio
 from h2a.data.preprocess import (
@@ -145,7 +146,7 @@ query = st.text_input("Find images by id", key="pp_find", on_change=_add_typed_i
 matches = matching_ids(query)
 options = current + [m for m in matches if m not in current]
 if query.strip() and not matches:
-    st.caption(f"No id contains '{query.strip()}'.")
+    st.caption(f"No id contains '{plain(query)}'.")
 picked = st.multiselect(f"Images (up to {MAX_PICKS}; or send some from the Population gallery)", options,
                         default=current, max_selections=MAX_PICKS, format_func=_label,
                         key=f"pp_ids_{'-'.join(current)}")
@@ -196,9 +197,9 @@ def _hist(values: np.ndarray, title: str, rng: tuple[float, float], counts: np.n
 for ident in picked:
     path = paths[str(ident)]
     img = decoded(path)
-    st.markdown(f"#### {_label(ident)}")
+    st.markdown(f"#### {plain(_label(ident))}")  # the id is the label CSV's text
     if isinstance(img, str):
-        st.error(img)
+        st.error(plain(img, 600))
         continue
     view, counts0 = _display_view(path, file_token(path))
     out = prepare(img, cfg)
@@ -215,10 +216,10 @@ for ident in picked:
                else f"{arch}'s mean {norm[0]:.3f} / sd {norm[1]:.3f}")
         st.caption(f"model input after {how} normalisation: mean {tensor.mean():+.3f}, "
                    f"sd {tensor.std():.3f}, range [{tensor.min():.3f}, {tensor.max():.3f}]")
-        st.dataframe(pd.DataFrame([{"image": ident, "architecture": arch, "normalize": cfg.normalize,
-                                    "mean": float(tensor.mean()), "sd": float(tensor.std()),
-                                    "min": float(tensor.min()), "max": float(tensor.max())}]),
-                     hide_index=True, key=f"input-stats-{ident}")
+        stats = pd.DataFrame([{"image": ident, "architecture": arch, "normalize": cfg.normalize,
+                               "mean": float(tensor.mean()), "sd": float(tensor.std()),
+                               "min": float(tensor.min()), "max": float(tensor.max())}])
+        st.dataframe(safe_table(stats), hide_index=True, key=f"input-stats-{ident}")
 
 # ------------------------------------------------------------------ augmentation grid
 st.subheader("Augmented samples")
@@ -244,9 +245,10 @@ if c2.button("Save", key="pp_save", disabled=not name.strip()):
     try:
         path = save_config(name.strip(), cfg)
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(plain(exc, 600))
     else:
-        st.success(f"Saved as '{name.strip()}' ({path.name}); training can use it with --config {name.strip()}.")
+        st.success(f"Saved as '{plain(name)}' ({plain(path.name)}); training can use it with "
+                   f"--config {plain(name)}.")
 st.json(cfg.to_dict(), expanded=False)
 st.caption(f"cache key {cfg.cache_key()}: images preprocessed with this geometry and contrast are cached once "
            "and reused by training and embedding; augmentation and normalisation run on the fly.")

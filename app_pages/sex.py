@@ -8,6 +8,7 @@ import streamlit as st
 
 from h2a.app.charts import SEX_COLORS, style
 from h2a.app.cam_ui import cam_of_file
+from h2a.app.plain import plain
 from h2a.app.cluster_ui import bands_for, bootstrap_for
 from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, run_data_fingerprint
 from h2a.app.state import dataset_at, require_dataset
@@ -50,7 +51,7 @@ c1, c2 = st.columns([3, 1])
 source = c1.radio("Evaluate on", options, horizontal=True, key="sex_source",
                   format_func={"validation": f"the run's validation split ({sizes.get('validation', 0)})",
                                "holdout": f"the run's held-out test split ({sizes.get('holdout', 0)})",
-                               "active": f"all images of {ds.name} with a known sex"}.get)
+                               "active": f"all images of {plain(ds.name)} with a known sex"}.get)
 tta = c2.checkbox("Flip test-time augmentation", key="sex_tta")
 try:  # never computed in this rerun: a first evaluation runs in the background
     answer = evaluation_or_pending(
@@ -59,14 +60,14 @@ try:  # never computed in this rerun: a first evaluation runs in the background
         "all" if source == "active" else source, tta,
         n_hint=int(ds.meta["male"].notna().sum()) if source == "active" else sizes.get(source))
 except (ValueError, FileNotFoundError, KeyError) as exc:
-    st.error(f"{run_dir.name}: {exc}")
+    st.error(f"{plain(run_dir.name)}: {plain(exc, 600)}")
     st.stop()
 if isinstance(answer, Pending):
     pending_status([answer])
     st.stop()
 metrics, preds = answer
 if metrics.get("task") != "sex":
-    st.error(f"{run_dir.name} is not a sex-classification run.")
+    st.error(f"{plain(run_dir.name)} is not a sex-classification run.")
     st.stop()
 
 y = preds["male"].astype(int).to_numpy()
@@ -131,8 +132,8 @@ fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calib
 fig.update_xaxes(range=[0, 1])
 fig.update_yaxes(range=[0, 1])
 right.plotly_chart(style(fig), width="stretch")
-right.caption(f"{metrics.get('calibration', {}).get('method', 'no calibration')}; expected calibration error over "
-              "15 equal-width bins. Temperature scaling, fitted on the validation split, changes how sure the "
+right.caption(f"{plain(metrics.get('calibration', {}).get('method', 'no calibration'), 400)}; expected calibration "
+              "error over 15 equal-width bins. Temperature scaling, fitted on the validation split, changes how sure the "
               "probabilities are, never their order (the ROC-AUC is the same).")
 
 fig = px.histogram(preds.assign(sex=np.where(preds["male"], "male", "female")), x="p_male", color="sex", nbins=40,
@@ -154,7 +155,7 @@ else:
     try:
         own = dataset_at(meta["dataset"]["path"])
     except Exception as exc:  # noqa: BLE001 - the run's folder moved: say so, keep the rest of the page
-        st.warning(f"The run's dataset folder cannot be read ({exc}); no images to show.")
+        st.warning(f"The run's dataset folder cannot be read ({plain(exc, 600)}); no images to show.")
         st.stop()
 right_cases, wrong_cases = confident_cases(preds, n_cases)
 for title, cases in (("Confidently right", right_cases), ("Confidently wrong", wrong_cases)):
@@ -166,16 +167,16 @@ for title, cases in (("Confidently right", right_cases), ("Confidently wrong", w
     for col, row in zip(cols, cases.itertuples()):
         path = own.path_of(row.id)
         if path is None:
-            col.error(f"{row.id}: image not found")
+            col.error(f"{plain(row.id)}: image not found")
             continue
         try:  # evidence for the predicted sex (negative = toward female); cached, so the
             # opacity slider only re-blends
             u8, heat = cam_of_file(run_dir, path, negative=bool(row.p_male < 0.5))
         except (ImageReadError, ValueError) as exc:
-            col.error(f"{row.id}: {exc}")
+            col.error(f"{plain(row.id)}: {plain(exc, 600)}")
             continue
         col.image(overlay(u8, heat, alpha=alpha), width="stretch",
-                  caption=f"{row.id}: {'boy' if row.male else 'girl'}, P(male) {row.p_male:.2f}, "
+                  caption=f"{plain(row.id)}: {'boy' if row.male else 'girl'}, P(male) {row.p_male:.2f}, "
                           f"{row.boneage:.0f} mo")
 
 st.download_button("Download predictions (CSV)", csv_bytes(preds),

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from h2a.app.plain import plain, safe_table
 from h2a.app.state import sidebar_dataset
 from h2a.app.study_ui import show_study, start_form, studies_table
 from h2a.app.training_ui import device_banner
@@ -12,8 +13,8 @@ active = sidebar_dataset()  # the default data folder; the list of studies needs
 st.title("Studies")
 st.caption("A study is many ordinary training runs in one Optuna study: arms (with / without the sex input, "
            "ImageNet / random init, ...) compared on the same held-out images with a 95% CI, a search over "
-           f"settings, or the clusters question. Stored in {default_storage()}; `h2a study report NAME` writes "
-           "the findings up.")
+           f"settings, or the clusters question. Stored in {plain(default_storage(), 300)}; `h2a study report NAME` "
+           "writes the findings up.")
 device_banner()
 
 table = studies_table()
@@ -29,7 +30,7 @@ if table.empty:
     st.stop()
 
 st.subheader("All studies")
-st.dataframe(table, hide_index=True, width="stretch")
+st.dataframe(safe_table(table), hide_index=True, width="stretch")
 names = table["study"].tolist()
 if st.session_state.get("study_pick") not in names:
     st.session_state["study_pick"] = names[0]

@@ -12,7 +12,7 @@ evaluation on every labelled image of the dataset (14,036 on the scale dataset: 
 the rest of the bench), and the first session times the same revisits again. It prints the
 median of each and the ratio busy / quiet (the baseline is the same run's quiet figures).
 
-    python bench/bench_busy_pages.py --data /tmp/h2a-scale
+    python -m bench.bench_busy_pages --data /tmp/h2a-scale     # from the repository root
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pages import REPO, REVISIT_S, cpu_seconds, ensure_data, scan_headers, timed_click, timed_goto, wait_ready
-
+from bench.bench_pages import REPO, REVISIT_S, cpu_seconds, ensure_data, scan_headers, timed_click, timed_goto, wait_ready
 from tests.browser import chromium, streamlit_server
 
 PAGES = ("preprocessing", "training")

@@ -1,6 +1,6 @@
 """Time the Clusters page's background job on a dataset: tensor cache, embeddings, UMAP + k-means.
 
-Usage: python bench/bench_cluster_job.py --data DIR [--size 128] [--k 2] [--fresh]
+Usage: python bench/bench_cluster_job.py --data DIR   (h2a from the installed package) [--size 128] [--k 2] [--fresh]
 
 Asks for the same job the page asks for (``h2a.analysis.cluster_jobs.clusters_spec``), waits
 for it and prints the time of each stage from the jobs' own records (progress.json timings),
@@ -16,7 +16,6 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 
 def main() -> int:
@@ -63,5 +62,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     raise SystemExit(main())

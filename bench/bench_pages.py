@@ -16,8 +16,11 @@ script run has ended (no spinner or "Running..." status), no element is still a 
 skeleton and every image has loaded. It prints one table and exits 1 when a page misses a
 target (``--no-fail``: always 0).
 
-    python bench/bench_pages.py                     # builds /tmp/h2a-scale (12,611 images) first
-    python bench/bench_pages.py --data DIR --pages population preprocessing
+    python -m bench.bench_pages                     # builds /tmp/h2a-scale (12,611 images) first
+    python -m bench.bench_pages --data DIR --pages population preprocessing
+
+Run it as a module from the repository root: it imports the tests' browser plumbing
+(``tests.browser``: one Streamlit launch and one set of Chromium flags).
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ REVISIT_S = 2.0
 DEFAULT_DATA = Path("/tmp/h2a-scale")
 SCALE_N = 12611
 
-sys.path.insert(0, str(REPO))  # the tests' browser plumbing: one Streamlit launch and one set of Chromium flags
 from tests.browser import READY_JS, chromium, streamlit_server
 
 

@@ -1,7 +1,8 @@
 """Load bench: N browser sessions upload to the predict page at the same moment.
 
-Not a test: it prints figures. It starts ``streamlit run streamlit_app.py`` (the app as
-served, closed defaults included) on a throw-away workspace with the synthetic demo
+Not a test: it prints figures. It starts ``h2a serve`` (the app as served: closed
+defaults, 50 MB upload cap and the HTTP sign-in gate of ``serve_app.py``, through which
+every upload and image of the sessions passes) on a throw-away workspace with the synthetic demo
 dataset and a tiny bone-age run (tiny_cnn, trained for a few steps, or ``--model RUN``),
 opens ``--sessions`` pages in Debian's Chromium (Playwright, the flags of the browser
 tests), puts a different radiograph in each (real full-resolution RSNA images from
@@ -97,7 +98,7 @@ def _status(pid: int) -> dict[str, int]:
 
 
 class Server:
-    """`streamlit run` of the app on a free loopback port, its log kept for counting loads."""
+    """`h2a serve` of the app on a free loopback port, its log kept for counting loads."""
 
     def __init__(self, log_path: Path) -> None:
         with socket.socket() as s:  # a free loopback port
@@ -107,8 +108,7 @@ class Server:
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(self.port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            [sys.executable, "-m", "h2a", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
 
     def wait_healthy(self, timeout: float = 180) -> None:

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from h2a.data.cache import CachedImageDataset, TensorCache, build_cache  # noqa: E402
 from h2a.data.datasets import load_dataset  # noqa: E402
-from h2a.device import amp_dtype, describe_device, resolve_device, use_channels_last  # noqa: E402
+from h2a.device import choose_amp, describe_device, resolve_device, use_channels_last  # noqa: E402
 from h2a.data.transforms import input_norm, to_input  # noqa: E402
 from h2a.models import create_model  # noqa: E402
 from h2a.data.preprocess import PreprocessConfig
@@ -159,7 +159,9 @@ def main() -> None:
                     print(f"{arch:<20} {size:>4} px  {label}  {r['compute_img_s']:7.1f} img/s "
                           f"(x{r['compute_img_s'] / base:4.2f} vs fp32 NCHW)", flush=True)
         return
-    adtype = amp_dtype(device, args.amp or ("bf16" if args.cpu_bf16 else "auto"))
+    amp_mode = args.amp or ("bf16" if args.cpu_bf16 else "auto")
+    adtype, why = choose_amp(device, amp_mode)
+    print(f"precision: {why} (--amp {amp_mode}, the rule training's --amp uses)", flush=True)
     channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
     # One cache per size, opened once: every (model, batch, round) reads the same one.
     ds = load_dataset(args.data) if args.data is not None else None

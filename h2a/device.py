@@ -33,18 +33,53 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
-    """Autocast dtype: 'auto' = bf16 on GPUs (fp16 on old ones), full precision on CPU;
-    'bf16' also on CPU (fast only where oneDNN has AMX/AVX512-BF16); 'off' = never."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as the kernel lists them (empty where /proc/cpuinfo is absent)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16), and the evidence.
+
+    oneDNN also accepts plain AVX512 for bf16, but emulates it there (slower than float32),
+    so only the two native units count; elsewhere (an AVX2-only EPYC, ARM) float32 it is."""
+    flags = cpu_flags()
+    native = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    if native and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return True, f"native bf16 on this CPU ({', '.join(native)})"
+    if not flags:
+        return False, "CPU features unknown (no /proc/cpuinfo): float32"
+    return False, "no native bf16 on this CPU (no AMX or AVX512-BF16): float32"
+
+
+def choose_amp(device: torch.device, mode: str = "auto") -> tuple[torch.dtype | None, str]:
+    """Autocast dtype and why: 'auto' = bf16 on GPUs (fp16 on old ones) and on CPUs with
+    native bf16 (AMX / AVX512-BF16), float32 on other CPUs; 'bf16' insists; 'off' = never."""
     if mode == "off":
-        return None
+        return None, "off: float32"
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "bf16 on the GPU"
+        return torch.float16, "fp16 on a GPU without bf16"
+    native, why = native_cpu_bf16()
     if mode == "bf16":
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            raise RuntimeError("--amp bf16 on CPU needs a processor with bf16 support (AVX512-BF16 or AMX)")
-        return torch.bfloat16
-    return None
+            raise RuntimeError("--amp bf16 on CPU needs a processor with bf16 support (AVX512-BF16 or AMX); "
+                               "use --amp auto, which picks float32 here")
+        return torch.bfloat16, "bf16 (asked for)"
+    return (torch.bfloat16 if native else None), why
+
+
+def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
+    """The dtype half of ``choose_amp``."""
+    return choose_amp(device, mode)[0]
 
 
 def use_channels_last(device: torch.device, dtype: torch.dtype | None) -> bool:

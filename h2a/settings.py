@@ -25,6 +25,7 @@ class Settings:
     data_roots: tuple[Path, ...] = ()  # folders the app may open datasets under (h2a.server.check_data_path)
     password_hash: str | None = None  # h2a.server.hash_password's line; None = no password asked
     predict_slots: int = 1  # heavy predictions run at once per server process (bounds peak memory)
+    shipped_dir: Path | None = None  # the shipped models (models/ of the repo); None = none offered
 
     @property
     def demo_dir(self) -> Path:
@@ -85,7 +86,17 @@ def get_settings() -> Settings:
         data_roots=_data_roots(workspace, data_dir),
         password_hash=os.environ.get("H2A_PASSWORD_HASH", "").strip() or None,
         predict_slots=max(1, _int_env("H2A_PREDICT_SLOTS", 1)),
+        shipped_dir=_shipped_dir(),
     )
+
+
+def _shipped_dir() -> Path | None:
+    """``H2A_SHIPPED_DIR`` ('off' = none), else the repository's ``models/``, where the
+    shipped runs are committed (a user's own runs sit beside them, git-ignored)."""
+    raw = os.environ.get("H2A_SHIPPED_DIR", "").strip()
+    if raw.lower() == "off":
+        return None
+    return Path(raw).expanduser() if raw else REPO_ROOT / "models"
 
 
 def _data_roots(workspace: Path, data_dir: Path | None) -> tuple[Path, ...]:
@@ -95,6 +106,24 @@ def _data_roots(workspace: Path, data_dir: Path | None) -> tuple[Path, ...]:
     if raw.strip():
         return tuple(Path(p.strip()).expanduser() for p in raw.split(os.pathsep) if p.strip())
     return (workspace,) + ((data_dir,) if data_dir is not None else ())
+
+
+def data_file_roots(settings: Settings | None = None) -> tuple[Path, ...]:
+    """Where a served dataset's files (label CSVs, images) may resolve to: the shared
+    roots plus the two folders the admin named (the workspace, with the demo, and
+    ``H2A_DATA_DIR``)."""
+    s = settings or get_settings()
+    extra = (s.workspace,) + ((s.data_dir,) if s.data_dir is not None else ())
+    return tuple(dict.fromkeys(s.data_roots + extra))
+
+
+def enforced_data_roots() -> tuple[Path, ...] | None:
+    """``data_file_roots`` when ``H2A_DATA_ROOTS`` is set, else None (plain CLI use: a
+    scan reads what the folder links to). ``h2a serve`` exports ``H2A_DATA_ROOTS``, so
+    the server and every job it starts keep to the same roots."""
+    if not os.environ.get("H2A_DATA_ROOTS", "").strip():
+        return None
+    return data_file_roots()
 
 
 @dataclass(frozen=True)

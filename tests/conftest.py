@@ -24,6 +24,9 @@ def workspace(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("h2a-workspace")
     os.environ["H2A_WORKSPACE"] = str(ws)
     os.environ["H2A_MODELS_DIR"] = str(ws / "models")
+    # the shipped models (models/ of the repo) only where a test asks for them
+    # (tests/test_shipped.py), so every other test sees just the runs it trained
+    os.environ["H2A_SHIPPED_DIR"] = "off"
     os.environ.setdefault("H2A_DEMO_N", "240")
     os.environ.pop("H2A_DATA_DIR", None)
     return ws

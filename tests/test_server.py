@@ -110,36 +110,49 @@ class FakeClock:
         return self.t
 
 
-def test_login_limiter_backs_off_per_session_and_caps_everyone() -> None:
+def test_login_limiter_backs_off_per_address_and_session() -> None:
     from h2a.server import LoginLimiter
 
     clock = FakeClock()
-    lim = LoginLimiter(free_failures=3, base_delay_s=30, max_delay_s=120, global_failures=10,
-                       global_window_s=60, clock=clock)
+    lim = LoginLimiter(tries=3, base_delay_s=30, max_delay_s=120, clock=clock)
     for _ in range(3):
-        assert lim.wait_s("a") == 0
-        lim.failed("a")
-    assert lim.wait_s("a") == 0  # three free tries
-    lim.failed("a")
-    assert lim.wait_s("a") == 30 and lim.wait_s("b") == 0  # only "a" waits
+        assert lim.admit("addr:a", "session:1").refuse_s == 0
+        lim.failed("addr:a", "session:1")
+    assert lim.wait_s("addr:a") == 30  # three tries, then the back-off (issue 30: not four)
+    assert lim.admit("addr:a", "session:2").refuse_s == 30  # a reload (new session) keeps the count
+    assert lim.admit("addr:b", "session:3").refuse_s == 0  # only that address waits
     clock.t += 30
-    lim.failed("a")
-    assert lim.wait_s("a") == 60  # doubles
-    lim.succeeded("a")  # the right password clears the session's record
-    assert lim.wait_s("a") == 0
-    # Process-wide: new sessions cannot keep guessing.
+    lim.failed("addr:a", "session:2")
+    assert lim.wait_s("addr:a") == 60  # doubles
+    lim.succeeded("addr:a", "session:2")  # the right password clears the record
+    assert lim.wait_s("addr:a") == 0
+
+
+def test_login_limiter_flood_paces_failing_addresses_and_never_refuses_a_clean_one() -> None:
+    """Many addresses failing at once: their next checks queue one a second; an address
+    that has not failed is checked at once (the old global cap locked the team out)."""
+    from h2a.server import Admission, LoginLimiter
+
+    clock = FakeClock()
+    lim = LoginLimiter(flood_addresses=10, window_s=60, pace_s=1.0, max_queue_s=5, clock=clock)
     for i in range(10):
-        lim.failed(f"tab-{i}")
-    assert lim.wait_s("fresh-tab") > 0
+        assert lim.admit(f"addr:bot{i}") == Admission()  # a first guess: checked at once
+        lim.failed(f"addr:bot{i}")
+    assert lim.flooded()
+    assert lim.admit("addr:user").refuse_s == lim.admit("addr:user").delay_s == 0
+    delays = [lim.admit(f"addr:bot{i}").delay_s for i in range(6)]
+    assert delays == [0, 1, 2, 3, 4, 5]  # one check a second among failing addresses
+    assert lim.admit("addr:bot7").refuse_s > 5  # a queue longer than max_queue_s: refused, not held
+    assert lim.admit("addr:user").delay_s == 0
     clock.t += 61
-    assert lim.wait_s("fresh-tab") == 0
+    assert not lim.flooded() and lim.admit("addr:bot8").delay_s == 0
 
 
 def test_login_limiter_cap_is_the_max_delay() -> None:
     from h2a.server import LoginLimiter
 
     clock = FakeClock()
-    lim = LoginLimiter(free_failures=0, base_delay_s=10, max_delay_s=25, global_failures=1000, clock=clock)
+    lim = LoginLimiter(tries=1, base_delay_s=10, max_delay_s=25, clock=clock)
     for expected in (10, 20, 25, 25):
         lim.failed("k")
         assert lim.wait_s("k") == expected
@@ -213,18 +226,25 @@ def test_right_password_opens_the_page_asked_for(password_set, demo_dir) -> None
     assert not at.text_input or "Password" not in [t.label for t in at.text_input]
 
 
-def test_wrong_password_is_refused_then_rate_limited(password_set, demo_dir) -> None:
+def test_wrong_password_is_refused_then_rate_limited(password_set, demo_dir, monkeypatch) -> None:
+    from h2a.app import auth
+
     at = _app()
     at.run()
     for _ in range(3):
         _sign_in(at, "guess")
         assert [e.value for e in at.error] == ["Wrong password."]
         _locked(at)
-    _sign_in(at, "guess")  # the 4th failure starts the back-off
-    _sign_in(at, PASSWORD)  # even the right password waits now
+    _sign_in(at, PASSWORD)  # the third failure started the back-off: even the right password waits
     assert any(e.value.startswith("Too many attempts") for e in at.error), [e.value for e in at.error]
     _locked(at)
-    other = _app()  # another session is not held back by this one's failures
+    reload = _app()  # a new session from the same address (a reload) keeps the count
+    reload.run()
+    _sign_in(reload, PASSWORD)
+    assert any(e.value.startswith("Too many attempts") for e in reload.error), [e.value for e in reload.error]
+    real_keys = auth.client_keys
+    monkeypatch.setattr(auth, "client_keys", lambda: ("addr:10.0.0.2", real_keys()[1]))
+    other = _app()  # another client address is not held back by this one's failures
     other.run()
     _sign_in(other, PASSWORD)
     assert not [t for t in other.text_input if t.label == "Password"]
@@ -343,7 +363,7 @@ def test_predictions_from_many_sessions_run_one_at_a_time(monkeypatch) -> None:
                 state["active"] -= 1
             return f"result {len(data)}"
 
-    monkeypatch.setattr(predict_ui, "_predictor", lambda key: FakePredictor())
+    monkeypatch.setattr(predict_ui, "_predictor", lambda key, site="auto", backend="torch": FakePredictor())
     predict_ui._predict.clear()
     errors: list[BaseException] = []
 

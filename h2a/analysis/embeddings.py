@@ -117,12 +117,13 @@ def _source_identity(source: str | Path, arch: str) -> tuple[str, str, Path | No
     """(identity, label, run_dir) without building a model (cheap: for cache lookups)."""
     if str(source) == PRETRAINED:
         return f"pretrained:{arch}", f"pretrained:{arch}", None
-    from h2a.engine.runs import MODEL, resolve_run
+    from h2a.engine.runs import resolve_run, weights_file
 
     run_dir = resolve_run(source)
-    if not (run_dir / MODEL).exists():
+    weights = weights_file(run_dir)
+    if weights is None:
         raise FileNotFoundError(f"{run_dir.name}: not a finished run (no model.pt yet)")
-    return f"run:{run_dir.name}:{_model_sha1(run_dir / MODEL)}", f"run:{run_dir.name}", run_dir
+    return f"run:{run_dir.name}:{_model_sha1(weights)}", f"run:{run_dir.name}", run_dir
 
 
 def source_identity(source: str | Path, arch: str = "efficientnet_lite0") -> tuple[str, str, Path | None]:

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from h2a.app.charts import SEX_COLORS, style
+from h2a.app.plain import plain
 from h2a.app.state import thumb_for
 
 SOURCE_PRETRAINED = "pretrained"
@@ -191,10 +192,10 @@ def image_grid(ids: list[str], paths: pd.Series, info: pd.DataFrame, columns: in
             thumb = thumb_for(path, side=160) if isinstance(path, str) else "image not found"
             row = info.loc[ident] if ident in info.index else None
             caption = ident if row is None else f"{ident} · {row['sex']} · {row['boneage']:.0f} mo · c{row['cluster']}"
-            if isinstance(thumb, str):
-                st.error(f"{ident}: {thumb}")
+            if isinstance(thumb, str):  # ids come from the label CSV: text, not Markdown
+                st.error(f"{plain(ident)}: {plain(thumb, 600)}")
             else:
-                st.image(thumb, caption=caption, width="stretch")
+                st.image(thumb, caption=plain(caption), width="stretch")
 
 
 def composition_table(scores: dict) -> pd.DataFrame:

@@ -22,11 +22,12 @@ import streamlit as st
 
 from h2a import RESEARCH_NOTE
 from h2a.app.charts import style
-from h2a.engine.runs import FINAL_STATES, MODEL, RunSummary, list_runs
+from h2a.app.plain import plain, safe_table
+from h2a.engine.runs import FINAL_STATES, MODEL, RunSummary, list_runs, weights_file
 from h2a.predict.alerts import FLAGGING, Alert, Code, flagged
 from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, reference_band
 from h2a.predict.inputs import header_facts
-from h2a.predict.predictor import PredictionResult, Predictor
+from h2a.predict.predictor import AUTO_SITE, PredictionResult, Predictor
 from h2a.server import heavy_work
 from h2a.settings import get_settings
 
@@ -37,14 +38,45 @@ SEXES = ["female", "male"]
 # ---------------------------------------------------------------- runs and the cached predictor
 
 def bone_age_runs() -> list[RunSummary]:
-    """Finished bone-age runs, best validated (lowest MAE) first."""
+    """Finished bone-age runs, best validated (lowest MAE) first; runs on real images (the
+    shipped ones included) before runs on the synthetic demo (``h2a.engine.runs.best_run``'s order)."""
     done = [r for r in list_runs(task="boneage") if r.has_model]
-    return sorted(done, key=lambda r: (r.headline is None, r.headline if r.headline is not None else 0.0))
+    return sorted(done, key=lambda r: (r.synthetic, r.headline is None,
+                                       r.headline if r.headline is not None else 0.0))
 
 
 def run_label(r: RunSummary) -> str:
     mae = f"val MAE {r.headline:.1f} mo" if r.headline is not None else "no validation MAE"
-    return f"{r.name} · {r.arch} · {mae}"
+    tag = " · shipped" if r.shipped else (" · synthetic demo" if r.synthetic else "")
+    return f"{r.name} · {r.arch} · {mae}{tag}"
+
+
+SITE_AUTO_LABEL = "auto (recommended)"
+
+
+def site_options(paths: list[Path]) -> list[str]:
+    """The site choices for these runs: auto, none, and the sites every one of them has."""
+    from h2a.inference.site_profile import list_sites
+
+    common = set(list_sites(paths[0])) if paths else set()
+    for p in paths[1:]:
+        common &= set(list_sites(p))
+    return [SITE_AUTO_LABEL, "none", *sorted(common)]
+
+
+def site_value(label: str) -> str:
+    """The Predictor's ``site`` for a choice of ``site_options``."""
+    return AUTO_SITE if label == SITE_AUTO_LABEL else label
+
+
+def model_card(path: Path) -> str | None:
+    """A shipped run's model card (README.md), if it has one."""
+    from h2a.inference.model_card import CARD
+
+    try:
+        return (Path(path) / CARD).read_text()
+    except OSError:
+        return None
 
 
 def run_key(paths: list[Path]) -> tuple[tuple[str, int], ...]:
@@ -52,34 +84,35 @@ def run_key(paths: list[Path]) -> tuple[tuple[str, int], ...]:
     out = []
     for p in paths:
         try:
-            out.append((str(p), (Path(p) / MODEL).stat().st_mtime_ns))
+            out.append((str(p), (weights_file(Path(p)) or Path(p) / MODEL).stat().st_mtime_ns))
         except OSError:
             out.append((str(p), 0))
     return tuple(out)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _predictor(key: tuple[tuple[str, int], ...]) -> Predictor:
+def _predictor(key: tuple[tuple[str, int], ...], site: str = AUTO_SITE, backend: str = "torch") -> Predictor:
     # Streamlit computes one key once even when sessions ask at the same moment; the
     # load is heavy work too, so it queues behind running predictions.
     with heavy_work():
-        predictor = Predictor([k[0] for k in key])
+        predictor = Predictor([k[0] for k in key], site=site, backend=backend)
         predictor.prepare_ood()
         predictor.warmup()
     LOG.info("model loaded: %s (pid %d)", ", ".join(k[0] for k in key), os.getpid())
     return predictor
 
 
-def get_predictor(paths: list[Path]) -> Predictor:
+def get_predictor(paths: list[Path], site: str = AUTO_SITE, backend: str = "torch") -> Predictor:
     """The loaded run(s), once per server (cached); the first load shows a spinner."""
     with st.spinner("Loading the model and its training-data reference (once per run)…"):
-        return _predictor(run_key(paths))
+        return _predictor(run_key(paths), site, backend)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _predict(key: tuple, digest: str, name: str, sex: str | None, dob: date | None, exam_date: date | None,
-             age_months: float | None, tta: int, _data: bytes) -> PredictionResult:
-    predictor = _predictor(key)
+             age_months: float | None, tta: int, _data: bytes, site: str = AUTO_SITE,
+             backend: str = "torch") -> PredictionResult:
+    predictor = _predictor(key, site, backend)
     # Only a cache miss gets here: decode + model hold a process-wide slot, so N sessions
     # uploading at once queue instead of multiplying the peak memory.
     with heavy_work():
@@ -88,11 +121,12 @@ def _predict(key: tuple, digest: str, name: str, sex: str | None, dob: date | No
 
 
 def predict(paths: list[Path], data: bytes, name: str, *, sex: str | None, dob: date | None,
-            exam_date: date | None, age_months: float | None, tta: int) -> PredictionResult:
-    """One file's result, cached by (runs, file bytes, inputs): widget reruns are free."""
+            exam_date: date | None, age_months: float | None, tta: int, site: str = AUTO_SITE,
+            backend: str = "torch") -> PredictionResult:
+    """One file's result, cached by (runs, site, backend, file bytes, inputs): widget reruns are free."""
     key = run_key(paths)
-    get_predictor(paths)
-    return _predict(key, digest(data), name, sex, dob, exam_date, age_months, int(tta), data)
+    get_predictor(paths, site, backend)
+    return _predict(key, digest(data), name, sex, dob, exam_date, age_months, int(tta), data, site, backend)
 
 
 def digest(data: bytes) -> str:
@@ -135,7 +169,7 @@ def offer_demo_training() -> None:
             st.info("Pick a dataset in the sidebar to train on.")
             return
         preset = st.radio("Quick model", list(DEMO_PRESETS), key="predict_demo_preset")
-        where = "the synthetic demo dataset" if active.ds.synthetic else f"**{active.ds.name}**"
+        where = "the synthetic demo dataset" if active.ds.synthetic else f"**{plain(active.ds.name)}**"
         st.caption(f"Trains on {where} ({len(active.ds.labelled()):,} labelled images)."
                    + (" A model trained on synthetic images is only a demonstration: its numbers mean "
                       "nothing for real radiographs." if active.ds.synthetic else ""))
@@ -149,7 +183,7 @@ def offer_demo_training() -> None:
             try:
                 current = str(start_training(cfg))
             except (JobError, ValueError, RuntimeError) as exc:
-                st.error(str(exc))
+                st.error(plain(exc, 600))
                 return
             st.session_state["predict_demo_run"] = current
         else:
@@ -206,18 +240,19 @@ def interval_help(res: PredictionResult) -> str:
     """What the interval is, in words, for the metric's tooltip and the caption under the numbers."""
     if res.interval_source == "conformal":
         return ("Split-conformal interval: the half-width is the quantile of the run's validation errors for "
-                f"images in this predicted-age band and sex. {res.interval_method}.")
+                f"images in this predicted-age band and sex. {plain(res.interval_method, 400)}.")
     return ("Old rule: the test-time augmentation spread, never narrower than the run's validation RMSE. "
             "How often it covers the true bone age was never measured: run h2a calibrate on this run.")
 
 
 def show_alerts(alerts: list[Alert]) -> None:
-    """One box per alert, chosen by its code: an error box when the estimate may be meaningless."""
+    """One box per alert, chosen by its code: an error box when the estimate may be meaningless.
+    Messages quote the file (its name, DICOM tags), so they are shown as plain text."""
     for w in alerts:
         if w.code in FLAGGING:  # the estimate may be meaningless: an error box
-            st.error(w.message, icon=":material/report:")
+            st.error(plain(w.message, 1000), icon=":material/report:")
         else:
-            st.warning(w.message, icon=":material/warning:")
+            st.warning(plain(w.message, 1000), icon=":material/warning:")
 
 
 def show_result(res: PredictionResult, key: str) -> None:
@@ -226,7 +261,7 @@ def show_result(res: PredictionResult, key: str) -> None:
     from h2a.predict.report import pdf_report
 
     if not res.ok:
-        st.error(f"**{res.file}**: {res.error}", icon=":material/error:")
+        st.error(f"**{plain(res.file)}**: {plain(res.error, 1000)}", icon=":material/error:")
         return
     show_alerts(res.warnings)
     a = res.assessment
@@ -245,7 +280,7 @@ def show_result(res: PredictionResult, key: str) -> None:
 
     left, mid, right = st.columns([1, 1, 1.15])
     with left:
-        st.image(res.image, caption=f"{res.file} · {res.original_size[0]} x {res.original_size[1]} px",
+        st.image(res.image, caption=f"{plain(res.file)} · {res.original_size[0]} x {res.original_size[1]} px",
                  width="stretch")
     with mid:
         if res.cam is not None:
@@ -266,10 +301,14 @@ def show_result(res: PredictionResult, key: str) -> None:
             st.info("No chronological age: enter the date of birth and exam date (or the age at the exam) to "
                     "compare the bone age with the Greulich-Pyle reference.")
         numbers = _numbers_frame(res)
-        st.dataframe(numbers, hide_index=True, width="stretch", height=35 * (len(numbers) + 1) + 3)
-    from h2a.predict.report import coverage_text
+        # the values are our own figures ("+26.2 mo"); the file's text in them never leads a cell
+        st.dataframe(safe_table(numbers, own=("value",)), hide_index=True, width="stretch",
+                     height=35 * (len(numbers) + 1) + 3)
+    from h2a.predict.report import coverage_text, site_text
 
-    st.caption(f"**Interval**: {res.interval_method}. **Measured coverage**: {coverage_text(res)}.")
+    # site and run names are folder names, the interval method is read from the run's files
+    st.caption(f"**Site profile**: {plain(site_text(res), 400)}. **Interval**: {plain(res.interval_method, 400)}. "
+               f"**Measured coverage**: {plain(coverage_text(res), 400)}.")
 
     if a is not None:
         cc = st.columns([3, 2])
@@ -281,7 +320,8 @@ def show_result(res: PredictionResult, key: str) -> None:
     info = "; ".join(f"{m['run']} ({m['arch']}, {m['image_size']} px, val MAE "
                      f"{m['val_mae'] if m['val_mae'] is None else round(m['val_mae'], 1)} mo"
                      f"{', SYNTHETIC training data' if m['synthetic'] else ''})" for m in res.model_info)
-    st.caption(f"Model: {info}. Timing: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res.timings.items()))
+    st.caption(f"Model: {plain(info, 1000)}. Timing: "
+               + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res.timings.items()))
 
     c1, c2 = st.columns([2, 1])
     label = c1.text_input("Label to print on the PDF (optional)", key=f"label-{key}",

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from h2a.app.charts import style
+from h2a.app.plain import plain, safe_table
 from h2a.app.runs_ui import model_mtime
 from h2a.app.state import progress_callback
 from h2a.exports import csv_bytes
@@ -97,7 +98,7 @@ def robustness_section(run_dir: str | Path, data_dir: str | Path | None, split: 
             memo[key] = robustness_report(run_dir, data_dir, split=split, limit=limit, ood=ood,
                                           progress=progress_callback(bar, "Robustness"))
         except (ValueError, FileNotFoundError, KeyError) as exc:
-            st.error(f"{name}: {exc}")
+            st.error(f"{plain(name)}: {plain(exc, 600)}")
             return
         finally:
             bar.empty()
@@ -107,9 +108,10 @@ def robustness_section(run_dir: str | Path, data_dir: str | Path | None, split: 
                 f"(about {limit * 14} predictions).")
         return
     info = result.info
-    st.caption(f"{info['run']} on {info['n_images']} images ({info['split']}) of {Path(info['data']).name}"
+    st.caption(f"{plain(info['run'])} on {info['n_images']} images ({plain(info['split'])}) of "
+               f"{plain(Path(info['data']).name)}"
                + (f"; {info['n_in_training']} of them were trained on" if info["n_in_training"] else ""))
-    st.dataframe(display_table(result.table), hide_index=True, width="stretch", key=f"rob_table_{name}")
+    st.dataframe(safe_table(display_table(result.table)), hide_index=True, width="stretch", key=f"rob_table_{name}")
     st.plotly_chart(robustness_chart(result.table), width="stretch", key=f"rob_chart_{name}")
     st.download_button("Per-image answers (CSV)", csv_bytes(result.per_image),
                        file_name=f"robustness-{name}.csv", mime="text/csv", key=f"rob_csv_{name}")

@@ -30,7 +30,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from h2a.engine.runs import MODEL
+from h2a.app.plain import plain
+from h2a.engine.runs import MODEL, weights_file
 from h2a.inference import eval_store
 from h2a.inference.eval_store import EvalKey
 from h2a.processes import lower_priority
@@ -43,7 +44,7 @@ def model_mtime(run_dir: str | Path) -> float:
     """mtime of a run's model.pt (0 when absent): part of every cache key of a run, so a
     retrained model is loaded and evaluated afresh."""
     try:
-        return (Path(run_dir) / MODEL).stat().st_mtime
+        return (weights_file(Path(run_dir)) or Path(run_dir) / MODEL).stat().st_mtime
     except OSError:
         return 0.0
 
@@ -214,9 +215,9 @@ def pending_status(jobs: list[Pending]) -> None:
         st.rerun(scope="app")
     for job in jobs:
         if job.future.done():
-            st.caption(f"{job.name}: done")
+            st.caption(f"{plain(job.name)}: done")  # a run's folder name
         else:
-            st.progress(job.fraction(), text=job.text())
+            st.progress(job.fraction(), text=plain(job.text(), 400))
     st.caption("The first evaluation of a run with these settings is computed once and kept on disk: "
                "later visits, sessions and server restarts show it at once.")
 

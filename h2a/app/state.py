@@ -17,7 +17,8 @@ import pandas as pd
 import streamlit as st
 
 from h2a import RESEARCH_NOTE
-from h2a.settings import get_settings
+from h2a.app.plain import plain
+from h2a.settings import data_file_roots, get_settings
 from h2a.data.datasets import Dataset, DatasetError, load_dataset, scan_headers
 from h2a.server import PathNotAllowed, check_data_path
 
@@ -58,7 +59,7 @@ def progress_callback(bar, label: str):
 
     def _update(done: int, total: int, message: str = "") -> None:
         frac = done / total if total else 1.0
-        bar.progress(min(1.0, frac), text=f"{label}: {message} {done}/{total}")
+        bar.progress(min(1.0, frac), text=f"{label}: {plain(message)} {done}/{total}")
 
     return _update
 
@@ -115,7 +116,7 @@ def load_active(path: Path) -> ActiveData:
     if key in store:
         return store[key]
     try:
-        ds = load_dataset(path)
+        ds = load_dataset(path, roots=data_file_roots())  # a shared server: no file read out of the roots
     except DatasetError as exc:
         return ActiveData(path, None, None, str(exc))
     bar = st.progress(0.0, text="Reading image headers…")
@@ -138,7 +139,7 @@ def dataset_at(path: str | Path) -> Dataset:
         return active.ds
     key = ("labels-only", *active_key)
     if key not in store:
-        store[key] = load_dataset(path)
+        store[key] = load_dataset(path, roots=data_file_roots())
     return store[key]
 
 
@@ -172,7 +173,7 @@ def sidebar_dataset() -> ActiveData:
     with st.sidebar:
         st.subheader("Dataset")
         choice = st.radio("Source", choices, key="dataset_choice", label_visibility="collapsed",
-                          format_func=lambda c: f"{c} = {settings.data_dir}" if c == ENV_CHOICE else c)
+                          format_func=lambda c: f"{c} = {plain(settings.data_dir, 300)}" if c == ENV_CHOICE else c)
         path: Path | None
         if choice == DEMO_CHOICE:
             path = ensure_demo_with_progress()
@@ -186,20 +187,20 @@ def sidebar_dataset() -> ActiveData:
                 try:  # resolved (links, "..", relative) and checked against the shared roots
                     path = check_data_path(typed.strip())
                 except PathNotAllowed as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc, 600))
                     return ActiveData(None, None, None, "that folder is not shared on this server")
         if path is None:
-            roots = ", ".join(str(r) for r in settings.data_roots)
+            roots = ", ".join(plain(r, 300) for r in settings.data_roots)
             st.info(f"Type the path of a dataset folder (RSNA layout) under {roots}.")
             return ActiveData(None, None, None, "no folder chosen")
         active = load_active(path)
-        if active.error:
-            st.error(active.error)
+        if active.error:  # names the folder and its files: text, not Markdown
+            st.error(plain(active.error, 600))
         else:
             ds = active.ds
             badge = " · SYNTHETIC" if ds.synthetic else ""
-            st.caption(f"**{ds.name}**{badge}  \n{len(ds.with_images())} images · "
-                       f"{', '.join(ds.splits)} · {len(ds.problems)} problems")
+            st.caption(f"**{plain(ds.name)}**{badge}  \n{len(ds.with_images())} images · "
+                       f"{plain(', '.join(ds.splits))} · {len(ds.problems)} problems")
         st.caption(RESEARCH_NOTE)
     return active
 
@@ -208,7 +209,7 @@ def require_dataset() -> ActiveData:
     """Sidebar + stop the page with a clear message when no dataset is usable."""
     active = sidebar_dataset()
     if active.ds is None:
-        st.warning(f"No usable dataset: {active.error}. Pick another one in the sidebar.")
+        st.warning(f"No usable dataset: {plain(active.error, 600)}. Pick another one in the sidebar.")
         st.stop()
     if active.ds.synthetic:
         st.info("You are looking at the **synthetic demo dataset**: generated hand radiographs, "
@@ -253,17 +254,18 @@ def thumb_for(path: str, side: int = 192) -> np.ndarray | str:
 
 
 def show_thumb(path: str | None, caption: str, side: int = 192) -> None:
-    """One thumbnail in the current container; a placeholder and the reason for a bad file."""
+    """One thumbnail in the current container; a placeholder and the reason for a bad file.
+    ``caption`` is text (it names the image by its id from the label CSV), never Markdown."""
     from h2a.data.thumbs import placeholder
 
     if path is None:
-        st.image(placeholder(side), caption=caption, width="stretch")
+        st.image(placeholder(side), caption=plain(caption), width="stretch")
         st.error("image not found")
         return
     image, error = thumbnail(path, side)
-    st.image(image, caption=caption, width="stretch")
+    st.image(image, caption=plain(caption), width="stretch")
     if error:
-        st.error(error)
+        st.error(plain(error, 600))
 
 
 @st.cache_data(show_spinner="Measuring intensities on a sample of images (once per dataset; the "

@@ -16,7 +16,8 @@ import pandas as pd
 import streamlit as st
 
 from h2a.app.charts import style
-from h2a.exports import csv_bytes, safe_frame
+from h2a.app.plain import plain, safe_table
+from h2a.exports import csv_bytes
 from h2a.studies import (
     PRUNERS,
     StudySpec,
@@ -138,7 +139,8 @@ def start_form(default_data: Path | None) -> str | None:
     try:
         check_study_name(name)
     except ValueError as exc:
-        st.error(f"{str(exc)[0].upper()}{str(exc)[1:]}.")
+        text = plain(exc, 600)
+        st.error(f"{text[:1].upper()}{text[1:]}.")
         return None
     try:
         path = _data_folder(data)
@@ -152,9 +154,9 @@ def start_form(default_data: Path | None) -> str | None:
                          workers=int(workers), pruner=None if pruner == "auto" else pruner)
         start_study_job(spec)
     except (StudyError, ValueError, OSError) as exc:  # SpaceError is a ValueError
-        st.error(f"Study not started: {exc}")
+        st.error(f"Study not started: {plain(exc, 600)}")
         return None
-    st.toast(f"Started study {name}")
+    st.toast(f"Started study {plain(name)}")
     return name
 
 
@@ -196,7 +198,7 @@ def studies_table() -> pd.DataFrame:
     try:
         rows = [_brief(n) for n in study_names()]
     except Exception as exc:  # noqa: BLE001 - a broken storage URL or file: say so, keep the page
-        st.error(f"The study storage cannot be read: {exc}")
+        st.error(f"The study storage cannot be read: {plain(exc, 600)}")
         rows = []
     return pd.DataFrame(rows, columns=["study", "preset", "status", "trials", "best", "metric"])
 
@@ -226,12 +228,13 @@ def _status_line(name: str, job: dict) -> None:
     total = job.get("total")
     done = int(job.get("finished") or 0)
     where = {"none": "not started from this page (run from the command line, or another machine)"}.get(status, status)
-    st.markdown(f"**{name}** · {STATUS_ICONS.get(status, '')} {where}")
+    # study names are folder names; messages quote paths and a YAML space's words
+    st.markdown(f"**{plain(name)}** · {STATUS_ICONS.get(status, '')} {plain(where)}")
     if total:
         st.progress(min(1.0, done / total), text=f"{done}/{total} trials finished"
-                    + (f" · {job['message']}" if job.get("message") else ""))
+                    + (f" · {plain(job['message'], 400)}" if job.get("message") else ""))
     elif job.get("message"):
-        st.caption(job["message"])
+        st.caption(plain(job["message"], 1000))
 
 
 def monitor(name: str) -> None:
@@ -277,17 +280,15 @@ def show_arms(comparisons: list[dict]) -> None:
         st.info("No arm comparison yet: it appears once the reference arm and another arm each have a finished "
                 "trial with held-out predictions.")
         return
-    table = _comparison_table(comparisons)
-    ci = table.pop("95% CI")  # our own numbers: escaping would turn "+3.98 to +4.14" into text with a quote
-    table = safe_frame(table)
-    table.insert(len(table.columns) - 1, "95% CI", ci)
+    # the CI is our own numbers: escaping would turn "+3.98 to +4.14" into text with a quote
+    table = safe_table(_comparison_table(comparisons), own=("95% CI",))
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"difference": st.column_config.NumberColumn(format="%+.2f")})
     fig = comparison_figure(comparisons)
     if fig is not None:
         st.plotly_chart(fig, width="stretch", key="arms-forest")
     for c in comparisons:
-        (st.success if c.get("significant") else st.info)(c["verdict"], icon=":material/balance:")
+        (st.success if c.get("significant") else st.info)(plain(c["verdict"], 1000), icon=":material/balance:")
     st.caption("Held-out images, paired bootstrap (2,000 resamples): each resample scores both arms on the same "
                "images. With several seeds an arm's per-image predictions are averaged over its seeds.")
 
@@ -301,16 +302,15 @@ def show_confirmation(name: str, summary: dict) -> None:
     if c:
         frame = confirmation_frame(c)
         if not frame.empty:
-            ci = frame.pop("95% CI")  # our own numbers, kept as typed (see show_arms)
-            frame = safe_frame(frame)
-            frame.insert(5, "95% CI", ci)
+            frame = safe_table(frame, own=("95% CI",))  # our own numbers, kept as typed (see show_arms)
             st.dataframe(frame, hide_index=True, width="stretch",
                          column_config={"difference": st.column_config.NumberColumn(format="%+.2f")})
         values = " · ".join(f"{k}: {v:.3f}" for k, v in (c.get("holdout_values") or {}).items())
         st.caption(f"Held-out {c['metric'].upper()} on {c.get('n_holdout'):,} images (the image, its mirror and "
                    f"{c['views']} augmented copies): {values}. The best trial was picked on validation, so its lead "
                    "there is optimistic; held-out was measured once and chose nothing.")
-        (st.success if c.get("adopt") else st.info)(f"Decision: {c['decision']}.", icon=":material/gavel:")
+        (st.success if c.get("adopt") else st.info)(f"Decision: {plain(c['decision'], 1000)}.",
+                                                    icon=":material/gavel:")
         if best and best["number"] != c["best"]["number"]:
             st.warning(f"The study has a new best trial ({best['number']}) since this was measured "
                        f"(trial {c['best']['number']}).")
@@ -329,7 +329,7 @@ def show_confirmation(name: str, summary: dict) -> None:
         try:
             start_confirm_job(name)
         except StudyError as exc:
-            st.error(f"Not started: {exc}")
+            st.error(f"Not started: {plain(exc, 600)}")
             return
         st.toast("Measuring in the background; the status above follows it.")
         st.rerun()
@@ -340,13 +340,13 @@ def show_clusters(clusters: dict | None) -> None:
         st.info("The clusters are computed when the study runs; nothing stored yet.")
         return
     frame = clusters_frame(clusters)
-    st.dataframe(safe_frame(frame.dropna(axis=1, how="all")), hide_index=True, width="stretch")
+    st.dataframe(safe_table(frame.dropna(axis=1, how="all")), hide_index=True, width="stretch")
     st.caption(f"k = {clusters.get('k')} k-means clusters on the UMAP map ('umap') and on the full embedding "
                f"('full'), scored against sex and {clusters.get('band_months', 24)}-month age bands. ARI 0 = chance, "
                "1 = the clusters are the classes.")
     for row in clusters.get("rows") or []:
         if row.get("space") != "full" and row.get("verdict"):
-            (st.error if row.get("error") else st.caption)(f"{row['source']}: {row['verdict']}")
+            (st.error if row.get("error") else st.caption)(f"{plain(row['source'])}: {plain(row['verdict'], 1000)}")
 
 
 def show_charts(name: str, summary: dict) -> None:
@@ -363,20 +363,20 @@ def show_study(name: str) -> None:
     try:
         summary = study_summary(name)
     except KeyError:
-        st.info(f"Study {name} has no trials stored yet: it is starting (or failed before creating the study; see "
-                "the log above).")
+        st.info(f"Study {plain(name)} has no trials stored yet: it is starting (or failed before creating the "
+                "study; see the log above).")
         return
     except (ValueError, OSError) as exc:
-        st.error(f"Study {name} cannot be read: {exc}")
+        st.error(f"Study {plain(name)} cannot be read: {plain(exc, 600)}")
         return
     if summary.get("description"):
-        st.caption(summary["description"])
+        st.caption(plain(summary["description"], 1000))  # a YAML space's own words
     best = summary.get("best")
     c1, c2, c3 = st.columns(3)
     c1.metric("Trials finished", f"{summary.get('n_finished', 0)} of {summary.get('n_trials', 0)}")
     if best:
         c2.metric(f"Best validation {(summary.get('metric') or '').upper()}", f"{best['value']:.3f}")
-        c2.caption(f"trial {best['number']}" + (f" · {best['arm']}" if best.get("arm") else ""))
+        c2.caption(f"trial {best['number']}" + (f" · {plain(best['arm'])}" if best.get("arm") else ""))
     base = summary.get("baseline")
     if base:
         value = "-" if base.get("value") is None else f"{base['value']:.3f}"
@@ -384,10 +384,9 @@ def show_study(name: str) -> None:
     c3.metric("Minutes per trial", f"{summary.get('trial_minutes') or '-'}")
     findings = findings_rows(summary)
     if findings:
-        st.dataframe(safe_frame(pd.DataFrame(findings, columns=["claim", "measurement", "holds"]).rename(columns={"claim": "seed claim",
-                                                                       "measurement": "our measurement",
-                                                                       "holds": "holds?"})),
-                     hide_index=True, width="stretch")
+        findings = pd.DataFrame(findings, columns=["claim", "measurement", "holds"]).rename(
+            columns={"claim": "seed claim", "measurement": "our measurement", "holds": "holds?"})
+        st.dataframe(safe_table(findings), hide_index=True, width="stretch")
     names = ["Charts", "Trials"]
     if summary.get("clusters") is not None or summary.get("kind") == "clusters":
         names.insert(0, "Clusters")  # a clusters study has no trials: its table is the answer
@@ -409,6 +408,6 @@ def show_study(name: str) -> None:
             show_clusters(summary.get("clusters"))
     with tab["Trials"]:
         trials = trials_frame(summary)
-        st.dataframe(safe_frame(trials), hide_index=True, width="stretch")
+        st.dataframe(safe_table(trials), hide_index=True, width="stretch")
         st.download_button("Download trials (CSV)", csv_bytes(trials), file_name=f"{name}-trials.csv",
                            mime="text/csv", key=f"trials-csv-{name}")

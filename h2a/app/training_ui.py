@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from h2a.app.charts import style
 from h2a.app.option_widgets import applies, label_of, option_widget, weights_hint
+from h2a.app.plain import plain, safe_table
 from h2a.data.preprocess import PreprocessConfig, list_configs, load_config
 from h2a.device import describe_device, gpu_count, resolve_device
 from h2a.engine.config import TrainConfig, TrainingError
@@ -42,7 +43,7 @@ def device_banner() -> None:
     try:
         device = resolve_device()
     except RuntimeError as exc:
-        st.error(str(exc))
+        st.error(plain(exc, 600))
         return
     n = gpu_count()
     if device.type == "cuda":
@@ -137,9 +138,9 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
         st.session_state[f"{task}_reuse"] = str(exc.run_dir)
         return reuse_choice(task)
     except (JobError, TrainingError, ValueError, RuntimeError) as exc:
-        st.error(str(exc))
+        st.error(plain(exc, 600))  # quotes the data folder and run paths
         return None
-    st.toast(f"Started {name}{' on synthetic data' if synthetic else ''}")
+    st.toast(f"Started {plain(name)}{' on synthetic data' if synthetic else ''}")
     return run_dir
 
 
@@ -163,19 +164,19 @@ def reuse_choice(task: str) -> Path | None:
     run_dir = Path(pending)
     saved = saved_config(run_dir) or {}
     status = run_status(run_dir).get("status", "stopped")
-    st.warning(f"A {status} run named **{run_dir.name}** already exists. Resume it with the settings it was "
-               "started with (below; the form's settings are not used), or choose another name.",
+    st.warning(f"A {plain(status)} run named **{plain(run_dir.name)}** already exists. Resume it with the "
+               "settings it was started with (below; the form's settings are not used), or choose another name.",
                icon=":material/help:")
-    st.dataframe(settings_frame(saved), hide_index=True)
+    st.dataframe(safe_table(settings_frame(saved)), hide_index=True)
     c1, c2 = st.columns(2)
-    if c1.button(f"Resume {run_dir.name}", key=f"{task}_reuse_resume", type="primary"):
+    if c1.button(f"Resume {plain(run_dir.name)}", key=f"{task}_reuse_resume", type="primary"):
         st.session_state.pop(f"{task}_reuse", None)
         try:
             started = resume_training(run_dir)
         except (JobError, TrainingError, ValueError, RuntimeError) as exc:
-            st.error(str(exc))
+            st.error(plain(exc, 600))
             return None
-        st.toast(f"Resumed {run_dir.name}")
+        st.toast(f"Resumed {plain(run_dir.name)}")
         return started
     if c2.button("Choose another name", key=f"{task}_reuse_other"):
         st.session_state.pop(f"{task}_reuse", None)
@@ -221,9 +222,10 @@ def show_run(run_dir: Path, task: str) -> None:
         s = p.get("status", "unknown")
         icon = {"finished": ":material/check_circle:", "failed": ":material/error:", "diverged": ":material/error:",
                 "cancelled": ":material/cancel:", "stopped": ":material/pause_circle:"}.get(s, ":material/sync:")
-        st.markdown(f"**{run_dir.name}** · {icon} {s} · {p.get('device', '')}")
+        # the run's folder name and its progress file's words: text, not Markdown
+        st.markdown(f"**{plain(run_dir.name)}** · {icon} {plain(s)} · {plain(p.get('device', ''))}")
         if p.get("message"):
-            (st.error if s in ("failed", "diverged") else st.caption)(p["message"])
+            (st.error if s in ("failed", "diverged") else st.caption)(plain(p["message"], 1000))
         epochs = p.get("epochs") or 1
         epoch = int(p.get("epoch") or 0)
         batches = int(p.get("batches") or 0)

@@ -12,10 +12,12 @@ import argparse
 import sys
 
 from h2a import RESEARCH_NOTE, __version__
-from h2a.cli import calibrate, cluster, data, evaluate, jobs, models, predict, robustness, serve, study, train
+from h2a.cli import (adapt, calibrate, cluster, data, evaluate, export, jobs, models, predict, robustness, serve,
+                     study, train)
 from h2a.cli.common import CliError
 
-COMMAND_GROUPS = (data, train, calibrate, evaluate, robustness, predict, models, cluster, jobs, study, serve)
+COMMAND_GROUPS = (data, train, calibrate, adapt, evaluate, robustness, predict, models, cluster, jobs, study, serve,
+                  export)
 
 
 def build_parser() -> argparse.ArgumentParser:

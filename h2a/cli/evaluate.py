@@ -54,14 +54,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate(args.model, args.data, split=args.split, flip_tta=args.tta, tta_views=args.tta_views,
-                          progress=None if args.json else StderrProgress("evaluate"))
+                          progress=None if args.json else StderrProgress("evaluate"), site=args.site)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     metrics = result.metrics
     if args.json:
         print_json(metrics)
         return 0
-    print(f"{metrics['task']} on {metrics['n']} images ({metrics['split']}) of {metrics['data']}")
+    print(f"{metrics['task']} on {metrics['n']} images ({metrics['split']}) of {metrics['data']}"
+          + (f", site {metrics['site']} ({', '.join(metrics['site_parts']) or 'no part kept'})"
+             if metrics.get("site") else ""))
     if metrics.get("n_failed_images"):
         print(f"{metrics['n_failed_images']} labelled images could not be decoded and were left out")
     if metrics["task"] == "boneage":
@@ -79,5 +81,7 @@ def register(sub) -> None:
                    help="all labelled images (default for another folder) or the run's validation/holdout ids")
     add_procedure_options(p, views_default=0,
                           views_help="also average N augmented copies (the run's own augmentation ranges)")
+    p.add_argument("--site", default=None, metavar="SITE",
+                   help="apply the run's site profile SITE (h2a adapt) to every image")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)

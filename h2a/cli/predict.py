@@ -24,7 +24,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         results = predict_files(args.model, args.files, sex=args.sex, dob=args.dob, exam_date=args.exam_date,
                                 age_months=args.age_months, tta=args.tta, cam=bool(args.report_dir),
-                                report_dir=args.report_dir)
+                                report_dir=args.report_dir, site=args.site, backend=args.backend)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     if args.csv:
@@ -42,6 +42,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 lo, hi = r["interval_months"]
                 extra = f"  SDS {r['sds']:+.2f} ({r['classification']})" if r.get("sds") is not None else ""
                 print(f"{r['file']}: bone age {r['bone_age_months']:.1f} months ({lo:.0f}-{hi:.0f}){extra}")
+                print(f"  site: {r['site'] or 'none'} ({r['site_reason']})")
                 for w in r.get("warnings", []):
                     print(f"  warning [{w['code']}]: {w['message']}")
         if args.csv:
@@ -60,6 +61,12 @@ def register(sub) -> None:
     p.add_argument("--tta", type=int, default=DEFAULT_TTA, metavar="N",
                    help=f"test-time views averaged (default {DEFAULT_TTA}, the procedure the run's interval was "
                         "calibrated with at the end of training)")
+    p.add_argument("--site", default="auto", metavar="SITE",
+                   help="site profile to apply (h2a adapt): auto (default: the run's site for images much "
+                        "larger than its training images, e.g. fullres), none, or a site name")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="run the model in PyTorch or as its ONNX export through onnxruntime (exported to "
+                        "RUN/model.onnx on first use); the same preprocessing, copies and interval")
     p.add_argument("--report-dir", default=None, help="write a one-page PDF per file here")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="also write the table the predict page downloads (one row per file) to FILE")

@@ -1,10 +1,14 @@
 """``h2a serve`` and ``h2a hash-password``: one command starts the app for a team.
 
-``serve`` runs ``streamlit run streamlit_app.py`` with the closed defaults spelled out on
-the command line (so they hold whatever the working directory's config says): the chosen
-interface only, no tracebacks in the browser. It refuses to listen beyond this machine
-without a password unless told to. ``hash-password`` turns a password typed at a prompt
-(or one line on stdin) into the ``H2A_PASSWORD_HASH`` line.
+``serve`` runs ``streamlit run serve_app.py`` (the app behind the HTTP gate that refuses
+uploads, media and metrics before the password; docs/serving.md) with the closed
+defaults spelled out on the command line (so they hold whatever the working directory's
+config says): the chosen interface only, no tracebacks in the browser, a 50 MB upload
+cap, the agent API off. It refuses to listen beyond this machine without a password
+unless told to, and refuses a hash whose scrypt cost exceeds the ceiling. It exports
+``H2A_DATA_ROOTS`` so every scan the server starts (page or background job) keeps to the
+same roots. ``hash-password`` turns a password typed at a prompt (or one line on stdin)
+into the ``H2A_PASSWORD_HASH`` line, refusing short or blank passwords.
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ from h2a.cli.common import CliError
 from h2a.server import PasswordHashError, hash_password, parse_password_hash
 from h2a.settings import REPO_ROOT, get_settings
 
-APP = REPO_ROOT / "streamlit_app.py"
+APP = REPO_ROOT / "serve_app.py"  # st.App around streamlit_app.py with h2a.app.http_gate
 DEFAULT_HOST, DEFAULT_PORT = "localhost", 8501
+# Largest upload, MB. A radiograph is 1-30 MB (a 16-bit DICOM of a 3000 px hand is ~18 MB);
+# Streamlit's default 200 MB let one signed-in tab hold 200 MB per file in memory for
+# nothing. Applied by `serve`; .streamlit/config.toml says the same for `streamlit run`.
+MAX_UPLOAD_MB = 50
 
 
 def register(sub) -> None:
@@ -79,7 +87,29 @@ def streamlit_argv(host: str, port: int) -> list[str]:
     """The ``streamlit run`` command line with the closed defaults explicit."""
     return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-            "--client.showErrorDetails", "none", "--browser.gatherUsageStats", "false"]
+            "--client.showErrorDetails", "none", "--browser.gatherUsageStats", "false",
+            "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--server.enableAgentApi", "false",
+            "--server.enableStaticServing", "false"]
+
+
+def has_app_middleware() -> bool:
+    """True when this Streamlit has ``st.App`` (the gate is its middleware). Looks at the
+    installed files instead of importing streamlit (a second of start-up for --dry-run)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("streamlit")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        source = Path(folder) / "web" / "server" / "starlette" / "starlette_app.py"
+        if source.is_file() and "\nclass App" in source.read_text(encoding="utf-8", errors="replace"):
+            return True
+    return False
+
+
+def export_data_roots() -> str:
+    """Put the roots in the environment the server (and every job it starts) inherits."""
+    roots = os.pathsep.join(str(r.expanduser().resolve()) for r in get_settings().data_roots)
+    os.environ["H2A_DATA_ROOTS"] = roots
+    return roots
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -87,11 +117,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"--port must be 1-65535, got {args.port}")
     if not APP.exists():
         raise CliError(f"{APP} not found: run h2a serve from a checkout (pip install -e .)")
+    if not has_app_middleware():
+        raise CliError("this Streamlit has no st.App, which the sign-in gate needs: "
+                       "pip install -U streamlit (1.67 is tested)")
     protected = configured_hash() is not None
     if not protected and not is_loopback(args.host) and not args.allow_no_password:
         raise CliError(f"refusing to serve on {args.host} without a password: set H2A_PASSWORD_HASH "
                        "(h2a hash-password makes it), or pass --allow-no-password")
     argv = streamlit_argv(args.host, args.port)
+    export_data_roots()
     print(f"h2a serve: http://{args.host}:{args.port} "
           f"({'password required' if protected else 'no password'}); Ctrl-C stops it", file=sys.stderr)
     if args.dry_run:

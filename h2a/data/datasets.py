@@ -192,14 +192,65 @@ def _parse_sex(raw: str) -> bool | None:
     return None
 
 
-def _index_images(root: Path, max_depth: int = 3) -> tuple[dict[str, list[Path]], list[Problem]]:
+_FROM_ENV = object()  # roots argument default: h2a.settings.enforced_data_roots()
+OUTSIDE_ROOTS = "links outside the folders this server shares: skipped without opening it"
+
+
+def _allowed_roots(roots: object) -> tuple[str, ...] | None:
+    """``roots`` (or, by default, the enforced roots of this process) resolved, as strings."""
+    if roots is _FROM_ENV:
+        from h2a.settings import enforced_data_roots
+
+        roots = enforced_data_roots()
+    if roots is None:
+        return None
+    return tuple(str(Path(r).expanduser().resolve()) for r in roots)  # type: ignore[union-attr]
+
+
+def _inside(real: str, roots: tuple[str, ...] | None) -> bool:
+    if roots is None:
+        return True
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def resolve_link(path: str, roots: tuple[str, ...] | None) -> tuple[str | None, str | None]:
+    """(the real path, None) when ``path`` may be opened, else (None, why not): a symbolic
+    link loop, a link to nothing, or (with ``roots``) a target outside every root.
+    WHY: a scan must never follow a link out of the folders a server shares, and a loop
+    (``90004.png -> 90004.png``) used to end a scan in a traceback."""
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "a symbolic link loop: skipped without opening it"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None, "a link to nothing: skipped"
+        return None, f"cannot be resolved ({exc.strerror or exc}): skipped"
+    if not _inside(real, roots):
+        return None, OUTSIDE_ROOTS
+    return real, None
+
+
+def _index_images(root: Path, max_depth: int = 3, roots: object = _FROM_ENV
+                  ) -> tuple[dict[str, list[Path]], list[Problem]]:
     """Map image file stem -> paths, walking a few levels (the official download nests).
 
     FIFOs, devices and sockets named like images are left out with a problem each and
-    are never opened: reading a FIFO waits for a writer forever.
+    are never opened: reading a FIFO waits for a writer forever. So are symbolic links
+    that loop, lead nowhere or (with ``roots``, by default ``H2A_DATA_ROOTS`` when set)
+    leave the allowed roots: each is a problem naming the file, never a read. A linked
+    image is indexed by its real path, the one that was checked.
     """
+    allowed = _allowed_roots(roots)
     index: dict[str, list[Path]] = {}
     skipped: list[Problem] = []
+    root_real = os.path.realpath(root)
+    if not _inside(root_real, allowed):
+        return index, [Problem(str(root), OUTSIDE_ROOTS)]
+
+    def rel(entry: os.DirEntry) -> str:
+        return str(Path(entry.path).relative_to(root))
+
     stack = [(root, 0)]
     while stack:
         folder, depth = stack.pop()
@@ -208,28 +259,42 @@ def _index_images(root: Path, max_depth: int = 3) -> tuple[dict[str, list[Path]]
         except OSError:
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name.lower()
+            if entry.name.startswith(".") or name.endswith(".csv"):  # label CSVs: find_label_csvs
                 continue
-            if entry.is_dir(follow_symlinks=True):
+            is_image = name.endswith(IMAGE_EXTENSIONS)
+            try:
+                if entry.is_symlink():
+                    real, problem = resolve_link(entry.path, allowed)
+                    if problem is not None:
+                        if is_image or problem != "a link to nothing: skipped":
+                            skipped.append(Problem(rel(entry), problem))
+                        continue
+                    mode = os.stat(real).st_mode
+                    path = Path(real) if stat.S_ISREG(mode) else Path(entry.path)  # walk a folder by its name
+                else:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    path = Path(entry.path)
+            except OSError as exc:  # vanished or unreadable between listing and stat
+                if is_image:
+                    skipped.append(Problem(rel(entry), f"cannot be read ({exc.strerror or exc}): skipped"))
+                continue
+            if stat.S_ISDIR(mode):
                 if depth < max_depth:
-                    stack.append((Path(entry.path), depth + 1))
-            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                if not entry.is_file(follow_symlinks=True):
-                    skipped.append(Problem(str(Path(entry.path).relative_to(root)), _not_a_file(entry)))
+                    stack.append((path, depth + 1))
+            elif is_image:
+                if not stat.S_ISREG(mode):
+                    skipped.append(Problem(rel(entry), _not_a_file(mode)))
                     continue
                 stem = entry.name.rsplit(".", 1)[0]
-                index.setdefault(stem, []).append(Path(entry.path))
+                index.setdefault(stem, []).append(path)
     return index, skipped
 
 
-def _not_a_file(entry: os.DirEntry) -> str:
+def _not_a_file(mode: int) -> str:
     from h2a.data.imageio import special_file_kind
 
-    try:
-        kind = special_file_kind(entry.stat(follow_symlinks=True).st_mode)
-    except OSError:
-        kind = "a link to nothing"
-    return f"{kind}, not an image file: skipped without opening it"
+    return f"{special_file_kind(mode)}, not an image file: skipped without opening it"
 
 
 def _pick_image(candidates: list[Path], csv_path: Path, split: str) -> Path:
@@ -249,6 +314,35 @@ def _pick_image(candidates: list[Path], csv_path: Path, split: str) -> Path:
 def find_label_csvs(root: Path) -> list[Path]:
     csvs = sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv"))
     return [p for p in csvs if p.is_file()]
+
+
+def _label_csvs(root: Path, roots: object = _FROM_ENV) -> tuple[list[tuple[Path, Path]], list[Problem]]:
+    """(CSV as found, real path to read) for each label CSV, and a problem for each one
+    that must not be opened: a link loop, a link to nothing, a link out of the roots, a
+    FIFO or device named .csv (reading a FIFO would wait forever)."""
+    from h2a.data.imageio import special_file_kind
+
+    allowed = _allowed_roots(roots)
+    found: list[tuple[Path, Path]] = []
+    problems: list[Problem] = []
+    for path in sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv")):
+        where = str(path.relative_to(root))
+        real, problem = resolve_link(str(path), allowed)
+        if problem is not None:
+            problems.append(Problem(where, problem.replace("skipped", "label file skipped")))
+            continue
+        try:
+            mode = os.stat(real).st_mode
+        except OSError as exc:
+            problems.append(Problem(where, f"could not be read ({exc.strerror or exc})"))
+            continue
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            problems.append(Problem(where, f"{special_file_kind(mode)}, not a label file: skipped without opening it"))
+            continue
+        found.append((path, Path(real)))  # type: ignore[arg-type]
+    return found, problems
 
 
 class CsvText:
@@ -316,7 +410,8 @@ def _read_csv(path: Path, name: str | None = None) -> tuple[pd.DataFrame, CsvTex
 
 
 def _rows_from_csv(
-    csv_path: Path, fmt: LabelFormat, frame: pd.DataFrame, index: dict[str, list[Path]], root: Path
+    csv_path: Path, fmt: LabelFormat, frame: pd.DataFrame, index: dict[str, list[Path]], root: Path,
+    refused: frozenset[str] = frozenset(),
 ) -> tuple[list[dict], list[Problem]]:
     cols = {_norm(c): c for c in frame.columns}
     id_col, sex_col = cols[_norm(fmt.id_col)], cols[_norm(fmt.sex_col)]
@@ -359,6 +454,9 @@ def _rows_from_csv(
         cands = index.get(raw_id)
         if cands:
             path = str(_pick_image(cands, csv_path, split).resolve())
+        elif raw_id in refused:
+            problems.append(Problem(where, f"image {raw_id} skipped (its file has its own problem row): "
+                                           "labels kept, no image"))
         else:
             problems.append(Problem(where, f"image {raw_id}.png not found: labels kept, no image"))
         rows.append({"id": raw_id, "split": split, "boneage": boneage, "male": male,
@@ -366,34 +464,42 @@ def _rows_from_csv(
     return rows, problems
 
 
-def load_dataset(root: str | Path) -> Dataset:
+def load_dataset(root: str | Path, roots: object = _FROM_ENV) -> Dataset:
     """Load every label CSV in ``root`` (and one level below) with their images.
 
-    Raises DatasetError only when nothing usable is there; everything else becomes a
-    Problem on the returned dataset.
+    ``roots``: the folders every file read must resolve into (a link out of them is a
+    problem row, never a read); by default ``H2A_DATA_ROOTS`` when set (``h2a serve``
+    sets it), else None: any link is followed (plain CLI use). Raises DatasetError only
+    when nothing usable is there; everything else becomes a Problem on the returned
+    dataset.
     """
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"{root}: folder does not exist")
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder (point H2A at the folder holding the label CSV)")
-    csvs = find_label_csvs(root)
+    allowed = _allowed_roots(roots)
+    if not _inside(os.path.realpath(root), allowed):
+        raise DatasetError(f"{root}: outside the folders this server shares")
+    csvs, csv_problems = _label_csvs(root, allowed)
     if not csvs:
+        why = "; ".join(f"{p.item}: {p.problem}" for p in csv_problems)
         raise DatasetError(
             f"{root}: no label CSV found (expected e.g. boneage-training-dataset.csv with "
-            "columns id,boneage,male)"
+            "columns id,boneage,male)" + (f"; {why}" if why else "")
         )
-    index, skipped = _index_images(root)
+    index, skipped = _index_images(root, roots=allowed)
+    refused = frozenset(Path(p.item).name.rsplit(".", 1)[0] for p in skipped)
     rows: list[dict] = []
-    problems: list[Problem] = list(skipped)
+    problems: list[Problem] = csv_problems + list(skipped)
     sources: dict[str, str] = {}
     encodings: dict[str, str] = {}
     unknown: list[str] = []
     unreadable: list[str] = []
-    for csv_path in csvs:
+    for csv_path, real_csv in csvs:
         rel = str(csv_path.relative_to(root))
         try:
-            frame, decoded = _read_csv(csv_path, rel)
+            frame, decoded = _read_csv(real_csv, rel)
         except DatasetError as exc:
             problems.append(Problem(rel, str(exc)))
             unreadable.append(str(exc))
@@ -406,7 +512,7 @@ def load_dataset(root: str | Path) -> Dataset:
         encodings[rel] = decoded.encoding
         if decoded.note:
             problems.append(Problem(rel, decoded.note))
-        new_rows, new_problems = _rows_from_csv(csv_path, fmt, frame, index, root)
+        new_rows, new_problems = _rows_from_csv(csv_path, fmt, frame, index, root, refused)
         rows.extend(new_rows)
         problems.extend(new_problems)
     if not sources:

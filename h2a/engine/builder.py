@@ -20,7 +20,7 @@ from h2a.data.cache import CachedImageDataset, build_cache
 from h2a.data.datasets import Dataset, load_dataset
 from h2a.data.preprocess import PreprocessConfig
 from h2a.data.transforms import augmentation, input_norm
-from h2a.device import amp_dtype, use_channels_last
+from h2a.device import choose_amp, use_channels_last
 from h2a.engine.callbacks import (
     Checkpointer,
     DivergenceGuard,
@@ -105,10 +105,12 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, log) -> tuple[nn.Module, tu
     return model, warm, frozen
 
 
-def place_model(model: nn.Module, cfg: TrainConfig, device: torch.device, distributed: bool):
+def place_model(model: nn.Module, cfg: TrainConfig, device: torch.device, distributed: bool,
+                log=lambda m: None):
     """Device, memory format and DDP wrapper; returns (model, net, autocast dtype, channels_last)."""
     model.to(device)
-    adtype = amp_dtype(device, cfg.amp)
+    adtype, why = choose_amp(device, cfg.amp)
+    log(f"precision: {why} (--amp {cfg.amp})")
     channels_last = use_channels_last(device, adtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -159,7 +161,7 @@ def build_engine(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env,
     else:
         task.fit_scaling(tr.y)
     model, warm, frozen = build_model(cfg, ckpt, log)
-    model, net, adtype, channels_last = place_model(model, cfg, device, distributed)
+    model, net, adtype, channels_last = place_model(model, cfg, device, distributed, log)
     ema = make_ema(model, cfg.ema)
     if ema is not None and ckpt is not None and "ema" in ckpt:
         ema.load_state_dict(ckpt["ema"])

@@ -106,7 +106,8 @@ class TrainConfig:
     workers: int = option(2, minimum=0, form=False, help="DataLoader worker processes")
     device: str = option("auto", form=False, help="auto, cpu, cuda, cuda:N (default: the settings' device)")
     amp: str = option("auto", choices=AMP_MODES, label="Mixed precision",
-                      help="autocast: auto = bf16 on GPU only; bf16 also on CPUs with AMX/AVX512-BF16")
+                      help="autocast: auto = bf16 on a GPU and on CPUs with native bf16 (AMX / AVX512-BF16), "
+                           "float32 on other CPUs; bf16 insists; off = float32")
     ema: float = option(0.0, minimum=0.0, maximum=1.0, exclusive_max=True, metavar="DECAY", label="EMA decay",
                         form={"format": "%.4f"},
                         help="validate and save an exponential moving average of the weights, e.g. 0.998 "

@@ -35,6 +35,7 @@ CONFIG = "config.json"
 PROGRESS = "progress.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+SHIPPED_WEIGHTS = "model.safetensors"  # a shipped run's weights (models/<name>/, committed)
 METADATA = "metadata.json"
 LOG = "log.txt"
 CANCEL = "CANCEL"
@@ -163,6 +164,26 @@ def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def weights_file(run_dir: Path) -> Path | None:
+    """The run's best weights: model.pt (a trained run) or model.safetensors (a shipped one)."""
+    for name in (MODEL, SHIPPED_WEIGHTS):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
+def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The best weights as a float32 state dict (shipped weights may be stored in half precision)."""
+    path = weights_file(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{Path(run_dir).name}: no model.pt or model.safetensors")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    return safe_load(path)
+
+
 @dataclass
 class RunSummary:
     """What the runs table shows for one run directory."""
@@ -178,6 +199,8 @@ class RunSummary:
     updated: float
     has_model: bool
     message: str = ""
+    shipped: bool = False  # a model that comes with H2A (models/<name>/ with a model card)
+    synthetic: bool = False  # trained on the synthetic demo images
 
     @property
     def headline(self) -> float | None:
@@ -232,31 +255,56 @@ def summarize(run_dir: Path) -> RunSummary:
         epochs=prog.get("epochs") or cfg.get("epochs"),
         metrics=meta.get("metrics", {}),
         updated=updated,
-        has_model=(run_dir / MODEL).exists() and (run_dir / METADATA).exists(),
+        has_model=weights_file(run_dir) is not None and (run_dir / METADATA).exists(),
         message=prog.get("message", ""),
+        shipped=is_shipped(run_dir, meta),
+        synthetic=bool((meta.get("dataset") or {}).get("synthetic")),
     )
 
 
+def is_shipped(run_dir: Path, meta: dict | None = None) -> bool:
+    """A shipped model: committed weights (model.safetensors) and a "shipped" record."""
+    meta = meta if meta is not None else (read_json(Path(run_dir) / METADATA) or {})
+    return bool(meta.get("shipped")) and (Path(run_dir) / SHIPPED_WEIGHTS).is_file()
+
+
+def shipped_root() -> Path | None:
+    return get_settings().shipped_dir
+
+
 def list_runs(root: Path | None = None, task: str | None = None) -> list[RunSummary]:
-    """Every run directory under the models folder, newest first."""
-    root = root or runs_root()
-    if not root.exists():
-        return []
-    out = []
-    for d in root.iterdir():
-        if d.is_dir() and ((d / CONFIG).exists() or (d / METADATA).exists()):
-            s = summarize(d)
-            if task is None or s.task == task:
-                out.append(s)
-    return sorted(out, key=lambda s: s.updated, reverse=True)
+    """Every run directory under the models folder, newest first; without ``root``, the
+    shipped models too (after the user's own runs)."""
+    roots = [root] if root is not None else [runs_root()]
+    shipped = shipped_root() if root is None else None
+    out: list[RunSummary] = []
+    seen: set[Path] = set()
+    for folder in roots:
+        if not folder.exists():
+            continue
+        for d in folder.iterdir():
+            if d.is_dir() and ((d / CONFIG).exists() or (d / METADATA).exists()):
+                seen.add(d.resolve())
+                s = summarize(d)
+                if task is None or s.task == task:
+                    out.append(s)
+    out.sort(key=lambda s: s.updated, reverse=True)
+    if shipped is not None and shipped.is_dir():
+        extra = [summarize(d) for d in sorted(shipped.iterdir())
+                 if d.is_dir() and d.resolve() not in seen and is_shipped(d)]
+        out += [s for s in extra if task is None or s.task == task]
+    return out
 
 
 def best_run(task: str = "boneage", root: Path | None = None) -> RunSummary | None:
-    """The finished run with the best validation figure (lowest MAE / highest AUC)."""
+    """The finished run with the best validation figure (lowest MAE / highest AUC), runs
+    trained on real images (the shipped ones included) before any trained on the synthetic
+    demo, whose figures say nothing about a radiograph."""
     done = [r for r in list_runs(root, task) if r.has_model and r.headline is not None]
     if not done:
         return None
-    return (min if get_task(task).lower_is_better else max)(done, key=lambda r: r.headline)
+    real = [r for r in done if not r.synthetic] or done
+    return (min if get_task(task).lower_is_better else max)(real, key=lambda r: r.headline)
 
 
 def resolve_run(name_or_path: str | Path) -> Path:
@@ -267,4 +315,7 @@ def resolve_run(name_or_path: str | Path) -> Path:
     candidate = runs_root() / str(name_or_path)
     if candidate.is_dir():
         return candidate
+    shipped = shipped_root()
+    if shipped is not None and (shipped / str(name_or_path)).is_dir() and is_shipped(shipped / str(name_or_path)):
+        return shipped / str(name_or_path)
     raise FileNotFoundError(f"no run at {p} or {candidate}")

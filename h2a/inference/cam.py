@@ -23,11 +23,32 @@ from torch import Tensor
 from h2a.data.transforms import array_input
 from h2a.models import H2AModel
 
-__all__ = ["COLORMAPS", "grad_cam", "overlay", "run_cam"]
+__all__ = ["CAM_METHODS", "COLORMAPS", "DEFAULT_CAM", "grad_cam", "overlay", "run_cam"]
+
+CAM_METHODS = ("gradcam", "gradcam++")
+# The map predict, evaluation and the PDF show: (trunk stage, method). Chosen on held-out
+# thumbnails by the share of the map's mass inside the hand and a model-randomisation check
+# (bench/bench_cam.py; docs/trust.md gives the figures): stage -2 (stride 16, 8 x 8 at
+# 128 px) instead of the last map (4 x 4), which put one coarse blob over the middle fingers.
+DEFAULT_CAM = (-2, "gradcam")
+
+
+def _cam_weights(acts: Tensor, grads: Tensor, method: str) -> Tensor:
+    """Channel weights (B, C, 1, 1): Grad-CAM's mean gradient, or Grad-CAM++'s (Chattopadhay
+    et al. 2018) positive gradients weighted by alpha = g^2 / (2 g^2 + sum(A) g^3), which
+    lets several separate regions of one channel count instead of the largest."""
+    if method == "gradcam":
+        return grads.mean(dim=(2, 3), keepdim=True)
+    if method != "gradcam++":
+        raise ValueError(f"unknown heat-map method {method!r} (one of {', '.join(CAM_METHODS)})")
+    g2, g3 = grads ** 2, grads ** 3
+    denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g3
+    alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+    return (alpha * F.relu(grads)).sum(dim=(2, 3), keepdim=True)
 
 
 def grad_cam(model: H2AModel, x: Tensor, sex: Tensor | None = None, *,
-             negative: bool = False) -> np.ndarray:
+             negative: bool = False, stage: int = -1, method: str = "gradcam") -> np.ndarray:
     """Grad-CAM for each image in ``x`` -> (B, H, W) float32 in [0, 1] at the input size.
 
     ``x`` is (B, C, H, W) or (C, H, W), preprocessed exactly as for prediction. The model
@@ -37,6 +58,8 @@ def grad_cam(model: H2AModel, x: Tensor, sex: Tensor | None = None, *,
     or ``torch.inference_mode()``. Thread-safe on an eval-mode model (e.g. one cached by
     ``st.cache_resource``).
     Each map is scaled by its own maximum; a map with no positive evidence is all zeros.
+    ``stage``: the trunk stage whose map is weighted (-1 = the last; -2 a finer one, where
+    the trunk offers intermediates); ``method``: 'gradcam' or 'gradcam++'.
     """
     if x.ndim == 3:
         x = x.unsqueeze(0)
@@ -62,13 +85,13 @@ def grad_cam(model: H2AModel, x: Tensor, sex: Tensor | None = None, *,
             sex_in = None
             if sex is not None:
                 sex_in = torch.as_tensor(sex).detach().to(device=device).clone()
-            acts = model.forward_features(inp)
-            out = model.forward_head(acts, sex_in)
+            final, acts = model.features_and_stage(inp, stage)
+            out = model.forward_head(final, sex_in)
             score = -out.sum() if negative else out.sum()  # samples are independent in eval
             (grads,) = torch.autograd.grad(score, acts)
         with torch.no_grad():
             acts, grads = acts.detach().float(), grads.detach().float()
-            weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+            weights = _cam_weights(acts, grads, method)  # (B, C, 1, 1)
             cam = F.relu((weights * acts).sum(dim=1, keepdim=True))  # (B, 1, h, w)
             cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
             cam = cam.squeeze(1).clamp_min(0)
@@ -80,7 +103,8 @@ def grad_cam(model: H2AModel, x: Tensor, sex: Tensor | None = None, *,
     return cam.cpu().numpy().astype(np.float32, copy=False)
 
 
-def run_cam(run, image_u8: np.ndarray, male: bool | None, *, negative: bool = False) -> np.ndarray:
+def run_cam(run, image_u8: np.ndarray, male: bool | None, *, negative: bool = False,
+            cam: tuple[int, str] | None = None) -> np.ndarray:
     """Grad-CAM (H, W) in [0, 1] of one preprocessed uint8 image under a loaded run.
 
     The one place that feeds a run's model for a heat map (evaluation, sex and predict
@@ -94,7 +118,11 @@ def run_cam(run, image_u8: np.ndarray, male: bool | None, *, negative: bool = Fa
         if male is None:
             raise ValueError("this model takes sex as an input: pass male=True or False")
         sex = torch.tensor([1.0 if male else 0.0], device=run.device)
-    return grad_cam(run.model, x, sex, negative=negative)[0]
+    stage, method = cam or DEFAULT_CAM
+    try:
+        return grad_cam(run.model, x, sex, negative=negative, stage=stage, method=method)[0]
+    except ValueError:  # a trunk without intermediate stages (tiny_cnn, token models): its last map
+        return grad_cam(run.model, x, sex, negative=negative, stage=-1, method=method)[0]
 
 
 COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "magma", "plasma", "viridis", "hot", "bone", "cool")

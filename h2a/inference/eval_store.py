@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from h2a.engine.runs import MODEL, atomic_write_bytes, json_bytes
+from h2a.engine.runs import MODEL, atomic_write_bytes, json_bytes, weights_file
 from h2a.progress import ProgressFn
 from h2a.settings import get_settings
 
@@ -55,7 +55,7 @@ def eval_key(run_dir: str | Path, data: str | Path | None, data_fingerprint: str
     """The key of one evaluation; model.pt's (size, mtime) so a retrained run is a miss."""
     run = Path(run_dir).resolve()
     try:
-        st = (run / MODEL).stat()
+        st = (weights_file(run) or run / MODEL).stat()
         size, mtime = st.st_size, st.st_mtime_ns
     except OSError:
         size, mtime = -1, -1

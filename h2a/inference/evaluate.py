@@ -89,6 +89,7 @@ def evaluate(
     device: torch.device | None = None,
     progress: ProgressFn | None = None,
     record: bool = True,
+    site: str | None = None,
 ) -> EvalResult:
     """Metrics of a run on a dataset.
 
@@ -104,12 +105,17 @@ def evaluate(
     procedure in the run folder (coverage.json) for the predict page. Sex: ``ece`` of the
     calibrated and ``ece_uncalibrated`` of the raw probabilities.
 
+    ``site``: a fitted site profile of the run (``h2a adapt``) applied to every image:
+    its normalisation statistics, correction and interval (``metrics["site"]`` names it).
+
     ``metrics`` is strict JSON: a figure that is undefined on these images (an SD of one
     image, an AUC with one sex) is None, never NaN. ValueError when no image decodes.
     """
     from h2a.engine.runs import resolve_run
 
-    run = load_run(resolve_run(run_dir), device)
+    run = load_run(resolve_run(run_dir), device, site=site)
+    if site and run.task != "boneage":
+        raise ValueError(f"{run.path.name} is a {run.task} model: sites adapt bone-age models")
     images = split_images(run, data, split, progress)
     labelled, cache, rows, ok, data_path, same, split = (images.labelled, images.cache, images.rows, images.ok,
                                                           images.data_path, images.same_data, images.split)
@@ -118,13 +124,13 @@ def evaluate(
     raw, raw_sd = predict_arrays(run.model, cache.take(rows), male.astype(np.float32), run.norm, run.device,
                                  flip_tta=flip_tta, augment=run.preprocess, views=tta_views, progress=progress,
                                  spread=True)
-    out = run.to_output(raw)
+    out = run.months(raw, male) if run.task == "boneage" else run.to_output(raw)
     ages = labelled["boneage"].to_numpy()
     metrics = task.metrics(out, ages, male)
     preds = task.predictions(labelled["id"], ages, male, out)
     procedure = Procedure(bool(flip_tta), int(tta_views))
     if run.task == "boneage":
-        sd_months = np.abs(run.to_output(raw + raw_sd) - out)
+        sd_months = np.abs(run.months(raw + raw_sd, male) - out)
         extra, bounds = interval_figures(run, out, sd_months, ages, male, procedure, split, same)
         metrics.update(extra)
         by_id = dict(zip(labelled["id"].astype(str), zip(*bounds)))
@@ -136,8 +142,9 @@ def evaluate(
         p_raw = dict(zip(labelled["id"].astype(str), run.to_output(raw, calibrated=False)))
         preds["p_male_raw"] = [float(p_raw[str(i)]) for i in preds["id"]]
     metrics.update(run=run.path.name, data=str(data_path), split=split, flip_tta=flip_tta, tta_views=tta_views,
-                   n_failed_images=int((~ok).sum()))
-    if (record and run.task == "boneage" and split == "holdout" and same and run.calibration
+                   n_failed_images=int((~ok).sum()), site=run.site.name if run.site else None,
+                   site_parts=run.site.parts if run.site else None)
+    if (record and run.task == "boneage" and split == "holdout" and same and run.calibration and run.site is None
             and not metrics.get("interval_procedure_mismatch")):
         record_coverage(run.path, run.calibration, split, str(data_path), metrics["n"],
                         metrics["interval_coverage"], metrics["interval_width_months"])

@@ -11,10 +11,11 @@ import torch
 from h2a.data.preprocess import PreprocessConfig
 from h2a.data.transforms import input_norm
 from h2a.device import use_channels_last
-from h2a.engine.runs import METADATA, MODEL, read_json, safe_load
+from h2a.engine.runs import METADATA, load_weights, read_json, weights_file
 from h2a.engine.tasks import Task, task_of_run
 from h2a.inference.calibration import measured_coverage, read_calibration
 from h2a.inference.conformal import MondrianConformal, NormalisedConformal, Procedure, conformal_from_dict
+from h2a.inference.site_profile import SiteInterval, SiteProfile, apply_bn_stats, read_site
 from h2a.models import H2AModel, create_model, fold_batchnorm
 
 
@@ -32,6 +33,7 @@ class LoadedRun:
     norm: tuple[float, float] | None
     device: torch.device
     calibration: dict | None = field(default=None)  # calibration.json (None: an old run, none fitted)
+    site: SiteProfile | None = field(default=None)  # the site profile applied (RUN/sites/SITE), if any
 
     @property
     def task(self) -> str:
@@ -47,11 +49,21 @@ class LoadedRun:
         has a calibration, unless ``calibrated=False``)."""
         return self.task_obj.to_output(raw, calibrated)
 
+    def months(self, raw: np.ndarray, male: np.ndarray) -> np.ndarray:
+        """Bone-age estimates in months: ``to_output`` then the site's correction (if any).
+        Every bone-age figure goes through here, so a site is applied the same everywhere."""
+        out = np.asarray(self.to_output(raw), float)
+        return self.site.adjust(out, male) if self.site is not None else out
+
     @property
-    def conformal(self) -> MondrianConformal | NormalisedConformal | None:
-        """The bone-age run's conformal interval calibration, or None."""
+    def conformal(self) -> MondrianConformal | NormalisedConformal | SiteInterval | None:
+        """The bone-age run's conformal interval calibration (rescaled on the site when the
+        site profile keeps its interval part), or None."""
         cal = self.calibration or {}
-        return conformal_from_dict(cal["interval"]) if "interval" in cal else None
+        base = conformal_from_dict(cal["interval"]) if "interval" in cal else None
+        if self.site is not None and base is not None:
+            return self.site.interval(base) or base
+        return base
 
     @property
     def calibrated_procedure(self) -> Procedure | None:
@@ -59,24 +71,41 @@ class LoadedRun:
         return Procedure.from_dict(self.calibration["procedure"]) if self.calibration else None
 
     def measured_coverage(self) -> dict | None:
-        """The interval's measured coverage and where it was measured (see calibration.measured_coverage)."""
+        """The interval's measured coverage and where it was measured (see calibration.measured_coverage);
+        with a site profile, its cross-validated coverage on the site's own images."""
+        if self.site is not None:
+            after = ((self.site.info.get("report") or {}).get("after") or {})
+            if after.get("coverage") is not None:
+                n = after.get("n", 0)
+                return {"coverage": after["coverage"], "n": n, "width_months": after.get("width_months"),
+                        "source": f"site {self.site.name} cross-validation",
+                        "text": f"{100 * after['coverage']:.1f}% on {n} images of site {self.site.name} "
+                                "(cross-validated: each image's interval fitted without it)"}
         return measured_coverage(self.path, self.calibration)
 
 
-def load_run(run_dir: str | Path, device: torch.device | None = None, *, fold_bn: bool = True) -> LoadedRun:
+def load_run(run_dir: str | Path, device: torch.device | None = None, *, fold_bn: bool = True,
+             site: str | None = None, bn_stats: dict[str, torch.Tensor] | None = None) -> LoadedRun:
     """Rebuild the architecture from metadata.json and load model.pt (weights only).
 
-    ``fold_bn=False`` keeps the BatchNorms (only bench/bench_inference.py wants that).
+    ``fold_bn=False`` keeps the BatchNorms (bench/bench_inference.py and site fitting).
+    ``site``: a fitted site profile of the run (``RUN/sites/SITE``): its BatchNorm statistics
+    go into the model before folding, its correction and interval into ``months`` and
+    ``conformal``. ``bn_stats``: BatchNorm buffers to use instead (site fitting's folds).
     """
     run_dir = Path(run_dir)
     meta = read_json(run_dir / METADATA)
-    if meta is None or not (run_dir / MODEL).exists():
+    if meta is None or weights_file(run_dir) is None:
         raise FileNotFoundError(f"{run_dir.name}: not a finished run (no metadata.json / model.pt yet)")
     device = device or torch.device("cpu")
     kwargs = dict(meta["model"])
     name = kwargs.pop("name")
     model = create_model(name, pretrained=False, **kwargs)
-    model.load_state_dict(safe_load(run_dir / MODEL))
+    model.load_state_dict(load_weights(run_dir))
+    profile = read_site(run_dir, site) if site else None
+    stats = bn_stats if bn_stats is not None else (profile.bn_stats if profile is not None else None)
+    if stats:
+        apply_bn_stats(model, stats)
     model.to(device).eval()
     cfg = PreprocessConfig.from_dict(meta["preprocess"])
     # BatchNorm folded into the convolutions: the same eval-mode outputs, fewer passes over
@@ -87,4 +116,4 @@ def load_run(run_dir: str | Path, device: torch.device | None = None, *, fold_bn
         # float32 inference: NHWC weights make oneDNN/cuDNN run every conv NHWC whatever the
         # input's layout, ~1.8x the images/s of NCHW for Lite0 on a 2-core CPU.
         model.to(memory_format=torch.channels_last)
-    return LoadedRun(run_dir, model, meta, cfg, input_norm(name, cfg), device, read_calibration(run_dir))
+    return LoadedRun(run_dir, model, meta, cfg, input_norm(name, cfg), device, read_calibration(run_dir), profile)

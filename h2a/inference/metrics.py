@@ -72,6 +72,8 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray, male: np.ndarray) -> dic
         "task": "boneage",
         "n": int(len(y)),
         "mae": float(np.abs(err).mean()),
+        # the noise of the MAE itself: the standard error of the mean absolute error
+        "mae_se": float(np.abs(err).std(ddof=1) / np.sqrt(len(err))) if len(err) > 1 else None,
         "rmse": float(np.sqrt((err ** 2).mean())),
         "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else None,
         "bias": float(err.mean()),
@@ -96,6 +98,15 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y, score))
 
 
+def auc_standard_error(auc: float | None, n_pos: int, n_neg: int) -> float | None:
+    """Hanley & McNeil (1982): the AUC's standard error from its value and the class sizes."""
+    if auc is None or n_pos < 1 or n_neg < 1:
+        return None
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc ** 2) + (n_neg - 1) * (q2 - auc ** 2)) / (n_pos * n_neg)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def classification_metrics(y: np.ndarray, prob: np.ndarray, boneage: np.ndarray | None = None) -> dict:
     """Accuracy, balanced accuracy, ROC-AUC, confusion matrix, AUC by 2-year age band."""
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix
@@ -109,6 +120,7 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, boneage: np.ndarray 
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1 else None,
         "auc": roc_auc(y, prob),
+        "auc_se": auc_standard_error(roc_auc(y, prob), int(y.sum()), int((1 - y).sum())),
         "confusion": confusion_matrix(y, pred, labels=[0, 1]).tolist(),  # rows true F/M, cols predicted F/M
     }
     if boneage is not None:

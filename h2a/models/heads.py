@@ -114,6 +114,16 @@ class H2AModel(nn.Module):
             feats = torch.cat([feats, self.sex_branch(sex)], dim=1)
         return self.head(feats).squeeze(-1)
 
+    def features_and_stage(self, x: Tensor, stage: int = -1) -> tuple[Tensor, Tensor]:
+        """(``forward_features(x)``, the map of trunk stage ``stage``); -1 = the last map itself."""
+        if stage == -1:
+            y = self.forward_features(x)
+            return y, y
+        take = getattr(self.backbone, "features_and_stage", None)
+        if take is None:
+            raise ValueError(f"{self.arch}: no intermediate stages for a heat map")
+        return take(x, stage)
+
     def embed(self, x: Tensor) -> Tensor:
         """Pooled image embedding (B, num_features): the image part only, no sex input."""
         return self.forward_head(self.forward_features(x), pre_logits=True)

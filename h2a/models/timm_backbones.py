@@ -71,6 +71,25 @@ class TimmTrunk(nn.Module):
             return y.permute(0, 3, 1, 2)
         return y
 
+    def features_and_stage(self, x: Tensor, stage: int) -> tuple[Tensor, Tensor]:
+        """(the trunk's map, the map of feature stage ``stage``) in one pass, the stage map part
+        of the graph that leads to the output (for Grad-CAM at a finer stage). ``stage``
+        counts timm's feature stages, negative from the last (-1 = the trunk's own map).
+        ValueError for a trunk timm cannot take intermediates from."""
+        if stage == -1:
+            y = self.forward(x)
+            return y, y
+        take = getattr(self.model, "forward_intermediates", None)
+        if take is None or self.output_fmt != "NCHW" or self.num_prefix_tokens:
+            raise ValueError(f"{type(self.model).__name__}: no intermediate stages for a heat map")
+        n = len(getattr(self.model, "feature_info", [])) or 5
+        final, inter = take(x, indices=[n + stage if stage < 0 else stage])
+        if self.use_head:
+            final = self.model.forward_head(final, pre_logits=True)
+        if final.ndim != 4:
+            raise ValueError(f"{type(self.model).__name__}: no intermediate stages for a heat map")
+        return final, inter[0]
+
     def upgrade_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Keys relative to this trunk in an older layout -> this one.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from h2a.predict.alerts import Alert, Code
 from h2a.predict.inputs import check_call_inputs
-from h2a.predict.predictor import DEFAULT_TTA, Predictor
+from h2a.predict.predictor import AUTO_SITE, DEFAULT_TTA, Predictor
 from h2a.progress import ProgressFn, report
 
 __all__ = ["predict_files", "report_path"]
@@ -33,16 +33,19 @@ def report_path(report_dir: Path, file: str, used: set[str]) -> Path:
 def predict_files(model: str | Path | Sequence[str | Path] | None, files: Sequence[str | Path], *,
                   sex: Any = None, dob: Any = None, exam_date: Any = None, age_months: float | None = None,
                   tta: int = DEFAULT_TTA, cam: bool = False, report_dir: str | Path | None = None,
-                  progress: ProgressFn | None = None) -> list[dict]:
+                  progress: ProgressFn | None = None, site: str | None = AUTO_SITE,
+                  backend: str = "torch") -> list[dict]:
     """Bone age for each file, as JSON-ready dicts (one per file, failures included).
 
     ``model`` is a run name/path, a list of them (an ensemble) or None for the best
     validated bone-age run. Raises NoModelError / FileNotFoundError / ValueError only for
     problems with the call itself (no model, a bad date); a bad file gets an ``error``.
     Each record's ``warnings`` are ``{"code", "message"}`` dicts (``h2a.predict.alerts``).
+    ``site``: 'auto' (a site the run declares for large uploads applies to those), 'none'
+    or a site name (``h2a adapt``); each record names the site applied and why.
     """
     check_call_inputs(sex, dob, exam_date, age_months, tta)
-    predictor = Predictor(model)
+    predictor = Predictor(model, site=site, backend=backend)
     out_dir = Path(report_dir) if report_dir else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

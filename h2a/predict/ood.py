@@ -33,7 +33,7 @@ import torch
 from h2a.data.imageio import ImageReadError, read_image
 from h2a.data.preprocess import prepare
 from h2a.data.transforms import array_input
-from h2a.engine.runs import MODEL, atomic_write_bytes
+from h2a.engine.runs import MODEL, atomic_write_bytes, weights_file
 from h2a.inference.loading import LoadedRun
 from h2a.predict.alerts import Alert, Code
 
@@ -41,6 +41,7 @@ __all__ = [
     "OOD_FILE",
     "OOD_K",
     "OOD_QUANTILE",
+    "OOD_SHIPPED",
     "OOD_UNCHECKED",
     "OODReference",
     "build_ood_reference",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 OOD_FILE = "ood.npz"
+OOD_SHIPPED = "ood.safetensors"  # a shipped run's reference (committed, so keyed by nothing: it never goes stale)
 OOD_VERSION = 2  # 2: conformal validation quantile, no fixed margin
 OOD_K = 5
 OOD_QUANTILE = 0.99  # nominal share of in-distribution images NOT flagged
@@ -107,7 +109,7 @@ def ood_alert(score: float) -> Alert | None:
 
 
 def _model_key(run_dir: Path) -> str:
-    st = (run_dir / MODEL).stat()
+    st = (weights_file(run_dir) or run_dir / MODEL).stat()
     return f"{OOD_VERSION}:{st.st_size}:{st.st_mtime_ns}"
 
 
@@ -251,8 +253,25 @@ def _write_cached(path: Path, key: str, ref: OODReference) -> None:
         pass  # a read-only run folder: keep it in memory only
 
 
+def _read_shipped(path: Path) -> OODReference | None:
+    """A shipped run's reference (``h2a.inference.shipping``): training embeddings in half precision."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            return OODReference(f.get_tensor("train").astype(np.float32), f.get_tensor("mu"), f.get_tensor("sd"),
+                                float(meta["threshold"]), f.get_tensor("val_distances"), int(meta["k"]),
+                                float(meta["quantile"]), str(meta.get("calibrated_on", "validation")))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def load_ood_reference(run: LoadedRun, *, build: bool = True) -> OODReference | None:
-    """The run's OOD reference from ``ood.npz``, computed and cached there when missing or stale."""
+    """The run's OOD reference: a shipped run's ``ood.safetensors``, else ``ood.npz``,
+    computed and cached there when missing or stale."""
+    if (run.path / OOD_SHIPPED).is_file():
+        return _read_shipped(run.path / OOD_SHIPPED)
     path = run.path / OOD_FILE
     key = _model_key(run.path)
     ref = _read_cached(path, key)

@@ -54,6 +54,7 @@ from h2a.engine.runs import best_run, resolve_run
 from h2a.inference.calibration import DEFAULT_TTA
 from h2a.inference.conformal import Procedure
 from h2a.inference.loading import LoadedRun, load_run
+from h2a.inference.site_profile import SiteError, list_sites, read_site
 from h2a.predict.alerts import Alert, Code, flagged
 from h2a.predict.checks import checked_image, colourfulness, downscale
 from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_NAME, Assessment, assess
@@ -86,6 +87,8 @@ LEGACY_INTERVAL = ("legacy rule: estimate +/- 1.96 x max(TTA SD, validation RMSE
 TTA_SEED = 0
 DISPLAY_SIDE = 1024  # the original is kept at most this large for the page and the PDF
 MAX_TTA = 64
+BACKENDS = ("torch", "onnx")  # what runs the model: PyTorch, or its ONNX export through onnxruntime
+AUTO_SITE = "auto"  # Predictor(site=...): the site a run declares for large uploads, if any
 RSNA_MAX_MONTHS = 228  # the RSNA training data's bone ages end at 19 y
 
 
@@ -189,6 +192,9 @@ class PredictionResult:
     image_sha256: str | None = None
     original_size: tuple[int, int] | None = None  # (width, height)
     dicom: dict | None = None  # non-identifying header facts only
+    site: str | None = None  # the site profile applied (h2a adapt), None = the run as trained
+    site_reason: str | None = None  # why that site (or none) was applied
+    site_parts: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
     @property
@@ -235,6 +241,9 @@ class PredictionResult:
             "reference": f"{REFERENCE_NAME}. {REFERENCE_LIMITS}" if a else None,
             "model_run": self.model_run,
             "members": self.members,
+            "site": self.site,
+            "site_reason": self.site_reason,
+            "site_parts": self.site_parts,
         }
 
 
@@ -296,7 +305,12 @@ class Predictor:
     """
 
     def __init__(self, model: str | Path | Sequence[str | Path] | None = None, *,
-                 device: torch.device | None = None, ood: bool = True, threads: int | None = None) -> None:
+                 device: torch.device | None = None, ood: bool = True, threads: int | None = None,
+                 site: str | None = AUTO_SITE, backend: str = "torch") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self._onnx: dict[Path, Any] = {}  # graph path -> OnnxRunner
         self.paths = resolve_runs(model)
         self.runs: list[LoadedRun] = []
         device = device or resolve_device()  # H2A_DEVICE, else the GPU when there is one (page, CLI, batch)
@@ -312,6 +326,55 @@ class Predictor:
         # must not interleave there, so predictions on one Predictor run one at a time.
         self._lock = threading.Lock()
         self.summaries = [model_summary(r) for r in self.runs]
+        # site: AUTO_SITE (a site that declares itself the default for large uploads, e.g.
+        # 'fullres', applies to those), None / 'none' (the runs as trained) or a site name.
+        self.site = None if site in (None, "", "none") else site
+        self._site_runs: dict[str, list[LoadedRun]] = {}
+        if self.site not in (None, AUTO_SITE):
+            self._runs_for(self.site)  # a missing site is an error now, not at the first image
+        self._auto = self._auto_site()
+
+    def _runs_for(self, site: str | None) -> list[LoadedRun]:
+        """The runs with ``site`` applied (loaded once per site); the plain runs for None."""
+        if site is None:
+            return self.runs
+        if site not in self._site_runs:
+            self._site_runs[site] = [load_run(r.path, r.device, site=site) for r in self.runs]
+        return self._site_runs[site]
+
+    def _auto_site(self) -> tuple[str, int] | None:
+        """(name, min side px) of the site every run declares the default for large uploads."""
+        if self.site != AUTO_SITE:
+            return None
+        found = None
+        for run in self.runs:
+            autos = []
+            for name in list_sites(run.path):
+                try:
+                    side = read_site(run.path, name).auto_min_side
+                except SiteError:
+                    continue
+                if side:
+                    autos.append((name, side))
+            if len(autos) != 1 or (found is not None and autos[0][0] != found[0]):
+                return None
+            found = autos[0] if found is None else (found[0], max(found[1], autos[0][1]))
+        return found
+
+    def choose_site(self, shape: tuple[int, int]) -> tuple[str | None, str]:
+        """The site for an image of ``shape`` (H, W) as read, and why."""
+        if self.site is None:
+            return None, "no site profile: the model as trained"
+        if self.site != AUTO_SITE:
+            return self.site, f"site {self.site} chosen"
+        side = max(shape)
+        if self._auto is None:
+            return None, "the model as trained (it has no site profile for large images)"
+        name, min_side = self._auto
+        if side >= min_side:
+            return name, (f"the image is {side} px on its longer side, much larger than the training images "
+                          f"(site {name} applies from {min_side} px)")
+        return None, f"the image ({side} px) is like the training images (site {name} applies from {min_side} px)"
 
     @property
     def names(self) -> list[str]:
@@ -332,7 +395,7 @@ class Predictor:
             for run in self.runs:
                 s = run.preprocess.size
                 blank = np.zeros((s, s), np.uint8)
-                self.forward(run, self.tta_inputs(run, blank, DEFAULT_TTA), True)
+                self._forward(run, self.tta_inputs(run, blank, DEFAULT_TTA), True)
                 self.cam(run, blank, True)
 
     def prepare_ood(self) -> None:
@@ -351,13 +414,45 @@ class Predictor:
     @staticmethod
     @torch.no_grad()
     def forward(run: LoadedRun, batch_u8: np.ndarray, male: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Months for each copy and the embedding of copy 0 (one pass serves both)."""
+        """Months for each copy (the site's correction applied) and the embedding of copy 0
+        (one pass serves both)."""
         x = array_input(batch_u8, run.norm, run.device)
         fmap = run.model.forward_features(x)
         sex = torch.full((len(x),), float(male), device=run.device) if run.model.use_sex else None
         raw = run.model.forward_head(fmap, sex).float().cpu().numpy()
         emb = run.model.forward_head(fmap[:1], pre_logits=True)
-        return np.asarray(run.to_output(raw), np.float64), emb[0].float().cpu().numpy()
+        months = run.months(raw, np.full(len(raw), bool(male)))
+        return np.asarray(months, np.float64), emb[0].float().cpu().numpy()
+
+    def _forward(self, run: LoadedRun, batch_u8: np.ndarray, male: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``forward`` on the chosen backend: PyTorch, or the run's ONNX export (the same
+        inputs, outputs and site correction; the heat map always comes from PyTorch)."""
+        if self.backend == "torch":
+            return self.forward(run, batch_u8, male)
+        runner = self.onnx_runner(run)
+        x = array_input(batch_u8, run.norm, torch.device("cpu"))
+        raw, emb = runner.forward(x, np.full(len(x), float(male), np.float32))
+        months = run.months(raw, np.full(len(raw), bool(male)))
+        return np.asarray(months, np.float64), np.asarray(emb[0], np.float32)
+
+    def onnx_runner(self, run: LoadedRun):
+        """The ONNX graph of ``run`` as loaded (a site's statistics are in its weights, so a
+        site with them gets its own graph, in its folder), exported on first use."""
+        import copy
+
+        from h2a.engine.runs import weights_file
+        from h2a.inference.onnx_export import OnnxRunner, export_model
+
+        folder = run.site.path if run.site is not None and run.site.bn_stats else run.path
+        path = folder / "model.onnx"
+        if path not in self._onnx:
+            weights = weights_file(run.path)
+            if not path.exists() or (weights is not None and path.stat().st_mtime < weights.stat().st_mtime):
+                export_model(copy.deepcopy(run.model).cpu(), int(run.preprocess.size), path,
+                             meta={"h2a.task": run.task, "h2a.run": run.path.name,
+                                   "h2a.site": run.site.name if run.site else ""})
+            self._onnx[path] = OnnxRunner(path, threads=self.threads)
+        return self._onnx[path]
 
     @staticmethod
     def cam(run: LoadedRun, u8: np.ndarray, male: bool) -> np.ndarray:
@@ -391,13 +486,16 @@ class Predictor:
                  age_months: float | None, tta: int, want_cam: bool) -> None:
         t0 = time.perf_counter()
         male, ca, ca_source, img = self._read(res, source, name, sex, dob, exam_date, age_months)
+        res.site, res.site_reason = self.choose_site(img.shape[:2])
+        runs = self._runs_for(res.site)
+        res.site_parts = runs[0].site.parts if runs[0].site is not None else []
         prepared = self._prepare(res, img)
-        est = self._run_tta(res, prepared, male, tta)
+        est = self._run_tta(res, prepared, male, tta, runs)
         self._combine(res, est, len(self.runs))
-        res.measured_coverage = self._coverage(est, len(self.runs))
+        res.measured_coverage = self._coverage(est, runs)
         self._model_alerts(res, est.ood_scores)
         if want_cam:
-            self._cam_map(res, prepared, male)
+            self._cam_map(res, prepared, male, runs)
         if ca is not None:
             res.chronological_age_months, res.chronological_age_source = ca, ca_source
             res.assessment = assess(res.bone_age_months, ca, male)
@@ -440,14 +538,18 @@ class Predictor:
         res.timings["preprocess"] = time.perf_counter() - t1
         return prepared
 
-    def _run_tta(self, res: PredictionResult, prepared: dict[str, np.ndarray], male: bool, tta: int) -> _Estimate:
+    def _run_tta(self, res: PredictionResult, prepared: dict[str, np.ndarray], male: bool, tta: int,
+                 runs: list[LoadedRun]) -> _Estimate:
         """Each run's TTA mean and variance, its validation RMSE and its OOD score."""
         n = int(min(MAX_TTA, max(1, int(tta))))
         res.tta = n
         t2 = time.perf_counter()
         est = _Estimate()
-        for run in self.runs:
-            months, emb = self.forward(run, self.tta_inputs(run, prepared[run.preprocess.cache_key()], n), male)
+        for plain, run in zip(self.runs, runs):
+            inputs = self.tta_inputs(run, prepared[run.preprocess.cache_key()], n)
+            months, emb = self._forward(run, inputs, male)
+            if run is not plain:  # the OOD reference holds the trained model's embeddings
+                emb = self._forward(plain, inputs[:1], male)[1]
             est.means.append(float(months.mean()))
             est.variances.append(float(months.var(ddof=1)) if n > 1 else 0.0)
             rmse = run.meta.get("metrics", {}).get("rmse")
@@ -469,10 +571,11 @@ class Predictor:
         res.timings["model_tta"] = time.perf_counter() - t2
         return est
 
-    def _coverage(self, est: _Estimate, n_runs: int) -> dict | None:
+    @staticmethod
+    def _coverage(est: _Estimate, runs: list[LoadedRun]) -> dict | None:
         """The run's measured interval coverage (one calibrated run only: an ensemble's was never measured)."""
-        if n_runs == 1 and len(est.half_widths) == 1:
-            return self.runs[0].measured_coverage()
+        if len(runs) == 1 and len(est.half_widths) == 1:
+            return runs[0].measured_coverage()
         return None
 
     @staticmethod
@@ -524,11 +627,12 @@ class Predictor:
                                                             "demo images: its estimate for a real radiograph is not "
                                                             "meaningful"))
 
-    def _cam_map(self, res: PredictionResult, prepared: dict[str, np.ndarray], male: bool) -> None:
+    def _cam_map(self, res: PredictionResult, prepared: dict[str, np.ndarray], male: bool,
+                 runs: list[LoadedRun]) -> None:
         """Mean Grad-CAM over the runs, in the displayed image's geometry, scaled to [0, 1]."""
         t3 = time.perf_counter()
         maps = [cam_to_image(self.cam(run, prepared[run.preprocess.cache_key()], male), res.image.shape,
-                             run.preprocess, res.image) for run in self.runs]
+                             run.preprocess, res.image) for run in runs]
         c = np.mean(maps, axis=0)
         peak = float(c.max())
         res.cam = (c / peak if peak > 0 else c).astype(np.float32)

@@ -104,6 +104,16 @@ def coverage_text(result, short: bool = False) -> str:
     return "never measured (old interval rule)"
 
 
+def site_text(result) -> str:
+    """Which site profile shaped the answer and why: one wording for the page, the PDF and the CSV."""
+    site = getattr(result, "site", None)
+    parts = getattr(result, "site_parts", None) or []
+    reason = getattr(result, "site_reason", None) or ""
+    if not site:
+        return f"none ({reason})" if reason else "none"
+    return f"{site} ({', '.join(parts) or 'no part kept'}): {reason}"
+
+
 def interval_rows(result, *, short: bool = False) -> list[tuple[str, str]]:
     """The interval, how it was made and how often such intervals covered the truth: one
     wording for the page's table and the PDF (``short``: the method's name only; the
@@ -313,6 +323,7 @@ def _model_and_reference(pdf: FPDF, result, y: float) -> None:
         f"Estimate = mean of {result.tta} test-time augmented copies"
         f"{' averaged over the ensemble' if len(result.model_info) > 1 else ''}; {how}."),
         new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 3.6, _t(f"Site profile: {site_text(result)}."), new_x="LMARGIN", new_y="NEXT")
     pdf.multi_cell(0, 3.6, _t(f"Interval method: {getattr(result, 'interval_method', None) or '-'}. "
                               f"Measured coverage: {coverage_text(result)}."), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(1)
@@ -359,7 +370,7 @@ CSV_COLUMNS = [
     "file", "sex", "sex_source", "chronological_age_months", "chronological_age_source", "bone_age_months",
     "bone_age_years", "interval_low_months", "interval_high_months", "interval_method", "measured_coverage",
     "ba_minus_ca_months", "sds",
-    "classification", "warnings", "warning_codes", "model_run", "error",
+    "classification", "warnings", "warning_codes", "model_run", "site", "error",
 ]
 
 
@@ -370,6 +381,7 @@ def _row(r) -> dict:
     out["interval_low_months"], out["interval_high_months"] = interval[0], interval[1]
     cov = d.get("measured_coverage")
     out["measured_coverage"] = cov.get("text") if isinstance(cov, dict) else cov
+    out["site"] = d.get("site") or ""
     alerts = d.get("warnings") or []
     out["warnings"] = "; ".join(messages(alerts))  # for people
     out["warning_codes"] = ";".join(codes(alerts))  # for filters and scripts: stable, unlike the wording

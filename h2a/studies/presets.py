@@ -14,7 +14,8 @@ import copy
 
 from h2a.studies.space import Space, SpaceError, parse_space
 
-# The CPU recipe (recipes/boneage_cpu.sh), as space settings; a trial's time budget binds first.
+# The CPU recipe's flags (recipes/boneage_cpu.sh), as space settings; a trial's time budget binds
+# first, so 14 epochs here stands for "as many as the budget allows" (the recipe itself runs 10).
 RECIPE_BASE = {
     "arch": "efficientnet_lite0", "pretrained": True, "image_size": 128, "resize": "squash", "hand_crop": True,
     "epochs": 14, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "optimizer": "adamw",

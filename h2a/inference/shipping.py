@@ -1,0 +1,140 @@
+"""Shipping a run: the self-contained folder committed under ``models/<name>/``.
+
+Why: a fresh clone must answer a real radiograph without the RSNA download or an hour of
+training. A shipped run is an ordinary run folder (every loader reads it as one) whose
+weights are ``model.safetensors`` (never pickle: data, not code; half precision where the
+outputs move by less than ``HALF_TOLERANCE``, measured here on the run's own held-out
+images), with the files a prediction needs (config, metadata, calibration, coverage, the
+OOD reference as ``ood.safetensors``, its sites) and a model card (``README.md``) written
+from the run's own measurements (``h2a.inference.model_card``).
+
+Core module: no streamlit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from h2a.engine.runs import (
+    CONFIG,
+    METADATA,
+    SHIPPED_WEIGHTS,
+    atomic_write_json,
+    load_weights,
+    read_json,
+    resolve_run,
+)
+from h2a.inference.arrays import predict_arrays
+from h2a.inference.calibration import CALIBRATION, COVERAGE
+from h2a.inference.evaluate import split_images
+from h2a.inference.loading import load_run
+from h2a.inference.site_profile import SITES_DIR
+
+__all__ = ["HALF_TOLERANCE", "MAX_FILE_MB", "ship_run"]
+
+HALF_TOLERANCE = {"boneage": 0.05, "sex": 0.001}  # months / probability: the largest change half precision may cause
+MAX_FILE_MB = 10.0  # the most a committed weight file may weigh
+CHECK_IMAGES = 1101  # held-out images the precision check predicts (the recipe's whole held-out split)
+EXTRA_FILES = (CONFIG, CALIBRATION, COVERAGE, "holdout.json", "robustness.json", "fullres.json")
+
+
+def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+
+
+def _outputs(run, images, male: np.ndarray) -> np.ndarray:
+    raw = predict_arrays(run.model, images, male.astype(np.float32), run.norm, run.device, flip_tta=True)
+    return np.asarray(run.to_output(raw), float)
+
+
+def _precision_check(src: Path, tmp: Path, n: int, progress=None) -> dict:
+    """Largest change of the outputs on ``n`` held-out images when the weights are stored in
+    half precision (and loaded back to float32)."""
+    run = load_run(src)
+    split = "holdout" if (run.meta.get("splits") or {}).get("holdout") else "validation"
+    images = split_images(run, None, split, progress)
+    rows = images.rows[:n]
+    male = images.labelled["male"].astype(bool).to_numpy()[:n]
+    u8 = images.cache.take(rows)
+    full = _outputs(run, u8, male)
+    half = _outputs(load_run(tmp), u8, male)
+    diff = np.abs(half - full)
+    return {"n_images": int(len(rows)), "procedure": "the image and its mirror", "split": split,
+            "max_abs_change": float(diff.max()), "mean_abs_change": float(diff.mean()),
+            "unit": "months" if run.task == "boneage" else "probability of male"}
+
+
+def _ood_to_safetensors(src_run, dst: Path) -> dict | None:
+    """The run's OOD reference (built now if it has none) as ood.safetensors."""
+    from h2a.predict.ood import OOD_SHIPPED, load_ood_reference
+
+    ref = load_ood_reference(src_run)
+    if ref is None:
+        return None
+    tensors = {"train": torch.from_numpy(np.ascontiguousarray(ref.train)).half(),
+               "mu": torch.from_numpy(np.ascontiguousarray(ref.mu)).float(),
+               "sd": torch.from_numpy(np.ascontiguousarray(ref.sd)).float(),
+               "val_distances": torch.from_numpy(np.ascontiguousarray(ref.val_distances)).float()}
+    meta = {"threshold": repr(float(ref.threshold)), "k": str(ref.k), "quantile": repr(float(ref.quantile)),
+            "calibrated_on": ref.calibrated_on}
+    save_file(tensors, str(dst / OOD_SHIPPED), metadata=meta)
+    return {"file": OOD_SHIPPED, "n_reference": int(len(ref.train)), "calibrated_on": ref.calibrated_on}
+
+
+def ship_run(run_dir: str | Path, out: str | Path, *, half: bool | None = None, check_images: int = CHECK_IMAGES,
+             card: bool = True, progress=None) -> dict:
+    """Write run ``run_dir`` as a shipped run folder ``out`` and return what was done.
+
+    ``half`` None: half precision when the held-out check stays within ``HALF_TOLERANCE``
+    (else float32); True / False force it. ValueError when a weight file would exceed
+    ``MAX_FILE_MB`` or the run is unfinished.
+    """
+    src = resolve_run(run_dir)
+    meta = read_json(src / METADATA)
+    if meta is None:
+        raise ValueError(f"{src.name}: not a finished run (no metadata.json)")
+    out = Path(out)
+    if out.resolve() == src.resolve():
+        raise ValueError("--ship needs another folder than the run itself")
+    tmp = out.parent / f".{out.name}.shipping"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in EXTRA_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    if (src / SITES_DIR).is_dir():
+        shutil.copytree(src / SITES_DIR, tmp / SITES_DIR)
+    state = load_weights(src)
+    meta_out = dict(meta)
+    meta_out["shipped"] = {"name": out.name, "from_run": src.name, "when": time.strftime("%Y-%m-%d")}
+    atomic_write_json(tmp / METADATA, meta_out)
+    save_file(_half(state), str(tmp / SHIPPED_WEIGHTS))
+    check = _precision_check(src, tmp, check_images, progress)
+    tolerance = HALF_TOLERANCE[meta["task"]]
+    use_half = check["max_abs_change"] < tolerance if half is None else bool(half)
+    if not use_half:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / SHIPPED_WEIGHTS))
+    ood = _ood_to_safetensors(load_run(src), tmp)
+    meta_out["shipped"].update(precision="float16" if use_half else "float32",
+                               precision_check={**check, "tolerance": tolerance}, ood=ood)
+    atomic_write_json(tmp / METADATA, meta_out)
+    too_big = [p.name for p in tmp.rglob("*.safetensors") if p.stat().st_size > MAX_FILE_MB * 2 ** 20]
+    if too_big:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"{', '.join(too_big)} over {MAX_FILE_MB:g} MB: ship in half precision or a smaller model")
+    if card:
+        from h2a.inference.model_card import write_card
+
+        write_card(tmp, name=out.name)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+    return {"out": str(out), "from_run": src.name, "precision": meta_out["shipped"]["precision"],
+            "precision_check": meta_out["shipped"]["precision_check"], "ood": ood, "files": sizes}
