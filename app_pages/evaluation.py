@@ -7,7 +7,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from h2a.app.charts import SEX_COLORS, style
+from h2a.app.charts import SEX_COLORS, hover_ids, style
 from h2a.app.cam_ui import cam_of_file
 from h2a.app.plain import plain, safe_table
 from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, run_data_fingerprint
@@ -111,7 +111,8 @@ st.caption(f"{metrics['n']} images · split: {plain(metrics['split'])} · data: 
 
 left, right = st.columns(2)
 lim = [0, float(max(preds["boneage"].max(), preds["predicted"].max()) + 6)]
-fig = px.scatter(preds, x="boneage", y="predicted", color="sex", color_discrete_map=SEX_COLORS, opacity=0.6,
+shown = hover_ids(preds, "id")  # ids from the label CSV: text in the hover boxes, not Plotly's HTML
+fig = px.scatter(shown, x="boneage", y="predicted", color="sex", color_discrete_map=SEX_COLORS, opacity=0.6,
                  hover_data=["id", "error"], labels={"boneage": "true bone age (months)", "predicted": "predicted (months)"},
                  title="Predicted vs true")
 fig.add_trace(go.Scatter(x=lim, y=lim, mode="lines", name="identity", line=dict(color="#aaa", dash="dash")))
@@ -119,7 +120,7 @@ left.plotly_chart(style(fig), width="stretch")
 mean = (preds["boneage"] + preds["predicted"]) / 2
 ba = metrics["bland_altman"]  # bias and limits of agreement from the core, as `h2a evaluate --json` reports
 limits = "" if ba["sd"] is None else f", limits {ba['loa_low']:+.1f} to {ba['loa_high']:+.1f}"
-fig = px.scatter(preds.assign(mean=mean), x="mean", y="error", color="sex", color_discrete_map=SEX_COLORS, opacity=0.6,
+fig = px.scatter(shown.assign(mean=mean), x="mean", y="error", color="sex", color_discrete_map=SEX_COLORS, opacity=0.6,
                  hover_data=["id"], labels={"mean": "mean of true and predicted (months)", "error": "predicted - true (months)"},
                  title=f"Bland-Altman: bias {ba['bias']:+.1f}{limits}")
 for y, dash in ((ba["bias"], "solid"), (ba["loa_low"], "dash"), (ba["loa_high"], "dash")):

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from h2a.app.charts import SEX_COLORS, style
+from h2a.app.charts import SEX_COLORS, hover_ids, style
 from h2a.app.plain import plain, safe_table
 from h2a.app.state import intensity_for, require_dataset, show_thumb
 from h2a.analysis.stats import age_bin_table, split_table
@@ -61,7 +61,7 @@ def images_tab(ds, frame: pd.DataFrame) -> None:
         st.info("No readable images in this dataset (labels only).")
         return
     left, right = st.columns(2)
-    fig = px.scatter(sized, x="width", y="height", color="split", opacity=0.5,
+    fig = px.scatter(hover_ids(sized, "id"), x="width", y="height", color="split", opacity=0.5,
                      hover_data=["id", "format", "bit_depth"], title="Image resolution (pixels)")
     left.plotly_chart(style(fig), width="stretch")
     melted = sized.melt(id_vars=["id"], value_vars=["width", "height"], var_name="side", value_name="pixels")
@@ -77,7 +77,7 @@ def images_tab(ds, frame: pd.DataFrame) -> None:
         st.info("No image could be decoded for the intensity summary.")
         return
     left, right = st.columns(2)
-    fig = px.scatter(intens, x="mean", y="range", color="sex", color_discrete_map=SEX_COLORS,
+    fig = px.scatter(hover_ids(intens, "id"), x="mean", y="range", color="sex", color_discrete_map=SEX_COLORS,
                      hover_data=["id", "boneage"], title="Mean intensity vs contrast (p95 - p5)")
     left.plotly_chart(style(fig), width="stretch")
     fig = px.histogram(intens, x="std", color="sex", barmode="overlay", opacity=0.6,

@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--model", default="models/h2a-boneage")
     ap.add_argument("--n", type=int, default=200, help="held-out thumbnails")
     ap.add_argument("--fullres", type=Path, default=SHARED / "rsna-fullres")
+    ap.add_argument("--write-run", action="store_true", help="also keep the figures in RUN/heatmap.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
     path = resolve_run(args.model)
@@ -127,6 +128,8 @@ def main() -> None:
                       f" {_f(s['randomisation_rho']):>30}   empty maps {s['empty_maps']}")
         result["sets"][name] = {"n": len(u8), "hand_fraction": float(hand.mean()), "rows": rows_out}
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.write_run:  # the model card and the Evaluation page read it from the run folder
+        (path / "heatmap.json").write_text(json.dumps(result, indent=2))
     OUT.mkdir(exist_ok=True)
     (OUT / f"cam-{path.name}.json").write_text(json.dumps(result, indent=2))
     print(f"\n{result['seconds']:.0f} s; written to bench/out/cam-{path.name}.json")

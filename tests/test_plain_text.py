@@ -113,6 +113,22 @@ def test_safe_table_escapes_formulas_and_cuts_cells() -> None:
     assert list(ours.columns) == ["ci", "file"] and ours["ci"][0] == "+1.0 to +2.0" and ours["file"][1] == "'+SUM(1)"
 
 
+def test_chart_labels_are_text() -> None:
+    """Plotly draws <b>, <a href> ... in legend entries and hover texts: ids, split and run
+    names reach it as entities, which it shows as the characters."""
+    import plotly.express as px
+
+    from h2a.app.charts import hover_ids, style
+
+    df = pd.DataFrame({"x": [1, 2], "y": [1, 2], "id": ["<b>a</b>", "b"],
+                       "split": [f'<a href="https:{OUTSIDE}">s</a>', "t"]})
+    fig = style(px.scatter(hover_ids(df, "id"), x="x", y="y", color="split", hover_name="id", hover_data=["id"]))
+    fig = style(fig)  # idempotent
+    assert [t.name for t in fig.data] == [f'&lt;a href="https:{OUTSIDE}"&gt;s&lt;/a&gt;', "t"]
+    assert list(fig.data[0].hovertext) == ["&lt;b&gt;a&lt;/b&gt;"]
+    assert fig.data[0].customdata.tolist() == [["&lt;b&gt;a&lt;/b&gt;"]]
+
+
 def _table_calls() -> list[tuple[str, int, str]]:
     """(file, line, why) for every st.dataframe / st.data_editor call whose data does not come
     from ``safe_table`` (directly, or through a name assigned from it in the same scope)."""

@@ -19,7 +19,7 @@ SHIPPED = REPO / "models"
 BONEAGE, SEX = "h2a-boneage", "h2a-sex"
 # what a shipped folder may hold (the before-stop check allows exactly these)
 ALLOWED = {"README.md", "config.json", "metadata.json", "calibration.json", "coverage.json", "holdout.json",
-           "robustness.json", "fullres.json", "model.safetensors", "ood.safetensors",
+           "robustness.json", "heatmap.json", "model.safetensors", "ood.safetensors",
            "sites/fullres/site.json", "sites/fullres/bn_stats.safetensors"}
 
 

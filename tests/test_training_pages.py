@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from h2a.app.plain import plain
 from h2a.engine.runs import read_json
 from h2a.settings import get_settings
 from tests.conftest import open_page, settle
@@ -35,7 +36,7 @@ def test_training_page_starts_a_run_and_shows_progress(demo_dir, monkeypatch) ->
     at.run()
     assert not at.exception
     text = " ".join(m.value for m in at.markdown)
-    assert "page-run" in text and "finished" in text
+    assert plain("page-run") in text and "finished" in text  # the folder's name, as text
     bars = [p.value for p in at.get("progress")]
     assert bars and bars[0] == 100  # epoch bar complete
     assert len(at.get("plotly_chart")) >= 1  # live curves
@@ -89,19 +90,19 @@ def test_reusing_a_stopped_runs_name_asks_resume_or_another_name(demo_dir, monke
     _fill_form(at, "reuse-me")
     assert not (run_dir / "job.json").exists()  # nothing started yet: asked first
     assert (run_dir / "config.json").read_text() == saved
-    assert any("stopped run named **reuse-me**" in w.value and "form's settings are not used" in w.value
+    assert any(f"stopped run named **{plain('reuse-me')}**" in w.value and "form's settings are not used" in w.value
                for w in at.warning)
     shown = _settings_shown(at)
     assert shown["epochs"] == "3" and shown["preprocess.size"] == "48"  # the run's own settings, not the form's
 
     next(b for b in at.button if b.label == "Choose another name").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert not any("reuse-me" in w.value for w in at.warning)
+    assert not any(plain("reuse-me") in w.value for w in at.warning)
     assert at.text_input(key="boneage_name").value == ""
     assert not (run_dir / "job.json").exists()
 
     _fill_form(at, "reuse-me")
-    next(b for b in at.button if b.label == "Resume reuse-me").click().run()
+    next(b for b in at.button if b.label == f"Resume {plain('reuse-me')}").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert (run_dir / "job.json").exists() and (run_dir / "config.json").read_text() == saved
     deadline = time.time() + 300

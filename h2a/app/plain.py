@@ -7,7 +7,8 @@ an upload's name, a label CSV's id, a folder name, an error that quotes them) ca
 ``![x](http://host/beacon.png)`` and make every viewer's browser fetch the outside URL, a
 live link, bold text, LaTeX or an icon. ``plain`` turns such a string into Markdown that
 shows the text as typed, and nothing else. ``safe_table`` does the same for tables
-(which show text as text, but whose toolbar exports CSV without escaping formulas).
+(which show text as text, but whose toolbar exports CSV without escaping formulas), and
+``chart_text`` for Plotly's labels (which draw a subset of HTML).
 
 What Streamlit 1.67's Markdown interprets (read from its frontend bundle,
 ``StreamlitMarkdown.*.js``): CommonMark + GFM (emphasis, links, images, autolinks and bare
@@ -36,7 +37,7 @@ import pandas as pd
 
 from h2a.exports import safe_frame
 
-__all__ = ["DEFAULT_LIMIT", "ELLIPSIS", "MARKDOWN_SPECIALS", "cut", "plain", "safe_table"]
+__all__ = ["DEFAULT_LIMIT", "ELLIPSIS", "MARKDOWN_SPECIALS", "chart_text", "cut", "plain", "safe_table"]
 
 DEFAULT_LIMIT = 200
 ELLIPSIS = "…"
@@ -83,7 +84,6 @@ def plain(text: object, limit: int = DEFAULT_LIMIT) -> str:
     return _WWW_DOT.sub(WORD_JOINER + ".", cut(text, limit)).translate(_ESCAPE)
 
 
-
 def safe_table(frame: pd.DataFrame, limit: int = 1000, own: tuple[str, ...] = ()) -> pd.DataFrame:
     """A copy of ``frame`` for ``st.dataframe``/``st.data_editor``: text cells on one line and
     cut at ``limit`` (a 5 MB tag is not sent whole), then formula-escaped as in every H2A
@@ -101,3 +101,10 @@ def safe_table(frame: pd.DataFrame, limit: int = 1000, own: tuple[str, ...] = ()
     for col in kept.columns:
         out[col] = kept[col]
     return out
+
+
+def chart_text(text: object, limit: int = DEFAULT_LIMIT) -> str:
+    """``text`` for a Plotly label (legend entry, hover text): Plotly draws a subset of HTML
+    there (``<b>``, ``<a href>``, ...), so ``<`` and ``>`` become entities, which it shows as
+    the characters. Idempotent: a label styled twice reads the same."""
+    return cut(text, limit).replace("<", "&lt;").replace(">", "&gt;")

@@ -18,7 +18,8 @@ from h2a.progress import StderrProgress
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from h2a.inference.calibration import calibrate_run, calibration_summary
+    from h2a.inference.calibration import calibration_summary
+    from h2a.inference.evaluate import calibrate_run
 
     if not 0 < args.level < 1:
         raise CliError(f"--level must be between 0 and 1 (e.g. 0.95), not {args.level}")

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from h2a.engine.tasks import get_task
+from h2a import HEADLINE
 from h2a.processes import ProcessId
 from h2a.settings import get_settings
 
@@ -205,7 +205,7 @@ class RunSummary:
     @property
     def headline(self) -> float | None:
         """The number runs are ranked by: validation MAE (lower better) or AUC."""
-        value = self.metrics.get(get_task(self.task).headline_key)
+        value = self.metrics.get(HEADLINE.get(self.task or "boneage", HEADLINE["boneage"])[0])
         return float(value) if value is not None else None
 
 
@@ -304,7 +304,7 @@ def best_run(task: str = "boneage", root: Path | None = None) -> RunSummary | No
     if not done:
         return None
     real = [r for r in done if not r.synthetic] or done
-    return (min if get_task(task).lower_is_better else max)(real, key=lambda r: r.headline)
+    return (min if HEADLINE[task][1] else max)(real, key=lambda r: r.headline)
 
 
 def resolve_run(name_or_path: str | Path) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from h2a import TASKS
+from h2a import HEADLINE, TASKS
 from h2a.inference.calibration import SEX_LOGIT_SHIFT, TemperatureScaler, boneage_calibration, sex_calibration
 from h2a.inference.conformal import DEFAULT_LEVEL, Procedure
 from h2a.inference.metrics import (
@@ -95,7 +95,7 @@ class BoneAgeTask(Task):
     """Regression in months, learnt on standardised targets."""
 
     name = "boneage"
-    headline_key, epoch_key, headline_label, lower_is_better = "mae", "val_mae", "validation MAE (months)", True
+    (headline_key, lower_is_better), epoch_key, headline_label = HEADLINE["boneage"], "val_mae", "validation MAE (months)"
 
     def labelled(self, ds) -> pd.DataFrame:
         return ds.labelled()
@@ -141,7 +141,7 @@ class SexTask(Task):
     """Binary classification from the image alone; the model's scalar is a logit."""
 
     name = "sex"
-    headline_key, epoch_key, headline_label, lower_is_better = "auc", "val_auc", "validation AUC", False
+    (headline_key, lower_is_better), epoch_key, headline_label = HEADLINE["sex"], "val_auc", "validation AUC"
 
     def labelled(self, ds) -> pd.DataFrame:
         images = ds.with_images()

@@ -26,7 +26,6 @@ import numpy as np
 from h2a.inference.conformal import DEFAULT_LEVEL, Procedure, choose_conformal, conformal_from_dict
 
 __all__ = ["CALIBRATION", "COVERAGE", "DEFAULT_TTA", "ECE_BINS", "TemperatureScaler", "boneage_calibration",
-           "calibrate_run",
            "calibration_summary", "expected_calibration_error", "measured_coverage", "predict_procedure",
            "read_calibration", "record_coverage", "sex_calibration", "write_calibration"]
 
@@ -241,30 +240,3 @@ def measured_coverage(run_dir: str | Path, cal: dict | None = None) -> dict | No
             "source": "validation cross-fit",
             "text": f"{100 * v['coverage']:.1f}% on {v['n']:,} validation images ({v.get('folds', 5)}-fold "
                     "cross-fit: each fold's intervals come from the other folds; no held-out evaluation yet)"}
-
-
-def calibrate_run(run_dir: str | Path, *, flip_tta: bool = False, views: int | None = None,
-                  level: float = DEFAULT_LEVEL, shift: bool = SEX_LOGIT_SHIFT, device=None, progress=None,
-                  write: bool = True) -> dict:
-    """Refit a finished run's calibration on its validation split for another procedure
-    (``h2a calibrate``): ``views`` None = the predict default (DEFAULT_TTA - 1 copies).
-
-    Returns the calibration.json content (written to the run folder unless ``write=False``).
-    """
-    from h2a.engine.runs import resolve_run
-    from h2a.inference.arrays import predict_arrays
-    from h2a.inference.evaluate import split_images
-    from h2a.inference.loading import load_run
-
-    run = load_run(resolve_run(run_dir), device)
-    procedure = Procedure(bool(flip_tta), predict_procedure().views if views is None else int(views))
-    images = split_images(run, None, "validation", progress)
-    male = images.labelled["male"].astype(bool).to_numpy()
-    raw = predict_arrays(run.model, images.cache.take(images.rows), male.astype(np.float32), run.norm, run.device,
-                         flip_tta=procedure.flip_tta, augment=run.preprocess, views=procedure.views,
-                         progress=progress)
-    ages = images.labelled["boneage"].to_numpy(dtype=float)
-    cal = run.task_obj.calibrate(raw, ages, male, procedure, level, shift=shift)
-    if write:
-        write_calibration(run.path, cal)
-    return cal

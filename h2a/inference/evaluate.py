@@ -9,8 +9,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from h2a.engine.runs import resolve_run
 from h2a.inference.arrays import predict_arrays
-from h2a.inference.calibration import expected_calibration_error, record_coverage
+from h2a.inference.calibration import (
+    DEFAULT_LEVEL,
+    SEX_LOGIT_SHIFT,
+    expected_calibration_error,
+    predict_procedure,
+    record_coverage,
+    write_calibration,
+)
 from h2a.inference.conformal import Procedure
 from h2a.inference.loading import LoadedRun, load_run
 from h2a.inference.metrics import interval_metrics, json_safe
@@ -111,8 +119,6 @@ def evaluate(
     ``metrics`` is strict JSON: a figure that is undefined on these images (an SD of one
     image, an AUC with one sex) is None, never NaN. ValueError when no image decodes.
     """
-    from h2a.engine.runs import resolve_run
-
     run = load_run(resolve_run(run_dir), device, site=site)
     if site and run.task != "boneage":
         raise ValueError(f"{run.path.name} is a {run.task} model: sites adapt bone-age models")
@@ -206,3 +212,29 @@ def sex_calibration_figures(run: LoadedRun, raw: np.ndarray, male: np.ndarray, p
                         "procedure_mismatch": calibrated != procedure}
         if scaler is not None else {"method": "none (this run has no calibration: run h2a calibrate)"},
     }
+
+
+# ---------------------------------------------------------------- calibrating a run
+# Beside evaluation, not in h2a.inference.calibration: that module is the calibration
+# maths and file, which the engine's tasks and the loader need without this workflow.
+
+def calibrate_run(run_dir: str | Path, *, flip_tta: bool = False, views: int | None = None,
+                  level: float = DEFAULT_LEVEL, shift: bool = SEX_LOGIT_SHIFT, device=None, progress=None,
+                  write: bool = True) -> dict:
+    """Refit a finished run's calibration on its validation split for another procedure
+    (``h2a calibrate``): ``views`` None = the predict default (DEFAULT_TTA - 1 copies).
+
+    Returns the calibration.json content (written to the run folder unless ``write=False``).
+    """
+    run = load_run(resolve_run(run_dir), device)
+    procedure = Procedure(bool(flip_tta), predict_procedure().views if views is None else int(views))
+    images = split_images(run, None, "validation", progress)
+    male = images.labelled["male"].astype(bool).to_numpy()
+    raw = predict_arrays(run.model, images.cache.take(images.rows), male.astype(np.float32), run.norm, run.device,
+                         flip_tta=procedure.flip_tta, augment=run.preprocess, views=procedure.views,
+                         progress=progress)
+    ages = images.labelled["boneage"].to_numpy(dtype=float)
+    cal = run.task_obj.calibrate(raw, ages, male, procedure, level, shift=shift)
+    if write:
+        write_calibration(run.path, cal)
+    return cal

@@ -91,6 +91,26 @@ def _site_lines(run_dir: Path) -> list[str]:
     return out
 
 
+def heatmap_lines(cam: dict | None) -> list[str]:
+    """The heat map's measured hand share and randomisation check (``bench/bench_cam.py --write-run``)."""
+    if not cam:
+        return ["Not measured for this run (`bench/bench_cam.py --model RUN --write-run`)."]
+    stage, method = cam.get("default", [None, None])
+    out = [f"The map shown is {method} at trunk stage {stage} (chosen by the measure below). Hand share: the "
+           "share of the map's mass inside the hand mask (a uniform map scores the hand's share of the frame); "
+           "rank correlation with the map of a model whose trunk was re-initialised at random (lower: the map "
+           "depends on what the model learned).", "",
+           "| images | stage | method | grid | hand share (SE) | corr. with random trunk |", "|---|---|---|---|---|---|"]
+    for name, s in (cam.get("sets") or {}).items():
+        out.append(f"| {name} (n {s['n']}; uniform map {s['hand_fraction']:.2f}) | | | | | |")
+        for r in s["rows"]:
+            mark = " **(shown)**" if [r["stage"], r["method"]] == [stage, method] else ""
+            out.append(f"| | {r['stage']} | {r['method']}{mark} | {r['grid']} x {r['grid']} | "
+                       f"{_f(r['hand_share'], '.3f')} ({_f(r['hand_share_se'], '.3f')}) | "
+                       f"{_f(r['randomisation_rho'], '.3f')} |")
+    return out
+
+
 def _robustness_lines(rob: dict | None) -> list[str]:
     rows = (rob or {}).get("rows") or (rob or {}).get("perturbations")
     if not rows:
@@ -148,6 +168,8 @@ def card_text(run_dir: str | Path, name: str | None = None) -> str:
         lines += ["", "## Sites (full resolution and others)",
                   "Cross-validated on each site's own images (`h2a adapt`), folds by child.", ""]
         lines += _site_lines(run_dir) or ["No site fitted."]
+        lines += ["", "## Heat map"]
+        lines += heatmap_lines(read_json(run_dir / "heatmap.json"))
         lines += ["", "## Robustness (held-out thumbnails, one view)"]
         lines += _robustness_lines(read_json(run_dir / "robustness.json"))
     lines += [

@@ -41,7 +41,7 @@ __all__ = ["HALF_TOLERANCE", "MAX_FILE_MB", "ship_run"]
 HALF_TOLERANCE = {"boneage": 0.05, "sex": 0.001}  # months / probability: the largest change half precision may cause
 MAX_FILE_MB = 10.0  # the most a committed weight file may weigh
 CHECK_IMAGES = 1101  # held-out images the precision check predicts (the recipe's whole held-out split)
-EXTRA_FILES = (CONFIG, CALIBRATION, COVERAGE, "holdout.json", "robustness.json", "fullres.json")
+EXTRA_FILES = (CONFIG, CALIBRATION, COVERAGE, "holdout.json", "robustness.json", "heatmap.json")
 
 
 def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

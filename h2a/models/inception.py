@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from h2a.models.heads import Backbone
-from h2a.models.registry import HALF, ModelCfg, register_model, scaled_channels
+from h2a.models._registry import HALF, ModelCfg, register_model, scaled_channels
 from h2a.models.timm_backbones import build_timm
 
 __all__ = ["InceptionV3Trunk", "inception_v3"]

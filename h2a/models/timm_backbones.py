@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from h2a.models.heads import Backbone
-from h2a.models.registry import HALF, ModelCfg, check_width, register_model
+from h2a.models._registry import HALF, ModelCfg, check_width, register_model
 from h2a.models.weights import (
     PretrainedWeightsUnavailable,
     StateRemap,

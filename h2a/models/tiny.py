@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from h2a.models.heads import Backbone
-from h2a.models.registry import HALF, ModelCfg, register_model, scaled_channels
+from h2a.models._registry import HALF, ModelCfg, register_model, scaled_channels
 from h2a.models.weights import PretrainedWeightsUnavailable
 
 __all__ = ["tiny_cnn"]

@@ -1,0 +1,98 @@
+"""The package's imports run one way: no cycle among H2A's modules (imports inside functions
+count too: they hide the real order), and no streamlit in the core. Read with ``ast``: no
+module is imported to check this."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+PKG = REPO / "h2a"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports(path: Path) -> set[str]:
+    """The h2a modules ``path`` imports anywhere in it (a name imported from a package that is a
+    submodule counts as that submodule)."""
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    known = {module_name(p) for p in PKG.rglob("*.py")}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("h2a")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("h2a") and node.level == 0:
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.add(sub if sub in known else node.module)
+    return {m for m in out if m in known}
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports(p) - {module_name(p)} for p in PKG.rglob("*.py")}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _without_packages(g: dict[str, set[str]]) -> dict[str, set[str]]:
+    """A package's __init__ re-exports its modules; importing the package from inside it is
+    not a cycle of the code, so edges into a package's own __init__ from its members go."""
+    packages = {module_name(p) for p in PKG.rglob("__init__.py")}
+    return {m: {d for d in deps if not (d in packages and m.startswith(d + "."))} for m, deps in g.items()}
+
+
+def test_no_import_cycle():
+    found = cycles(_without_packages(graph()))
+    assert not found, "import cycles: " + "; ".join(" -> ".join(c) for c in found)
+
+
+def test_the_core_never_imports_streamlit():
+    for path in PKG.rglob("*.py"):
+        if "app" in path.relative_to(PKG).parts[:1]:
+            continue
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(str(m).split(".")[0] == "streamlit" for m in names), path
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
