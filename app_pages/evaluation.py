@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from h2a.app.charts import SEX_COLORS, hover_ids, style
-from h2a.app.cam_ui import cam_of_file
+from h2a.app.cam_ui import cam_of_file, heatmap_caption
 from h2a.app.plain import plain, safe_table
 from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, run_data_fingerprint
 from h2a.app.robustness_ui import robustness_section
@@ -198,6 +198,7 @@ for i, row in enumerate(worst.itertuples()):
                    f"{row.id}: true {row.boneage:.0f}, pred {row.predicted:.0f} ({row.error:+.0f})")
 
 st.subheader("Where the model looks (Grad-CAM)")
+st.caption(heatmap_caption(by_name[focus].path))
 cam_ids = st.multiselect("Images", preds["id"].astype(str).tolist(), default=preds["id"].astype(str).tolist()[:3],
                          max_selections=6, key="eval_cam_ids")
 alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, key="eval_cam_alpha")

@@ -96,7 +96,7 @@ GPU = Profile(name="gpu", device="cuda", data=FULLRES, images=512,
               timeouts={"cuda-tests": 150, "train": 80, "torchrun": 150, "ddp": 60, "embed": 90, "predict": 120})
 SMOKE = Profile(name="smoke", device="cpu", data=THUMBS, images=48,
                 archs=("efficientnet_lite0", "resnet50", "convnext_tiny"), sizes=(32, 64), batch=2, steps=1,
-                amp="auto", expect_amp="fp32", ddp_arch="efficientnet_lite0", ddp_size=32, ddp_batch=16,
+                amp="off", expect_amp="fp32", ddp_arch="efficientnet_lite0", ddp_size=32, ddp_batch=16,
                 ddp_epochs=1, embed_size=32, embed_sample=32, embed_batch=16, predict_arch="efficientnet_lite0",
                 predict_size=64, tta=2, repeat=1, workers=0, train_together=True, budget_s=600,
                 timeouts={"cuda-tests": 120, "train": 120, "torchrun": 180, "ddp": 120, "embed": 120,
@@ -413,10 +413,11 @@ def _on_device(described: str, device: str) -> bool:
 def ddp_command(ctx: Context, dest: Path) -> list[str]:
     p = ctx.profile
     return [*torchrun_prefix(), str(Path(__file__).resolve()), "--ddp-step", str(dest), "--device", p.device,
-            "--arch", p.ddp_arch, "--size", str(p.ddp_size), "--batch", str(p.ddp_batch), "--steps", str(p.steps)]
+            "--arch", p.ddp_arch, "--size", str(p.ddp_size), "--batch", str(p.ddp_batch), "--steps", str(p.steps),
+            "--amp", p.amp]
 
 
-def ddp_step(dest: Path, device_name: str, arch: str, size: int, batch: int, steps: int) -> None:
+def ddp_step(dest: Path, device_name: str, arch: str, size: int, batch: int, steps: int, amp: str = "auto") -> None:
     """Under torchrun: the engine's process group and DDP wrapper, timed over ``steps`` steps.
 
     ``h2a train`` joins a process group only when WORLD_SIZE > 1, so on a 1-GPU machine
@@ -434,7 +435,7 @@ def ddp_step(dest: Path, device_name: str, arch: str, size: int, batch: int, ste
     from h2a.settings import dist_env
 
     env = dist_env()
-    cfg = TrainConfig(data="", out="", arch=arch, device=device_name, lr=1e-4)
+    cfg = TrainConfig(data="", out="", arch=arch, device=device_name, lr=1e-4, amp=amp)
     device = resolve_device(cfg.device, env.local_rank)
     if device.type == "cuda":  # what the trainer's _configure_device does first
         torch.cuda.set_device(device)
@@ -651,9 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--amp", default="auto", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.ddp_step is not None:
-        ddp_step(args.ddp_step, args.device, args.arch, args.size, args.batch, args.steps)
+        ddp_step(args.ddp_step, args.device, args.arch, args.size, args.batch, args.steps, args.amp)
         return 0
 
     profile = SMOKE if args.smoke else GPU

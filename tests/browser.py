@@ -77,14 +77,30 @@ def app_server(log_path: Path) -> Iterator[str]:
 
 @contextmanager
 def chromium() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
+    """A fresh Chromium from the process's one Playwright driver: Playwright's sync API allows
+    one driver per thread at a time, and the suite's session browser holds one while other
+    tests want browsers of their own (with other servers or headers)."""
+    browser = _driver().chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+
+_DRIVER: list = []
+
+
+def _driver():
+    """The Playwright driver, started on first use and stopped when the process exits."""
+    if not _DRIVER:
+        import atexit
+
+        from playwright.sync_api import sync_playwright
+
+        manager = sync_playwright()
+        _DRIVER.append(manager.start())
+        atexit.register(manager.__exit__, None, None, None)
+    return _DRIVER[0]
 
 
 def wait_idle(page, timeout: float = 240) -> None:

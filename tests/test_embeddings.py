@@ -137,11 +137,15 @@ def test_real_thumbnails(thumbs_dir: Path, tmp_path: Path) -> None:
 def test_bf16_embeddings_are_stored_apart_and_close(small_demo: Path) -> None:
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no bf16 support")
+    from h2a.device import native_cpu_bf16
+
     ds = load_dataset(small_demo)
-    fp32 = E.compute_embeddings(ds, "pretrained", preprocess=SMALL, device="cpu")
-    assert E.compute_embeddings(ds, "pretrained", preprocess=SMALL, device="cpu", amp="off").key == fp32.key
+    fp32 = E.compute_embeddings(ds, "pretrained", preprocess=SMALL, device="cpu", amp="off")
     bf16 = E.compute_embeddings(ds, "pretrained", preprocess=SMALL, device="cpu", amp="bf16")
     assert bf16.key != fp32.key and bf16.from_cache is False and bf16.info["precision"] == "bf16"
+    # auto: bf16 where the CPU has it natively (AMX / AVX512-BF16), float32 elsewhere
+    auto = E.compute_embeddings(ds, "pretrained", preprocess=SMALL, device="cpu")
+    assert auto.key == (bf16.key if native_cpu_bf16()[0] else fp32.key) and auto.from_cache
     cos = (fp32.X * bf16.X).sum(1) / (np.linalg.norm(fp32.X, axis=1) * np.linalg.norm(bf16.X, axis=1) + 1e-9)
     assert cos.min() > 0.97 and not np.array_equal(fp32.X, bf16.X)
 

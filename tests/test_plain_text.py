@@ -228,10 +228,9 @@ def test_payloads_render_as_text_in_every_element(tmp_path, workspace) -> None:
     text a reader sees is the payload itself."""
     import json
 
-    from tests.browser import FLAGS, free_port, wait_idle
+    from tests.browser import chromium, free_port, wait_idle
 
     _browser()
-    from playwright.sync_api import sync_playwright
 
     script = tmp_path / "render.py"
     script.write_text(RENDER_SCRIPT)
@@ -251,8 +250,7 @@ def test_payloads_render_as_text_in_every_element(tmp_path, workspace) -> None:
                     break
             except OSError:
                 time.sleep(0.5)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        with chromium() as browser:
             page = browser.new_page(viewport={"width": 1200, "height": 1000})
             outside = _requests_to_outside(page)
             page.goto(url)
@@ -262,7 +260,6 @@ def test_payloads_render_as_text_in_every_element(tmp_path, workspace) -> None:
             texts = page.evaluate("""() => Array.from(document.querySelectorAll(
                 '[data-testid="stMarkdown"] [data-testid="stMarkdownContainer"]')).map(e => e.innerText)""")
             body = page.inner_text("body")
-            browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)

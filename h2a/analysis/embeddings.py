@@ -225,7 +225,7 @@ def embed_arrays(model, images: np.ndarray, norm: tuple[float, float] | None, de
                  total: int | None = None, amp: str = "auto") -> np.ndarray:
     """Pooled embeddings (``H2AModel.embed``) of uint8 images (N, H, W) -> float32 (N, D), in batches.
 
-    ``amp``: 'auto' (bf16 autocast on a GPU, float32 on a CPU), 'bf16' (also on a CPU with
+    ``amp``: 'auto' (bf16 autocast on a GPU and on a CPU with native bf16, float32 on other CPUs), 'bf16' (also on a CPU with
     AMX/AVX512-BF16) or 'off'."""
     from h2a.device import amp_dtype
     from h2a.data.transforms import to_input

@@ -56,6 +56,25 @@ def cam_of_file(run_dir: str | Path, path: str | Path, male: bool | None = None,
                         None if male is None else bool(male), bool(negative))
 
 
+def heatmap_caption(run_dir: str | Path) -> str:
+    """Which map is shown and, where ``bench/bench_cam.py --write-run`` measured it for this run,
+    how much of its mass falls on the hand and whether it depends on the trained weights."""
+    from h2a.engine.runs import read_json
+    from h2a.inference.cam import DEFAULT_CAM
+
+    stage, method = DEFAULT_CAM
+    text = f"{method} at trunk stage {stage} (finer than the last stage's 4 x 4 grid at 128 px)."
+    cam = read_json(Path(run_dir) / "heatmap.json") or {}
+    for name, s in (cam.get("sets") or {}).items():
+        row = next((r for r in s.get("rows", []) if [r["stage"], r["method"]] == [stage, method]), None)
+        last = next((r for r in s.get("rows", []) if [r["stage"], r["method"]] == [-1, "gradcam"]), None)
+        if row and row.get("hand_share") is not None:
+            text += (f" On {s['n']} {name}: {100 * row['hand_share']:.0f}% of the map's mass on the hand"
+                     + (f" (last stage: {100 * last['hand_share']:.0f}%)" if last and last.get("hand_share") else "")
+                     + f", rank correlation {row['randomisation_rho']:.2f} with a randomised trunk's map.")
+    return text
+
+
 def clear_cam_cache() -> None:
     """Forget every cached map (tests, or after deleting runs to free memory)."""
     _cam_of_file.clear()

@@ -18,7 +18,8 @@ def _ship(args: argparse.Namespace) -> int:
     from h2a.progress import StderrProgress
 
     try:
-        info = ship_run(args.model, args.ship, progress=None if args.json else StderrProgress("ship"))
+        info = ship_run(args.model, args.ship, progress=None if args.json else StderrProgress("ship"),
+                        trained_on=args.trained_on)
     except (OSError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     if args.json:
@@ -68,5 +69,7 @@ def register(sub) -> None:
     p.add_argument("--ship", default=None, metavar="DIR",
                    help="write the run as a shipped folder (models/NAME: safetensors weights, half precision "
                         "when the held-out outputs move less than the tolerance, OOD reference, sites, model card)")
+    p.add_argument("--trained-on", default=None, metavar="TEXT",
+                   help="with --ship: the machine and conditions of training, for the model card")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)

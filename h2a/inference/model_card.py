@@ -149,7 +149,8 @@ def card_text(run_dir: str | Path, name: str | None = None) -> str:
            f"images: {shipped['precision_check']['max_abs_change']:.4f} {shipped['precision_check']['unit']}, "
            f"allowed {shipped['precision_check']['tolerance']})" if shipped.get("precision_check") else ""),
         f"- Trained {meta.get('epochs_run')} epochs (best epoch {meta.get('best_epoch')}), "
-        f"{(meta.get('train_seconds') or 0) / 60:.0f} min on {meta.get('device')}; seed {cfg.get('seed')}",
+        f"{(meta.get('train_seconds') or 0) / 60:.0f} min on {meta.get('device')}"
+        + (f" ({shipped['trained_on']})" if shipped.get("trained_on") else "") + f"; seed {cfg.get('seed')}",
         f"- Training command: `{_recipe_command(meta)}`", "",
         "## Data and split",
         RSNA_TERMS, "",
@@ -170,16 +171,21 @@ def card_text(run_dir: str | Path, name: str | None = None) -> str:
         lines += _site_lines(run_dir) or ["No site fitted."]
         lines += ["", "## Heat map"]
         lines += heatmap_lines(read_json(run_dir / "heatmap.json"))
-        lines += ["", "## Robustness (held-out thumbnails, one view)"]
-        lines += _robustness_lines(read_json(run_dir / "robustness.json"))
+        rob = read_json(run_dir / "robustness.json")
+        lines += ["", f"## Robustness ({(rob or {}).get('n_images', 'the')} held-out thumbnails, one view, "
+                      "`h2a robustness`)"]
+        lines += _robustness_lines(rob)
+    fullres = ("- Full-resolution radiographs are read too old by the model as trained; the `fullres` site profile "
+               "(applied automatically to large uploads) corrects it as measured above, on 53 images only."
+               if task == "boneage" else
+               "- Not measured on full-resolution radiographs: the model saw 100 px thumbnails only.")
     lines += [
         "", "## Intended use and limits",
         "- Intended for research and teaching on pediatric hand radiographs: exploring how well bone age "
         "(or sex) can be read from the image. " + RESEARCH_NOTE,
         "- Trained on 100 px thumbnails: the carpal and physis detail radiologists read is mostly gone; a "
         "single radiologist errs about 7.3 months, the best published models about 3.7-4.3 at 500 px.",
-        "- Full-resolution radiographs are read too old by the model as trained; the `fullres` site profile "
-        "(applied automatically to large uploads) corrects it as measured above, on 53 images only.",
+        fullres,
         "- One population (RSNA, North American hospitals); other populations, scanners and ages beyond "
         "0-19 years are outside what was measured. The out-of-distribution check flags images unlike the "
         "training images.",

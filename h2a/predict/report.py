@@ -97,7 +97,10 @@ def coverage_text(result, short: bool = False) -> str:
     if cov:
         if not short:
             return cov["text"]
-        where = "held-out" if cov.get("source") == "held-out evaluation" else "validation (cross-fit)"
+        source = str(cov.get("source") or "")
+        where = ("held-out" if source == "held-out evaluation" else
+                 source.replace(" cross-validation", " (cross-validated)") if source.startswith("site ") else
+                 "validation (cross-fit)")
         return f"{100 * cov['coverage']:.1f}% of {cov['n']:,} {where} images"
     if result.interval_source == "conformal":
         return "not measured for this combination of runs"
