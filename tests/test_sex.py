@@ -38,7 +38,8 @@ def make_sex_run(data: Path, workspace: Path, name: str = TINY_SEX, **kw) -> Pat
     if not (out / "metadata.json").exists():
         base = dict(data=str(data), out=str(out), task="sex", arch="tiny_cnn", pretrained=False,
                     preprocess=PreprocessConfig(size=64).to_dict(), epochs=3, batch_size=32, lr=3e-3,
-                    workers=0, seed=0, holdout_fraction=0.2)
+                    workers=0, seed=0, holdout_fraction=0.2,
+                    amp="off")  # float32 on every CPU: the suite's runs must not depend on the CI machine's bf16
         base.update(kw)
         train(TrainConfig(**base), log=lambda m: None)
     return out
