@@ -77,6 +77,7 @@ class SiteImages:
     fingerprint: str
     n_failed: int
     problems: list[str]
+    paths: list[str]  # the image files, in ``ids`` order (their sizes go into site.json)
 
     @property
     def labelled(self) -> bool:
@@ -133,7 +134,7 @@ def site_images(run: LoadedRun, data: str | Path, *, unlabelled: bool = False,
         male=None if unlabelled else rows["male"].astype(bool).to_numpy(),
         age=None if unlabelled else rows["boneage"].to_numpy(dtype=float),
         data_path=root, data_name=root.name, fingerprint=ds.fingerprint, n_failed=int((~ok).sum()),
-        problems=problems)
+        problems=problems, paths=rows["path"].astype(str).tolist())
 
 
 # ---------------------------------------------------------------- BatchNorm statistics (AdaBN)
@@ -394,8 +395,7 @@ def fit_site(run_dir: str | Path, data: str | Path, name: str, *, unlabelled: bo
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "fitted_on": {"data": str(images.data_path), "data_name": images.data_name, "n_images": n,
                                 "labelled": images.labelled, "fingerprint": images.fingerprint,
-                                "n_failed": images.n_failed, "median_side_px": _median_side(
-                                    [str(p) for p in _paths_of(images)])},
+                                "n_failed": images.n_failed, "median_side_px": _median_side(images.paths)},
                   "procedure": procedure.to_dict()}
     if images.labelled:
         cv = cross_validate(run, images, procedure=procedure, folds=folds, repeats=repeats, seed=seed,
@@ -440,14 +440,3 @@ def fit_site(run_dir: str | Path, data: str | Path, name: str, *, unlabelled: bo
     info["seconds"] = round(time.perf_counter() - t0, 1)
     write_site(site_dir(path, name), info, stats if parts["bn"]["kept"] else None)
     return info
-
-
-def _paths_of(images: SiteImages) -> list[str]:
-    """The image files of a site (for their sizes), found again by id in its folder."""
-    from h2a.data.datasets import load_dataset
-
-    try:
-        ds = load_dataset(images.data_path)
-    except (OSError, ValueError):
-        ds = _image_folder(images.data_path)
-    return [p for p in (ds.path_of(i) for i in images.ids[:30]) if p]
