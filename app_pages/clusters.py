@@ -5,27 +5,27 @@ The embeddings, the UMAP map and k-means run as a background job (``h2a jobs``):
 asks for it and returns at once, shows its progress while it runs, and fills in when it
 is done. The same settings asked again, by anyone, show the same job or its answer."""
 
-import numpy as np
-import plotly.express as px
 import streamlit as st
-from plotly.subplots import make_subplots
 
-from h2a.app.charts import style
+from h2a.analysis.cluster_config import PRETRAINED_PREPROCESS
+from h2a.app.cluster_charts import age_by_cluster, cluster_map, k_sweep_chart, share_male_by_cluster
 from h2a.app.cluster_ui import (
+    SETTING_FIELDS,
     SOURCE_PRETRAINED,
-    cluster_map,
     clusters_job,
     clusters_result,
     composition_table,
     image_grid,
     job_progress,
     selected_ids,
+    setting_defaults,
+    settings_widgets,
 )
 from h2a.app.plain import plain, safe_table
 from h2a.app.state import require_dataset
 from h2a.data.preprocess import PreprocessConfig
-from h2a.engine.runs import list_runs
 from h2a.exports import csv_bytes
+from h2a.run import list_runs
 
 active = require_dataset()
 ds = active.ds
@@ -38,8 +38,8 @@ st.caption("Each image becomes a vector (the CNN's pooled last feature map); UMA
 # ------------------------------------------------------------------ inputs
 # The form's last submitted values live under CL_SAVED as well as in the widgets: Streamlit
 # drops a widget's state when the page is left, and coming back must show the same job.
-DEFAULTS = {"cl_source": SOURCE_PRETRAINED, "cl_size": 128, "cl_k": 2, "cl_nn": 15, "cl_md": 0.1,
-            "cl_metric": "euclidean", "cl_pca": 50, "cl_seed": 0}
+# The clustering settings' keys and defaults come from ClusterConfig's declarations.
+DEFAULTS = {"cl_source": SOURCE_PRETRAINED, "cl_size": PRETRAINED_PREPROCESS["size"], **setting_defaults()}
 CL_SAVED = "cl_saved"
 runs = [r for r in list_runs() if r.has_model]
 sources = [SOURCE_PRETRAINED] + [r.name for r in runs]
@@ -56,13 +56,8 @@ with st.form("cluster_form"):
                           else f"trained run: {s}")
     size = c2.select_slider("Image size (pretrained)", [64, 96, 128, 160, 192, 224], key="cl_size",
                             help="a trained run always embeds at its own preprocessing")
-    k = c3.number_input("k (clusters)", 2, 20, key="cl_k")
-    c1, c2, c3, c4, c5 = st.columns(5)
-    n_neighbors = c1.number_input("UMAP neighbours", 2, 200, key="cl_nn")
-    min_dist = c2.number_input("UMAP min distance", 0.0, 0.99, step=0.05, key="cl_md")
-    metric = c3.selectbox("Metric", ["euclidean", "cosine", "manhattan", "correlation"], key="cl_metric")
-    pca = c4.number_input("PCA components (0 = none)", 0, 512, key="cl_pca")
-    seed = c5.number_input("Seed", 0, 10_000, key="cl_seed")
+    # k beside the source, the other settings on the row below (label, help, range: declared once)
+    config = settings_widgets([c3, *st.columns(len(SETTING_FIELDS) - 1)])
     computed = st.form_submit_button("Compute", type="primary",
                                      help="runs as a background job: it keeps going if you leave the page")
 st.session_state[CL_SAVED] = {key: st.session_state[key] for key in DEFAULTS}
@@ -70,15 +65,13 @@ st.session_state[CL_SAVED] = {key: st.session_state[key] for key in DEFAULTS}
 # ------------------------------------------------------------------ the job
 # Asking is cheap: the embeddings, UMAP and k-means run in a background job shared by every
 # session that asks the same question; a finished one is shown at once.
-pp = PreprocessConfig(size=int(size)) if source == SOURCE_PRETRAINED else None
-settings = {"k": int(k), "pca": int(pca), "n_neighbors": int(n_neighbors), "min_dist": float(min_dist),
-            "metric": metric, "seed": int(seed)}
+pp = PreprocessConfig(**{**PRETRAINED_PREPROCESS, "size": int(size)}) if source == SOURCE_PRETRAINED else None
 try:
-    job = clusters_job(ds, source, pp, **settings)
+    job = clusters_job(ds, source, pp, config)
     state = job.status()
     loaded = clusters_result(job) if state.get("status") == "finished" else None
     if computed and loaded is None and state.get("status") not in ("starting", "running"):
-        job = clusters_job(ds, source, pp, **settings, restart=True)  # Compute starts a failed/stopped job again
+        job = clusters_job(ds, source, pp, config, restart=True)  # Compute starts a failed/stopped job again
         state = job.status()
 except (FileNotFoundError, ValueError, OSError) as exc:
     st.error(f"Could not start the clusters job: {plain(exc, 600)}")
@@ -170,33 +163,14 @@ left.markdown("**k-means on the 2-D map**")
 left.dataframe(safe_table(composition_table(scores)), hide_index=True, width="stretch")
 right.markdown(f"**k-means on the {full['space']}**")
 right.dataframe(safe_table(composition_table(full)), hide_index=True, width="stretch")
-long = frame.melt(id_vars=["boneage", "sex"], value_vars=["cluster", "cluster_full"], var_name="space",
-                  value_name="k-means cluster")
-long["space"] = long["space"].map({"cluster": "map", "cluster_full": "full embedding"})
-long["k-means cluster"] = long["k-means cluster"].astype(str)
 left, right = st.columns(2)
-order = {"space": ["map", "full embedding"]}
-fig = px.box(long, x="k-means cluster", y="boneage", color="space", title="Bone age by cluster",
-             labels={"boneage": "bone age (months)"}, category_orders=order)
-left.plotly_chart(style(fig), width="stretch")
-share = (long[long["sex"] != "unknown"].groupby(["space", "k-means cluster"])["sex"]
-         .apply(lambda s: 100 * (s == "male").mean()).reset_index(name="% male"))
-fig = px.bar(share, x="k-means cluster", y="% male", color="space", barmode="group", title="Share male by cluster",
-             category_orders=order)
-if np.isfinite(frame["male"]).any():
-    fig.add_hline(y=100 * float(np.nanmean(frame["male"])), line_dash="dash", line_color="#888",
-                  annotation_text="whole dataset")
-right.plotly_chart(style(fig), width="stretch")
+left.plotly_chart(age_by_cluster(frame), width="stretch")
+right.plotly_chart(share_male_by_cluster(frame), width="stretch")
 
 # ------------------------------------------------------------------ choosing k
 st.subheader("Choosing k")
-fig = make_subplots(rows=1, cols=2, subplot_titles=("inertia (look for the elbow)", "silhouette (higher is better)"))
-fig.add_scatter(x=sw["k"], y=sw["inertia"], mode="lines+markers", name="inertia", row=1, col=1)
-fig.add_scatter(x=sw["k"], y=sw["silhouette"], mode="lines+markers", name="silhouette", row=1, col=2)
-fig.update_xaxes(title_text="k")
-fig.update_layout(title="k-means on the full embedding for k = 2 to 10", showlegend=False)
-st.plotly_chart(style(fig, height=320), width="stretch")
+st.plotly_chart(k_sweep_chart(sw), width="stretch")
 
 csv = csv_bytes(frame)
-st.download_button("Download coordinates and clusters (CSV)", csv, file_name=f"{ds.name}-clusters-k{k}.csv",
+st.download_button("Download coordinates and clusters (CSV)", csv, file_name=f"{ds.name}-clusters-k{config.k}.csv",
                    mime="text/csv", key="cl_download")

@@ -2,12 +2,9 @@
 and how do runs compare."""
 
 import numpy as np
-import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
-from h2a.app.charts import SEX_COLORS, hover_ids, style
+from h2a.app import eval_charts as ec
 from h2a.app.cam_ui import cam_of_file, heatmap_caption
 from h2a.app.plain import plain, safe_table
 from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, run_data_fingerprint
@@ -18,7 +15,7 @@ from h2a.app.training_ui import curves
 from h2a.inference.cam import overlay
 from h2a.data.datasets import DatasetError
 from h2a.data.imageio import ImageReadError
-from h2a.engine.runs import list_runs, read_json
+from h2a.run import Run, list_runs
 from h2a.exports import csv_bytes
 
 active = require_dataset()
@@ -53,7 +50,7 @@ def _evaluate(name: str):
     data = str(ds.root) if source == "active" else None
     split = "all" if source == "active" else source
     path = by_name[name].path
-    sizes = (read_json(path / "metadata.json") or {}).get("split_sizes", {})
+    sizes = (Run.at(path).meta or {}).get("split_sizes", {})
     n_hint = int(ds.meta["boneage"].notna().sum()) if source == "active" else sizes.get(source)
     fingerprint = ds.fingerprint if source == "active" else run_data_fingerprint(path)
     try:
@@ -72,34 +69,12 @@ if not results:
     st.stop()
 
 # ------------------------------------------------------------------ comparison
-rows = []
-for name, (m, _) in results.items():
-    rows.append({"run": name, "n": m["n"], "MAE (mo)": round(m["mae"], 2), "RMSE": round(m["rmse"], 2),
-                 "R²": round(m["r2"], 3) if m["r2"] is not None else None,
-                 "within 12 mo": f"{100 * m['within_12_months']:.1f}%",
-                 "MAE girls": round(m["mae_by_sex"].get("female", np.nan), 2),
-                 "MAE boys": round(m["mae_by_sex"].get("male", np.nan), 2),
-                 "predict-the-mean MAE": round(m["mae_baseline_mean"], 2),
-                 "interval coverage": (f"{100 * m['interval_coverage']:.1f}%"
-                                       if m.get("interval_coverage") is not None else None),
-                 "mean interval width (mo)": (round(m["interval_width_months"], 1)
-                                              if m.get("interval_width_months") is not None else None),
-                 "interval": "conformal" if "conformal" in str((m.get("interval_method") or {}).get("method"))
-                 else "old rule"})
-st.dataframe(safe_table(pd.DataFrame(rows)), hide_index=True, width="stretch")
+run_metrics = {name: m for name, (m, _) in results.items()}
+st.dataframe(safe_table(ec.comparison_table(run_metrics)), hide_index=True, width="stretch")
 if len(results) > 1:
-    fig = go.Figure()
-    for name in results:
-        meta = read_json(by_name[name].path / "metadata.json") or {}
-        hist = pd.DataFrame(meta.get("history", []))
-        if not hist.empty and "val_mae" in hist:
-            fig.add_scatter(x=hist["epoch"], y=hist["val_mae"], name=name, mode="lines+markers")
-    fig.update_layout(title="Validation MAE per epoch", xaxis_title="epoch", yaxis_title="MAE (months)")
-    st.plotly_chart(style(fig), width="stretch")
-    bins = pd.DataFrame({name: m["mae_by_age_bin"] for name, (m, _) in results.items()})
-    fig = px.bar(bins.reset_index(names="age band"), x="age band", y=list(results), barmode="group",
-                 title="MAE by 2-year bone-age band", labels={"value": "MAE (months)", "variable": "run"})
-    st.plotly_chart(style(fig), width="stretch")
+    histories = {name: (Run.at(by_name[name].path).meta or {}).get("history", []) for name in results}
+    st.plotly_chart(ec.val_mae_curves(histories), width="stretch")
+    st.plotly_chart(ec.mae_by_band_runs(run_metrics), width="stretch")
 
 # ------------------------------------------------------------------ one run in detail
 focus = st.selectbox("Run in detail", list(results), key="eval_focus")
@@ -110,52 +85,14 @@ st.caption(f"{metrics['n']} images · split: {plain(metrics['split'])} · data: 
            + (f" · {metrics['n_failed_images']} images could not be decoded" if metrics.get("n_failed_images") else ""))
 
 left, right = st.columns(2)
-lim = [0, float(max(preds["boneage"].max(), preds["predicted"].max()) + 6)]
-shown = hover_ids(preds, "id")  # ids from the label CSV: text in the hover boxes, not Plotly's HTML
-fig = px.scatter(shown, x="boneage", y="predicted", color="sex", color_discrete_map=SEX_COLORS, opacity=0.6,
-                 hover_data=["id", "error"], labels={"boneage": "true bone age (months)", "predicted": "predicted (months)"},
-                 title="Predicted vs true")
-fig.add_trace(go.Scatter(x=lim, y=lim, mode="lines", name="identity", line=dict(color="#aaa", dash="dash")))
-left.plotly_chart(style(fig), width="stretch")
-mean = (preds["boneage"] + preds["predicted"]) / 2
-ba = metrics["bland_altman"]  # bias and limits of agreement from the core, as `h2a evaluate --json` reports
-limits = "" if ba["sd"] is None else f", limits {ba['loa_low']:+.1f} to {ba['loa_high']:+.1f}"
-fig = px.scatter(shown.assign(mean=mean), x="mean", y="error", color="sex", color_discrete_map=SEX_COLORS, opacity=0.6,
-                 hover_data=["id"], labels={"mean": "mean of true and predicted (months)", "error": "predicted - true (months)"},
-                 title=f"Bland-Altman: bias {ba['bias']:+.1f}{limits}")
-for y, dash in ((ba["bias"], "solid"), (ba["loa_low"], "dash"), (ba["loa_high"], "dash")):
-    if y is not None:
-        fig.add_hline(y=y, line_dash=dash, line_color="#aaa")
-right.plotly_chart(style(fig), width="stretch")
-
+left.plotly_chart(ec.predicted_vs_true(preds), width="stretch")
+right.plotly_chart(ec.bland_altman(preds, metrics["bland_altman"]), width="stretch")
 left, right = st.columns(2)
-by_sex = pd.DataFrame({"sex": list(metrics["mae_by_sex"]), "MAE": list(metrics["mae_by_sex"].values())})
-left.plotly_chart(style(px.bar(by_sex, x="sex", y="MAE", color="sex", color_discrete_map=SEX_COLORS,
-                               title="MAE by sex (months)")), width="stretch")
-coverage = metrics.get("coverage_by_age_bin") or {}
-by_bin = pd.DataFrame({"band": list(metrics["mae_by_age_bin"]), "MAE": list(metrics["mae_by_age_bin"].values()),
-                       "n": [metrics["n_by_age_bin"][b] for b in metrics["mae_by_age_bin"]],
-                       "coverage": [coverage.get(b) for b in metrics["mae_by_age_bin"]],
-                       "width": [(metrics.get("width_by_age_bin") or {}).get(b) for b in metrics["mae_by_age_bin"]]})
-im = metrics.get("interval_method") or {}
-level = float(im.get("level") or 0.95)
-fig = go.Figure()
-fig.add_bar(x=by_bin["band"], y=by_bin["MAE"], name="MAE (months)", customdata=by_bin[["n"]],
-            hovertemplate="%{x}: MAE %{y:.1f} mo (n %{customdata[0]})<extra></extra>")
-if coverage:
-    fig.add_scatter(x=by_bin["band"], y=100 * by_bin["coverage"].astype(float), name="interval coverage (%)",
-                    mode="lines+markers", yaxis="y2", customdata=by_bin[["n", "width"]],
-                    hovertemplate="%{x}: coverage %{y:.0f}% of %{customdata[0]} images, mean width "
-                                  "%{customdata[1]:.1f} mo<extra></extra>")
-    fig.add_scatter(x=by_bin["band"], y=[100 * level] * len(by_bin), name=f"nominal {100 * level:g}%", mode="lines",
-                    yaxis="y2", line=dict(color="#aaa", dash="dash"), hoverinfo="skip")
-fig.update_layout(title="MAE and interval coverage by 2-year bone-age band", xaxis_title="band (true bone age)",
-                  yaxis_title="MAE (months)",
-                  yaxis2=dict(title="coverage (%)", overlaying="y", side="right", range=[50, 101], showgrid=False))
-right.plotly_chart(style(fig).update_layout(legend=dict(orientation="h", y=-0.3, x=0, xanchor="left")),
-                   width="stretch")
+left.plotly_chart(ec.mae_by_sex(metrics), width="stretch")
+right.plotly_chart(ec.band_coverage(metrics), width="stretch")
 
 st.subheader("Intervals")
+im, level = metrics.get("interval_method") or {}, ec.interval_level(metrics)
 if metrics.get("interval_coverage") is not None:
     c = st.columns(3)
     c[0].metric("Interval coverage", f"{100 * metrics['interval_coverage']:.1f}%",
@@ -171,11 +108,8 @@ if metrics.get("interval_coverage") is not None:
     for note in (im.get("note"), im.get("in_sample_note")):
         if note:
             st.warning(plain(note, 1000), icon=":material/info:")
-    table = by_bin.assign(coverage=[None if v is None else f"{100 * v:.0f}%" for v in by_bin["coverage"]],
-                          MAE=by_bin["MAE"].round(1), width=by_bin["width"].astype(float).round(1))
-    table = table.rename(columns={"MAE": "MAE (mo)", "width": "mean width (mo)"})
-    st.dataframe(safe_table(table), hide_index=True, width="stretch")
-meta = read_json(by_name[focus].path / "metadata.json") or {}
+    st.dataframe(safe_table(ec.band_table(metrics)), hide_index=True, width="stretch")
+meta = Run.at(by_name[focus].path).meta or {}
 if meta.get("history"):
     st.plotly_chart(curves(meta["history"], "boneage", "Training curves"), width="stretch")
 

@@ -8,10 +8,9 @@ fingerprint): a dataset's sample images are decoded once, not once per session.
 """
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from h2a.app.charts import SEX_COLORS, hover_ids, style
+from h2a.app import population_charts as pc
 from h2a.app.plain import plain, safe_table
 from h2a.app.state import intensity_for, require_dataset, show_thumb
 from h2a.analysis.stats import age_bin_table, split_table
@@ -25,15 +24,8 @@ def age_tab(ds, labelled: pd.DataFrame, summary: dict) -> None:
         st.info("No bone-age labels in this dataset (a test list has sex only).")
         return
     left, right = st.columns([3, 2])
-    fig = px.histogram(labelled, x="boneage", color="sex", barmode="overlay", nbins=40,
-                       opacity=0.65, color_discrete_map=SEX_COLORS,
-                       labels={"boneage": "bone age (months)"}, title="Bone-age distribution")
-    left.plotly_chart(style(fig), width="stretch")
-    fig = px.violin(labelled, x="sex", y="boneage", color="sex", box=True, points=False,
-                    color_discrete_map=SEX_COLORS, labels={"boneage": "bone age (months)"},
-                    title="Bone age by sex")
-    fig.update_traces(spanmode="hard")  # no density drawn below 0 or above the oldest child
-    right.plotly_chart(style(fig), width="stretch")
+    left.plotly_chart(pc.age_histogram(labelled), width="stretch")
+    right.plotly_chart(pc.age_violin(labelled), width="stretch")
     st.markdown("**Images per 12-month bone-age bin and sex**")
     st.dataframe(safe_table(age_bin_table(ds.meta)), hide_index=True, width="stretch")
     st.caption(" · ".join(
@@ -46,13 +38,8 @@ def split_tab(ds, frame: pd.DataFrame, labelled: pd.DataFrame) -> None:
     if labelled["split"].nunique() <= 1:
         st.caption("One labelled split: add a validation CSV to the folder to compare splits side by side.")
         return
-    fig = px.histogram(labelled, x="boneage", color="split", barmode="overlay", histnorm="percent",
-                       nbins=30, opacity=0.6, labels={"boneage": "bone age (months)"},
-                       title="Bone-age distribution per split (percent of split)")
-    st.plotly_chart(style(fig), width="stretch")
-    fig = px.histogram(frame, x="split", color="sex", barmode="group", color_discrete_map=SEX_COLORS,
-                       title="Sex balance per split")
-    st.plotly_chart(style(fig), width="stretch")
+    st.plotly_chart(pc.split_age_histogram(labelled), width="stretch")
+    st.plotly_chart(pc.split_sex_balance(frame), width="stretch")
 
 
 def images_tab(ds, frame: pd.DataFrame) -> None:
@@ -61,13 +48,8 @@ def images_tab(ds, frame: pd.DataFrame) -> None:
         st.info("No readable images in this dataset (labels only).")
         return
     left, right = st.columns(2)
-    fig = px.scatter(hover_ids(sized, "id"), x="width", y="height", color="split", opacity=0.5,
-                     hover_data=["id", "format", "bit_depth"], title="Image resolution (pixels)")
-    left.plotly_chart(style(fig), width="stretch")
-    melted = sized.melt(id_vars=["id"], value_vars=["width", "height"], var_name="side", value_name="pixels")
-    fig = px.histogram(melted, x="pixels", color="side", barmode="overlay", opacity=0.6, nbins=40,
-                       title="Width and height")
-    right.plotly_chart(style(fig), width="stretch")
+    left.plotly_chart(pc.resolution_scatter(sized), width="stretch")
+    right.plotly_chart(pc.side_histogram(sized), width="stretch")
     facts = sized.groupby(["format", "mode", "bit_depth"], dropna=False).size().rename("images").reset_index()
     st.dataframe(safe_table(facts), hide_index=True)
     st.markdown("**Intensity and contrast** (a random sample, read as 128 px thumbnails)")
@@ -77,12 +59,8 @@ def images_tab(ds, frame: pd.DataFrame) -> None:
         st.info("No image could be decoded for the intensity summary.")
         return
     left, right = st.columns(2)
-    fig = px.scatter(hover_ids(intens, "id"), x="mean", y="range", color="sex", color_discrete_map=SEX_COLORS,
-                     hover_data=["id", "boneage"], title="Mean intensity vs contrast (p95 - p5)")
-    left.plotly_chart(style(fig), width="stretch")
-    fig = px.histogram(intens, x="std", color="sex", barmode="overlay", opacity=0.6,
-                       color_discrete_map=SEX_COLORS, title="Per-image intensity SD")
-    right.plotly_chart(style(fig), width="stretch")
+    left.plotly_chart(pc.intensity_scatter(intens), width="stretch")
+    right.plotly_chart(pc.intensity_sd_histogram(intens), width="stretch")
 
 
 def gallery_tab(frame: pd.DataFrame) -> None:

@@ -11,26 +11,18 @@ size, and the augmented samples are cached per config."""
 
 import json
 
-import cv2
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from h2a.app.charts import style
+from h2a.app.charts import intensity_histogram
 from h2a.app.option_widgets import option_widget
 from h2a.app.plain import plain, safe_table
+from h2a.app.preview_ui import MAX_OPTIONS, augmented, display_view, image_labels, matching_ids
 from h2a.app.state import decoded, file_token, require_dataset
-from h2a.data import imageio
-from h2a.data.preprocess import (
-    PreprocessConfig,
-    list_configs,
-    load_config,
-    prepare,
-    save_config,
-)
-from h2a.data.transforms import array_input, augment_samples, augmentation, input_norm
+from h2a.data.preprocess import PreprocessConfig, list_configs, load_config, prepare, save_config
+from h2a.data.transforms import array_input, augmentation, input_norm
 from h2a.models import list_models
 from h2a.options import declarations
 
@@ -81,17 +73,6 @@ norm = input_norm(arch, cfg)
 cpu = torch.device("cpu")
 
 # ------------------------------------------------------------------ image choice
-DISPLAY_SIDE = 768  # the original is shown at screen size: encoding 5 MP for the browser takes seconds
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def image_labels(fingerprint: str, _rows: pd.DataFrame) -> dict[str, str]:
-    """'id · sex · age' per id, built once per dataset (a per-option table scan is quadratic)."""
-    ids = _rows["id"].astype(str).tolist()
-    ages = [f"{a:.0f} mo" if pd.notna(a) else "no age" for a in _rows["boneage"].astype(float).tolist()]
-    return {i: f"{i} · {s} · {a}" for i, s, a in zip(ids, _rows["sex"].astype(str).tolist(), ages)}
-
-
 labels = image_labels(ds.fingerprint, usable)
 paths = dict(zip(usable["id"].astype(str), usable["path"]))
 
@@ -100,19 +81,9 @@ def _label(i: str) -> str:
     return labels.get(str(i), str(i))
 
 
-MAX_OPTIONS = 200  # the picker sends only these labels to the browser, never all 12,611
 MAX_PICKS = 4
 all_ids = usable["id"].astype(str)
 valid_ids = set(all_ids)
-
-
-def matching_ids(query: str, limit: int = MAX_OPTIONS) -> list[str]:
-    """Ids containing ``query`` (any case; an exact id first), at most ``limit``."""
-    q = query.strip()
-    if not q:
-        return all_ids.head(limit).tolist()
-    hits = all_ids[all_ids.str.contains(q, case=False, regex=False)].head(limit).tolist()
-    return ([q] + [h for h in hits if h != q]) if q in valid_ids else hits
 
 
 def _picks() -> list[str]:
@@ -143,7 +114,7 @@ query = st.text_input("Find images by id", key="pp_find", on_change=_add_typed_i
                       placeholder="type an id, or part of one",
                       help=f"An exact id is added to the images below; part of one lists up to {MAX_OPTIONS} "
                            f"matching ids to pick from ({len(all_ids):,} images in all).")
-matches = matching_ids(query)
+matches = matching_ids(all_ids, query)
 options = current + [m for m in matches if m not in current]
 if query.strip() and not matches:
     st.caption(f"No id contains '{plain(query)}'.")
@@ -157,42 +128,6 @@ if not picked:
     st.stop()
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _display_view(path: str, token: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray] | str:
-    """(uint8 image at most DISPLAY_SIDE px, 64-bin histogram of the full image), shared
-    by every session; the error text for a file that cannot be read."""
-    img = decoded(path)
-    if isinstance(img, str):
-        return img
-    counts, _ = np.histogram(img.ravel(), bins=64, range=(0.0, 1.0))
-    scale = DISPLAY_SIDE / max(img.shape)
-    if scale < 1:
-        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
-                         interpolation=cv2.INTER_AREA)
-    return imageio.to_uint8(img), counts
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _augmented(path: str, token: tuple[int, int] | None, cfg_json: str, seed: int) -> list[np.ndarray] | None:
-    """The 8 augmented samples of one image for one config and seed (shared by sessions)."""
-    img = decoded(path)
-    if isinstance(img, str):
-        return None
-    cfg = PreprocessConfig(**json.loads(cfg_json))
-    # photometric=True: every augmentation training applies (test-time copies are geometric only)
-    return augment_samples(prepare(img, cfg), cfg, n=8, seed=seed, photometric=True)
-
-
-def _hist(values: np.ndarray, title: str, rng: tuple[float, float], counts: np.ndarray | None = None) -> go.Figure:
-    if counts is None:
-        counts, edges = np.histogram(values.ravel(), bins=64, range=rng)
-    else:
-        edges = np.linspace(rng[0], rng[1], len(counts) + 1)
-    fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, marker_color="#4fa3d9"))
-    fig.update_layout(title=title, bargap=0, xaxis_title="intensity", yaxis_title="pixels")
-    return style(fig, height=220)
-
-
 # ------------------------------------------------------------------ before / after
 for ident in picked:
     path = paths[str(ident)]
@@ -201,16 +136,17 @@ for ident in picked:
     if isinstance(img, str):
         st.error(plain(img, 600))
         continue
-    view, counts0 = _display_view(path, file_token(path))
+    view, counts0 = display_view(path, file_token(path))
     out = prepare(img, cfg)
     tensor = array_input(out, norm, cpu)[0, 0].numpy()  # exactly what the engine feeds the model
     left, right = st.columns(2)
     with left:
         st.image(view, caption=f"original {img.shape[1]}x{img.shape[0]}", width="stretch")
-        st.plotly_chart(_hist(img, "Original intensities", (0.0, 1.0), counts0), width="stretch", key=f"h0-{ident}")
+        st.plotly_chart(intensity_histogram(img, "Original intensities", (0.0, 1.0), counts0), width="stretch",
+                        key=f"h0-{ident}")
     with right:
         st.image(out, caption=f"preprocessed {cfg.size}x{cfg.size} ({cfg.resize}, {cfg.contrast})", width="stretch")
-        st.plotly_chart(_hist(out.astype(np.float32) / 255.0, "Preprocessed intensities", (0.0, 1.0)),
+        st.plotly_chart(intensity_histogram(out.astype(np.float32) / 255.0, "Preprocessed intensities", (0.0, 1.0)),
                         width="stretch", key=f"h1-{ident}")
         how = ("per-image (zero mean, unit sd)" if norm is None
                else f"{arch}'s mean {norm[0]:.3f} / sd {norm[1]:.3f}")
@@ -228,8 +164,8 @@ if isinstance(decoded(first_path), np.ndarray):
     if augmentation(cfg) is None:
         st.info("All augmentations are off: training sees the preprocessed image unchanged.")
     else:
-        samples = _augmented(first_path, file_token(first_path), json.dumps(cfg.to_dict(), sort_keys=True),
-                             st.session_state.get("pp_aug_seed", 0))
+        samples = augmented(first_path, file_token(first_path), json.dumps(cfg.to_dict(), sort_keys=True),
+                            st.session_state.get("pp_aug_seed", 0))
         if st.button("New samples", key="pp_aug_new"):
             st.session_state["pp_aug_seed"] = st.session_state.get("pp_aug_seed", 0) + 1
             st.rerun()

@@ -1,12 +1,8 @@
 """Sex from the image: can a hand radiograph tell a boy from a girl, and at which ages?"""
 
-import numpy as np
-import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
-from h2a.app.charts import SEX_COLORS, style
+from h2a.app import sex_charts as sc
 from h2a.app.cam_ui import cam_of_file
 from h2a.app.plain import plain
 from h2a.app.cluster_ui import bands_for, bootstrap_for
@@ -15,15 +11,9 @@ from h2a.app.state import dataset_at, require_dataset
 from h2a.app.training_ui import curves, new_run_and_pick, show_run
 from h2a.inference.cam import overlay
 from h2a.data.imageio import ImageReadError
-from h2a.engine.runs import read_json, summarize
+from h2a.run import Run
 from h2a.exports import csv_bytes
-from h2a.analysis.sex import (
-    confident_cases,
-    expected_calibration_error,
-    reliability_frame,
-    roc_points,
-    summary,
-)
+from h2a.analysis.sex import confident_cases, summary
 
 active = require_dataset()
 ds = active.ds
@@ -37,14 +27,14 @@ st.caption("A classifier sees only the radiograph (sex is the target, never an i
 run_dir, table = new_run_and_pick(
     "sex", ds, "No sex-classification runs yet. Start one above: on the demo dataset a tiny_cnn at 64 px for 10 "
     "epochs takes about a minute on a CPU. For the RSNA images see the README's CPU recipe.")
-run = summarize(run_dir)
-if not run.has_model:
+run = Run.at(run_dir)
+if not run.finished:
     show_run(run_dir, "sex")
     st.stop()
 with st.expander("Training progress, curves and log"):
     show_run(run_dir, "sex")
 
-meta = read_json(run_dir / "metadata.json") or {}
+meta = run.meta or {}
 sizes = meta.get("split_sizes", {})
 options = [s for s in ("holdout", "validation") if sizes.get(s)] + ["active"]
 c1, c2 = st.columns([3, 1])
@@ -90,56 +80,17 @@ cols[4].metric("Images (share male)", f"{metrics['n']:,} ({100 * (metrics.get('s
 
 # ------------------------------------------------------------------ ROC, confusion, calibration, ages
 left, right = st.columns(2)
-roc = roc_points(y, p) if len(np.unique(y)) > 1 else pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1], "threshold": [1, 0]})
-fig = px.area(roc, x="fpr", y="tpr", hover_data=["threshold"], title=f"ROC curve (AUC {auc_text})",
-              labels={"fpr": "false positive rate (girls called boys)", "tpr": "true positive rate (boys found)"})
-fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="#aaa", dash="dash")))
-fig.update_yaxes(range=[0, 1.02])
-left.plotly_chart(style(fig), width="stretch")
-cm = np.asarray(metrics["confusion"])
-fig = px.imshow(cm, text_auto=True, x=["predicted girl", "predicted boy"], y=["girl", "boy"],
-                color_continuous_scale="Blues", title="Confusion matrix (threshold 0.5)")
-fig.update_layout(coloraxis_showscale=False)
-right.plotly_chart(style(fig), width="stretch")
+left.plotly_chart(sc.roc_chart(y, p, auc_text), width="stretch")
+right.plotly_chart(sc.confusion_chart(metrics["confusion"]), width="stretch")
 
 left, right = st.columns(2)
-bands = bands_for(preds)
-fig = go.Figure()
-fig.add_bar(x=bands["band"], y=bands["auc"], name="AUC", customdata=bands[["n"]],
-            error_y=dict(type="data", symmetric=False, array=(bands["auc_high"] - bands["auc"]).fillna(0),
-                         arrayminus=(bands["auc"] - bands["auc_low"]).fillna(0)),
-            hovertemplate="%{x}: AUC %{y:.2f} (n %{customdata[0]})<extra></extra>")
-fig.add_scatter(x=bands["band"], y=bands["accuracy"], name="accuracy", mode="lines+markers")
-fig.add_hline(y=0.5, line_dash="dash", line_color="#aaa")
-fig.update_layout(title="AUC (95% bootstrap bars) and accuracy by bone age", yaxis_range=[0, 1.05],
-                  xaxis_title="2-year bone-age band", yaxis_title="")
-left.plotly_chart(style(fig), width="stretch")
-cal = reliability_frame(preds)
-ece = metrics.get("ece", expected_calibration_error(y, p))
-ece_raw = metrics.get("ece_uncalibrated")
-title = (f"Calibration: ECE {ece_raw:.3f} raw -> {ece:.3f} calibrated" if ece_raw is not None and "p_male_raw" in preds
-         else f"Calibration: expected calibration error {ece:.3f}")
-fig = px.scatter(cal, x="mean_predicted", y="share_male", size="n", color="probabilities", hover_data=["bin", "n"],
-                 color_discrete_map={"calibrated": "#4fa3d9", "raw": "#e07b39"}, title=title,
-                 labels={"mean_predicted": "mean predicted P(male)", "share_male": "observed share male"})
-for name, colour in (("calibrated", "#4fa3d9"), ("raw", "#e07b39")):
-    part = cal[cal["probabilities"] == name]
-    if not part.empty:
-        fig.add_trace(go.Scatter(x=part["mean_predicted"], y=part["share_male"], mode="lines", showlegend=False,
-                                 line=dict(color=colour)))
-fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
-                         line=dict(color="#aaa", dash="dash")))
-fig.update_xaxes(range=[0, 1])
-fig.update_yaxes(range=[0, 1])
-right.plotly_chart(style(fig), width="stretch")
+left.plotly_chart(sc.bands_chart(bands_for(preds)), width="stretch")
+right.plotly_chart(sc.calibration_chart(preds, metrics), width="stretch")
 right.caption(f"{plain(metrics.get('calibration', {}).get('method', 'no calibration'), 400)}; expected calibration "
               "error over 15 equal-width bins. Temperature scaling, fitted on the validation split, changes how sure the "
               "probabilities are, never their order (the ROC-AUC is the same).")
 
-fig = px.histogram(preds.assign(sex=np.where(preds["male"], "male", "female")), x="p_male", color="sex", nbins=40,
-                   barmode="overlay", opacity=0.6, color_discrete_map=SEX_COLORS,
-                   title="Predicted P(male) by true sex", labels={"p_male": "predicted P(male)"})
-st.plotly_chart(style(fig, height=300), width="stretch")
+st.plotly_chart(sc.p_male_histogram(preds), width="stretch")
 if meta.get("history"):
     st.plotly_chart(curves(meta["history"], "sex", "Training curves"), width="stretch")
 

@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 
 from h2a.data.orientation import hand_mask
 from h2a.data.transforms import array_input
-from h2a.engine.runs import resolve_run
+from h2a.run import Run, resolve_run
 from h2a.inference.cam import CAM_METHODS, DEFAULT_CAM, grad_cam
 from h2a.inference.evaluate import split_images
 from h2a.inference.loading import load_run
@@ -129,7 +129,7 @@ def main() -> None:
         result["sets"][name] = {"n": len(u8), "hand_fraction": float(hand.mean()), "rows": rows_out}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if args.write_run:  # the model card and the Evaluation page read it from the run folder
-        (path / "heatmap.json").write_text(json.dumps(result, indent=2))
+        Run.at(path).write_record("heatmap", result)
     OUT.mkdir(exist_ok=True)
     (OUT / f"cam-{path.name}.json").write_text(json.dumps(result, indent=2))
     print(f"\n{result['seconds']:.0f} s; written to bench/out/cam-{path.name}.json")

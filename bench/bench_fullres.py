@@ -32,7 +32,7 @@ import pandas as pd
 
 from h2a.data.imageio import read_image
 from h2a.data.preprocess import prepare
-from h2a.engine.runs import resolve_run
+from h2a.run import resolve_run
 from h2a.inference.arrays import predict_arrays
 from h2a.inference.loading import load_run
 from h2a.studies.compare import paired_bootstrap

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from h2a.data.transforms import array_input
-from h2a.engine.runs import resolve_run
+from h2a.run import resolve_run
 from h2a.inference.evaluate import split_images
 from h2a.inference.loading import LoadedRun, load_run
 from h2a.inference.onnx_export import OnnxRunner, export_onnx

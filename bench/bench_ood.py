@@ -243,11 +243,12 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
 def run_ood(args: argparse.Namespace) -> dict:
     from h2a.predict.alerts import FLAGGING, Code, codes
     from h2a.predict.predictor import Predictor
+    from h2a.run import Run
 
     orient_codes = {Code.INVERTED, Code.ROTATED}
     reject = set(FLAGGING) - orient_codes  # "not a usable / not like the training images"; orientation apart
     model = Path(args.model)
-    meta = json.loads((model / "metadata.json").read_text())
+    meta = Run.at(model).meta
     t0 = time.perf_counter()
     pred = Predictor(str(model))
     pred.prepare_ood()
@@ -369,7 +370,9 @@ def main() -> None:
     if args.orientation:
         report, name = run_orientation(args), "orientation.json"
     else:
-        if not (Path(args.model) / "metadata.json").exists():
+        from h2a.run import Run
+
+        if Run.at(args.model).meta is None:
             raise SystemExit(f"{args.model}: no finished run there (metadata.json missing); pass --model RUN")
         report, name = run_ood(args), "ood.json"
     OUT.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,7 @@ def main() -> None:
     from h2a.data.preprocess import prepare
     from h2a.device import describe_device, resolve_device
     from h2a.inference.cam import overlay
+    from h2a.run import Run
     from h2a.predict.batch import predict_files
     from h2a.predict.predictor import Predictor, cam_to_image, cpu_threads
     from h2a.predict.report import pdf_report
@@ -134,7 +135,7 @@ def main() -> None:
     made = None
     if not runs:
         out = ws / "models" / f"latency-{args.arch}-{args.size}"
-        if not (out / "metadata.json").exists():
+        if Run.at(out).meta is None:
             _latency_run(args.arch, args.size, ws, args.data)
             made = time.perf_counter() - t0
         runs = [str(out)]

@@ -68,9 +68,10 @@ def prepare(workspace: Path, model: str | None, steps_epochs: int) -> tuple[Path
     from h2a.data.preprocess import PreprocessConfig
     from h2a.engine.config import TrainConfig
     from h2a.engine.trainer import train
+    from h2a.run import Run
 
     out = workspace / "models" / "bench-tiny"
-    if not (out / "metadata.json").exists():
+    if Run.at(out).meta is None:
         cfg = TrainConfig(data=str(demo), out=str(out), arch="tiny_cnn", pretrained=False,
                           preprocess=PreprocessConfig(size=64).to_dict(), epochs=steps_epochs, batch_size=32,
                           lr=3e-3, workers=0, seed=0)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from h2a.engine.runs import resolve_run
+from h2a.run import resolve_run
 from h2a.inference.calibration import predict_procedure
 from h2a.inference.loading import load_run
 from h2a.inference.site_profile import SexCorrection

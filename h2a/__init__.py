@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 RESEARCH_NOTE = "Research use only, not for clinical decisions."
 
-# What a run can predict; the engine's Task objects (h2a.engine.tasks) implement each one.
+# What a run can predict; the engine's Task objects (h2a.inference.tasks) implement each one.
 TASKS = ("boneage", "sex")
 # Each task's headline figure (the metrics key runs are ranked by) and its direction: the
 # engine's Task classes and the run listings (which sit below the engine) read it here.

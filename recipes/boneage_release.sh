@@ -21,9 +21,9 @@ if [ -f "$RUN/config.json" ] && [ ! -f "$RUN/metadata.json" ]; then
 elif [ ! -f "$RUN/metadata.json" ]; then
   $PY -m h2a train --data "$DATA" --out "$RUN" --task boneage \
       --arch efficientnet_lite0 --pretrained --image-size 128 --resize squash --hand-crop \
-      --epochs 14 --batch-size 32 --lr 2e-3 --weight-decay 1e-4 \
-      --optimizer adamw --scheduler cosine --loss l1 --shift 0.03 --rotation 5 --zoom 0.05 \
-      --amp off --bn-momentum 0.1 --freeze 0 --holdout-fraction 0.1 --val-fraction 0.05 --workers 0 \
+      --epochs 18 --batch-size 32 --lr 2e-3 --weight-decay 1e-4 \
+      --optimizer adamw --scheduler cosine --loss l1 --shift 0.06 --rotation 10 --zoom 0.1 \
+      --ema 0.999 --amp off --bn-momentum 0.1 --freeze 0 --holdout-fraction 0.1 --val-fraction 0.05 --workers 0 \
       --exclude-ids ../shared/data/rsna-fullres --seed 0
 fi
 trained=$(date +%s)

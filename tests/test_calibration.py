@@ -47,7 +47,7 @@ def test_sex_runs_fit_the_offset_by_default_in_training_and_h2a_calibrate() -> N
     """A temperature alone left the recipe's held-out ECE at 0.12; the end of training and
     ``h2a calibrate`` both fit the offset unless told not to."""
     from h2a.cli import build_parser
-    from h2a.engine.tasks import SexTask
+    from h2a.inference.tasks import SexTask
     from h2a.inference.conformal import Procedure
 
     logits, y = _overconfident(3, 3000, scale=1.0, shift=-1.5)
@@ -77,7 +77,7 @@ def test_ece_uses_15_bins_and_is_zero_for_a_perfect_model() -> None:
 
 def test_sex_run_is_calibrated_and_evaluate_reports_both_eces(demo_dir: Path, workspace: Path, capsys) -> None:
     from h2a.cli import main
-    from h2a.engine.runs import read_json
+    from h2a.run import read_json
     from h2a.inference.evaluate import evaluate
     from h2a.inference.loading import load_run
     from tests.test_sex import make_sex_run

@@ -44,14 +44,16 @@ def page_text(at: AppTest) -> str:
 
 
 def default_job(demo_dir: Path, **changes) -> Job:
-    """The job the page asks for with its default settings (and ``changes``)."""
+    """The job the page asks for with its default settings (ClusterConfig's and the pretrained
+    preprocessing's) and ``changes`` (ClusterConfig fields, or ``size``)."""
+    from h2a.analysis.cluster_config import PRETRAINED_PREPROCESS
     from h2a.analysis.cluster_jobs import clusters_spec
     from h2a.data.datasets import load_dataset
     from h2a.data.preprocess import PreprocessConfig
 
-    params = {"k": 2, "pca": 50, "n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean", "seed": 0, **changes}
-    size = params.pop("size", 128)
-    return find_job(clusters_spec(load_dataset(demo_dir), "pretrained", PreprocessConfig(size=size), **params))
+    params = dict(changes)
+    pp = PreprocessConfig(**{**PRETRAINED_PREPROCESS, "size": params.pop("size", PRETRAINED_PREPROCESS["size"])})
+    return find_job(clusters_spec(load_dataset(demo_dir), "pretrained", pp, **params))
 
 
 def assert_clusters_shown(at: AppTest) -> list:
@@ -117,7 +119,7 @@ def embeddings_held_running(demo_dir: Path, size: int):
     from h2a.data.datasets import load_dataset
     from h2a.data.preprocess import PreprocessConfig
     from h2a.engine.lock import RunLock
-    from h2a.engine.runs import atomic_write_json
+    from h2a.run import atomic_write_json
     from h2a.processes import ProcessId
 
     spec = embeddings_spec(load_dataset(demo_dir), "pretrained", PreprocessConfig(size=size))

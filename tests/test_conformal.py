@@ -128,7 +128,7 @@ def _calibrate_cli(*argv: str) -> int:
 
 
 def test_training_calibrates_with_the_predict_procedure(tiny_run: Path) -> None:
-    from h2a.engine.runs import read_json
+    from h2a.run import read_json
     from h2a.inference.calibration import CALIBRATION, DEFAULT_TTA
 
     cal = read_json(tiny_run / CALIBRATION)
@@ -160,7 +160,7 @@ def test_evaluate_json_interval_keys_and_procedure_mismatch(tiny_run: Path, caps
 
 
 def test_calibrate_command_refits_for_another_procedure(tiny_run: Path, tmp_path: Path, capsys) -> None:
-    from h2a.engine.runs import read_json
+    from h2a.run import read_json
     from h2a.inference.evaluate import evaluate
 
     run = tmp_path / "copy"
@@ -199,7 +199,7 @@ def test_old_run_without_calibration_falls_back_and_says_so(tiny_run: Path, tmp_
 @pytest.fixture(scope="module")
 def files_png(tiny_run: Path, demo_dir: Path) -> Path:
     from h2a.data.datasets import load_dataset
-    from h2a.engine.runs import read_json
+    from h2a.run import read_json
 
     meta = read_json(tiny_run / "metadata.json")
     ds = load_dataset(demo_dir)
@@ -209,7 +209,7 @@ def files_png(tiny_run: Path, demo_dir: Path) -> Path:
 
 def test_predict_json_names_the_conformal_method(tiny_run: Path, files_png: Path, capsys) -> None:
     from h2a.cli import main
-    from h2a.engine.runs import read_json
+    from h2a.run import read_json
 
     assert main(["predict", "--model", str(tiny_run), str(files_png), "--sex", "male", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

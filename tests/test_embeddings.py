@@ -90,7 +90,7 @@ def test_a_half_written_store_is_ignored(small_demo: Path) -> None:
 
 
 def test_run_embeddings_follow_the_model_file(small_demo: Path, workspace: Path) -> None:
-    from h2a.engine.runs import safe_load
+    from h2a.run import safe_load
     from tests.test_sex import make_sex_run
 
     tiny_run = make_sex_run(small_demo, workspace, name="tiny-sex-60", epochs=1)

@@ -24,7 +24,7 @@ from h2a.engine.callbacks import (
 )
 from h2a.engine.config import TrainingDiverged
 from h2a.engine.state import CHECKPOINT_KEYS, TrainState
-from h2a.engine.tasks import get_task
+from h2a.inference.tasks import get_task
 
 
 def _eng(**kw) -> SimpleNamespace:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from h2a.engine.config import TrainConfig
-from h2a.engine.runs import safe_load
+from h2a.run import safe_load
 from h2a.engine.state import CHECKPOINT_KEYS, TrainState, save_checkpoint
 
 

@@ -96,3 +96,37 @@ def test_the_core_never_imports_streamlit():
 
 def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The layers from the bottom up (docs/architecture.md draws them). A module may import its own
+# layer and any below it, never one above. "base" is the package's top-level modules
+# (settings, options, run folders, processes, progress, exports, device, gate, server);
+# ``h2a.__main__`` is the entry point and may import the CLI.
+LAYERS = ("base", "models", "data", "inference", "engine", "predict", "analysis", "studies", "app", "cli")
+ENTRY_POINTS = {"h2a.__main__"}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else "base"
+
+
+def upward_imports(g: dict[str, set[str]]) -> list[str]:
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    return sorted(f"{m} -> {d}" for m, deps in g.items() if m not in ENTRY_POINTS
+                  for d in deps if rank[layer_of(d)] > rank[layer_of(m)])
+
+
+def test_every_package_folder_has_a_layer():
+    folders = {p.parent.name for p in PKG.rglob("__init__.py") if p.parent != PKG}
+    assert folders <= set(LAYERS), folders - set(LAYERS)
+
+
+def test_no_layer_imports_one_above_it():
+    found = upward_imports(graph())
+    assert not found, "imports running up the layers: " + "; ".join(found)
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"h2a.data.cache": {"h2a.engine.trainer", "h2a.settings"},
+                           "h2a.cli.train": {"h2a.engine.trainer"}}) == ["h2a.data.cache -> h2a.engine.trainer"]

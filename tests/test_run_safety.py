@@ -25,7 +25,7 @@ import torch
 
 from h2a.data.preprocess import PreprocessConfig
 from h2a.engine.config import TrainConfig, TrainingError
-from h2a.engine.runs import read_json, run_status
+from h2a.run import read_json, run_status
 from h2a.engine.trainer import train
 from h2a.processes import pid_alive
 from tests.conftest import REPO, run_cli

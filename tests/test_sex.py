@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from h2a.data.preprocess import PreprocessConfig
-from h2a.engine.runs import read_json
+from h2a.run import read_json
 from h2a.analysis.sex import (
     bootstrap_auc,
     by_age_band,

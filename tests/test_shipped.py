@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from h2a.engine.runs import SHIPPED_WEIGHTS, best_run, list_runs
-from h2a.inference.shipping import MAX_FILE_MB, ship_run
+from h2a.run import SHIPPED_WEIGHTS, best_run, list_runs
+from h2a.predict.shipping import MAX_FILE_MB, ship_run
 from h2a.predict.predictor import Predictor
 from tests.conftest import REPO, run_cli
 

@@ -108,7 +108,7 @@ def test_presets_are_the_recipe_plus_their_question() -> None:
 def test_study_jobs_without_a_process(tmp_path: Path) -> None:
     from h2a.engine.lock import RunLock
     from h2a.studies import StudySpec, start_study_job, stop_study, study_job_status
-    from h2a.studies.runner import StudyError
+    from h2a.studies.errors import StudyError
     from h2a.studies.storage import job_dir
 
     assert study_job_status("never-started") == {"status": "none", "pid": None, "log_tail": "", "finished": 0,
@@ -122,7 +122,7 @@ def test_study_jobs_without_a_process(tmp_path: Path) -> None:
 
 
 def test_a_search_starts_from_its_base_unless_the_base_is_outside_the_space(demo_dir: Path) -> None:
-    from h2a.studies.runner import baseline_params, enqueue_baseline
+    from h2a.studies.trial_queue import baseline_params, enqueue_baseline
 
     search = get_preset("recipe-search")
     params = baseline_params(search, str(demo_dir))
@@ -154,7 +154,7 @@ def test_a_search_starts_from_its_base_unless_the_base_is_outside_the_space(demo
 def test_median_pruning_waits_warmup_epochs_before_it_acts() -> None:
     import optuna
 
-    from h2a.studies.runner import make_pruner
+    from h2a.studies.pruning import make_pruner
 
     space = parse_space({"base": {}, "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
                          "pruning": {"startup_trials": 1, "warmup_epochs": 1}})
@@ -178,7 +178,7 @@ def test_an_epoch_cut_short_by_a_stop_is_neither_reported_nor_pruned() -> None:
     import optuna
 
     from h2a.engine.callbacks import CANCELLED
-    from h2a.studies.runner import TrialReporter
+    from h2a.studies.pruning import TrialReporter
 
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     done = study.ask()

@@ -17,8 +17,11 @@ from h2a.settings import get_settings
 from h2a.studies import StudySpec, load_study
 from h2a.studies import confirm as confirm_mod
 from h2a.studies.confirm import confirm_search
-from h2a.studies.runner import StudyError, enqueue_baseline, open_or_create, resolve_space, run_study
+from h2a.studies.coordinator import run_study
+from h2a.studies.create import open_or_create, resolve_space
+from h2a.studies.errors import StudyError
 from h2a.studies.storage import job_dir
+from h2a.studies.trial_queue import enqueue_baseline
 from tests.conftest import open_page
 from tests.study_fixtures import arm_study, search_study, search_with_base
 from tests.test_study_page import storage  # noqa: F401 - the fixture: a study storage of each test's own
@@ -127,7 +130,7 @@ def test_what_cannot_be_confirmed_says_why(storage, monkeypatch, capsys) -> None
 
 
 def test_a_stop_request_ends_a_confirmation_and_stores_nothing(storage, monkeypatch) -> None:
-    from h2a.studies.runner import STOP
+    from h2a.studies.lock import STOP
 
     search_with_base("cf-stop", get_settings().models_dir)
 

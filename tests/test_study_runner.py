@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from h2a.engine.runs import read_json
+from h2a.run import read_json
 from h2a.studies import StudySpec, load_study
-from h2a.studies.runner import open_or_create, resolve_space, run_study
+from h2a.studies.coordinator import run_study
+from h2a.studies.create import open_or_create, resolve_space
 from tests.conftest import REPO
 
 TINY = ("{arch: tiny_cnn, pretrained: false, image_size: 32, epochs: EPOCHS, batch_size: 16, "

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from h2a.data.preprocess import PreprocessConfig
-from h2a.engine.runs import read_json
+from h2a.run import read_json
 from h2a.engine.config import TrainConfig, TrainingDiverged, TrainingError
 from h2a.engine.trainer import train
 from tests.conftest import REPO, run_cli
@@ -136,7 +136,7 @@ def test_resume_after_kill_continues_at_the_next_epoch(demo_dir: Path, workspace
     assert checkpointed, "the run never checkpointed two epochs"
     import torch
 
-    from h2a.engine.runs import run_status
+    from h2a.run import run_status
 
     assert run_status(out)["status"] == "stopped"  # progress.json says running, the process is gone
     at_kill = int(torch.load(out / "checkpoint.pt", weights_only=True)["epoch"])

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from h2a.app.plain import plain
-from h2a.engine.runs import read_json
+from h2a.run import read_json
 from h2a.settings import get_settings
 from tests.conftest import open_page, settle
 

@@ -44,15 +44,7 @@ from typing import Any
 
 from h2a.engine.jobs import spawn_detached
 from h2a.engine.lock import RunLock, RunLocked
-from h2a.engine.runs import (
-    CANCEL,
-    JOB,
-    LOG,
-    PROGRESS,
-    atomic_write_json,
-    read_json,
-    writer_alive,
-)
+from h2a.run import CANCEL, JobFolder, atomic_write_json, read_json, writer_alive
 from h2a.processes import ProcessId, lower_priority
 from h2a.settings import get_settings
 
@@ -200,7 +192,7 @@ class Job:
 
     def status(self) -> dict:
         """progress.json with a liveness check: 'running' whose process is gone is 'stopped'."""
-        prog = read_json(self.dir / PROGRESS)
+        prog = JobFolder(self.dir).progress
         if prog is None:  # spec.json is written just before the process is launched
             try:
                 age = time.time() - (self.dir / SPEC).stat().st_mtime
@@ -229,12 +221,12 @@ class Job:
 
     def process(self) -> ProcessId | None:
         """The worker named by job.json, when it is still that very process."""
-        proc = ProcessId.from_record(read_json(self.dir / JOB) or {})
+        proc = ProcessId.from_record(JobFolder(self.dir).job or {})
         return proc if proc is not None and proc.alive() else None
 
     def log_tail(self, lines: int = 20) -> str:
         try:
-            text = (self.dir / LOG).read_bytes()[-20000:].decode(errors="replace")
+            text = JobFolder(self.dir).log_file.read_bytes()[-20000:].decode(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
@@ -254,7 +246,7 @@ def list_jobs(root: Path | None = None) -> list[Job]:
 
     def _updated(job: Job) -> float:
         try:
-            return (job.dir / PROGRESS).stat().st_mtime
+            return JobFolder(job.dir).progress_file.stat().st_mtime
         except OSError:
             return 0.0
 
@@ -294,7 +286,7 @@ def start_job(spec: JobSpec, *, restart: bool = False, root: Path | None = None)
     with lock:
         job = Job(path)
         # under the lock no local worker runs: no progress.json = an interrupted start
-        status = job.status().get("status") if (path / PROGRESS).exists() else "missing"
+        status = job.status().get("status") if JobFolder(path).progress_file.exists() else "missing"
         if status == "finished" and (path / RESULT).exists():
             return job
         if status in LIVE:  # a writer on another host (this one holds no lock): watch it
@@ -323,7 +315,7 @@ def _acquire(path: Path, wait_s: float) -> RunLock | None:
 def _clear(path: Path) -> None:
     """Remove a previous attempt's progress, result files and cancel flag (keeps the log)."""
     for entry in path.iterdir():
-        if entry.name in (".lock", LOG):
+        if entry.name in (".lock", JobFolder(path).log_file.name):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -343,15 +335,15 @@ def _spawn(path: Path, lock: RunLock) -> None:
     once it is named the holder, so nothing else can start the job in between."""
     cmd = worker_command(path)
     try:
-        ident = spawn_detached(cmd, path / LOG, lock)
+        ident = spawn_detached(cmd, JobFolder(path).log_file, lock)
     except OSError as exc:  # no process: say so instead of 'starting' forever
-        atomic_write_json(path / PROGRESS, {"status": "failed", "message": f"could not start: {one_line(exc)}",
-                                            "updated": time.time()})
+        JobFolder(path).write_progress({"status": "failed", "message": f"could not start: {one_line(exc)}",
+                                     "updated": time.time()})
         return
     now = time.time()
-    atomic_write_json(path / JOB, {**ident.record(), "cmd": cmd, "started": now})
-    atomic_write_json(path / PROGRESS, {"status": "starting", **ident.record(), "stage": "starting", "done": 0,
-                                        "total": 0, "message": "starting…", "started": now, "updated": now})
+    JobFolder(path).write_job({**ident.record(), "cmd": cmd, "started": now})
+    JobFolder(path).write_progress({"status": "starting", **ident.record(), "stage": "starting", "done": 0,
+                                    "total": 0, "message": "starting…", "started": now, "updated": now})
     lock.hand_over(ident.pid)
 
 
@@ -371,7 +363,7 @@ def force_stop(job: Job) -> bool:
 
     Only while job.json's PID still has its recorded start time and process group: after a
     crash the PID may belong to an unrelated process."""
-    proc = ProcessId.from_record(read_json(job.dir / JOB) or {})
+    proc = ProcessId.from_record(JobFolder(job.dir).job or {})
     return proc is not None and proc.terminate_group()
 
 
@@ -447,7 +439,7 @@ class JobContext:
         elapsed = now - self._stage_t0
         rate = done / elapsed if done and elapsed > 0 else None
         eta = (total - done) / rate if rate and total and done < total else (0.0 if total and done >= total else None)
-        atomic_write_json(self.dir / PROGRESS, {
+        JobFolder(self.dir).write_progress({
             "status": status, **self._ident, "kind": self.spec.kind, "stage": self.stage, "done": int(done),
             "total": int(total), "rate": None if rate is None else round(rate, 2),
             "eta_s": None if eta is None else round(eta, 1), "message": message, "started": self._started,

@@ -4,16 +4,17 @@
   backbone or a trained run) on a dataset. The vectors land in the embedding cache of
   ``h2a.analysis.embeddings``; the job's result says where.
 * ``clusters``: the embeddings (by waiting for the ``embeddings`` job of the same source,
-  so two clusterings with different k share one embedding pass), then UMAP + k-means for
-  the given k / PCA / neighbours / min distance / metric / seed, and the k sweep. The job
-  folder is the cache of the answer: ``frame.csv`` (one row per image) and result.json
-  (scores, sweep, embedding facts), reused while the key (params + data + model) matches.
+  so two clusterings with different k share one embedding pass), then UMAP + k-means with
+  a ``ClusterConfig`` (its fields are the job's params), and the k sweep. The job folder is
+  the cache of the answer: ``frame.csv`` (one row per image) and result.json (scores,
+  sweep, embedding facts), reused while the key (params + data + model) matches.
 
 ``clusters_spec`` is what the page and the CLI ask for; ``load_clusters`` reads an answer back.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,18 @@ from h2a.analysis.background import (
     register_kind,
     wait_for,
 )
-from h2a.analysis.embeddings import PRETRAINED, load_embeddings, source_identity
+from h2a.analysis.cluster_config import PRETRAINED_ARCH, ClusterConfig
+from h2a.analysis.clustering import cluster_embeddings, sweep_k
+from h2a.analysis.embeddings import PRETRAINED, compute_embeddings, load_embeddings, source_identity
 from h2a.data.preprocess import PreprocessConfig
-from h2a.engine.runs import atomic_write_bytes
 from h2a.exports import csv_bytes
 from h2a.progress import ProgressFn
+from h2a.run import atomic_write_bytes
 
 __all__ = ["FRAME", "SWEEP_KS", "clusters_spec", "embeddings_spec", "load_clusters"]
 
 FRAME = "frame.csv"
 SWEEP_KS = tuple(range(2, 11))  # the "choosing k" curves: k = 2 to 10
-DEFAULT_ARCH = "efficientnet_lite0"
 
 
 # ---------------------------------------------------------------- specs
@@ -53,20 +55,20 @@ def _embedding_params(source: str | Path, preprocess: PreprocessConfig | None, a
 
 
 def embeddings_spec(ds: Any, source: str | Path = PRETRAINED, preprocess: PreprocessConfig | None = None,
-                    arch: str = DEFAULT_ARCH) -> JobSpec:
+                    arch: str = PRETRAINED_ARCH) -> JobSpec:
     """The ``embeddings`` job of ``source`` on ``ds`` (``preprocess`` None = a run's own)."""
     params, identity = _embedding_params(source, preprocess, arch)
     return JobSpec("embeddings", params, data=str(Path(ds.root).resolve()), fingerprint=ds.fingerprint,
                    identity=identity)
 
 
-def clusters_spec(ds: Any, source: str | Path = PRETRAINED, preprocess: PreprocessConfig | None = None, *,
-                  arch: str = DEFAULT_ARCH, k: int = 2, pca: int = 50, n_neighbors: int = 15,
-                  min_dist: float = 0.1, metric: str = "euclidean", seed: int = 0) -> JobSpec:
-    """The ``clusters`` job: UMAP + k-means of ``source``'s embeddings with these parameters."""
+def clusters_spec(ds: Any, source: str | Path = PRETRAINED, preprocess: PreprocessConfig | None = None,
+                  config: ClusterConfig | None = None, *, arch: str = PRETRAINED_ARCH, **settings: Any) -> JobSpec:
+    """The ``clusters`` job: UMAP + k-means of ``source``'s embeddings with ``config`` (None:
+    the declared defaults), changed by ``settings`` (ClusterConfig field names, e.g. ``k=3``)."""
+    cfg = replace(config or ClusterConfig(), **settings)
     params, identity = _embedding_params(source, preprocess, arch)
-    params.update({"k": int(k), "pca": int(pca), "n_neighbors": int(n_neighbors), "min_dist": float(min_dist),
-                   "metric": str(metric), "seed": int(seed), "sweep": list(SWEEP_KS)})
+    params.update({**cfg.to_dict(), "sweep": list(SWEEP_KS)})
     return JobSpec("clusters", params, data=str(Path(ds.root).resolve()), fingerprint=ds.fingerprint,
                    identity=identity)
 
@@ -91,13 +93,11 @@ def _staged(ctx: JobContext) -> ProgressFn:
 
 
 def _run_embeddings(ctx: JobContext) -> dict:
-    from h2a.analysis.embeddings import compute_embeddings
-
     ds = ctx.dataset()
     p = ctx.params
     pp = PreprocessConfig.from_dict(p["preprocess"]) if p.get("preprocess") else None
     ctx.set_stage("tensor cache")
-    emb = compute_embeddings(ds, p["source"], arch=p.get("arch") or DEFAULT_ARCH, preprocess=pp,
+    emb = compute_embeddings(ds, p["source"], arch=p.get("arch") or PRETRAINED_ARCH, preprocess=pp,
                              progress=_staged(ctx))
     return {"n": len(emb), "dim": emb.dim, "key": emb.key, "path": str(emb.path), "source": emb.source,
             "from_cache": bool(emb.from_cache), "device": emb.info.get("device"),
@@ -106,24 +106,20 @@ def _run_embeddings(ctx: JobContext) -> dict:
 
 
 def _run_clusters(ctx: JobContext) -> dict:
-    from h2a.analysis.clustering import cluster_embeddings, sweep_k
-
     p = ctx.params
+    cfg = ClusterConfig.from_dict(p)
     needed = _embeddings_spec_of(ctx.spec)
     got = wait_for(ctx, needed, "embeddings")
     emb = load_embeddings(Path(got.get("path", "")))
     if emb is None:
         raise JobFailed(f"the embeddings of job {needed.name} are missing on disk; ask again")
-    k = int(p["k"])
-    if len(emb) <= k:
-        raise JobFailed(f"only {len(emb)} decodable images: too few for k = {k}")
+    if len(emb) <= cfg.k:
+        raise JobFailed(f"only {len(emb)} decodable images: too few for k = {cfg.k}")
     ctx.set_stage("UMAP and k-means")
-    est, frame, scores = cluster_embeddings(emb, k=k, pca=p["pca"], n_neighbors=p["n_neighbors"],
-                                            min_dist=p["min_dist"], metric=p["metric"], seed=p["seed"],
-                                            progress=ctx.steps)
+    est, frame, scores = cluster_embeddings(emb, cfg, progress=ctx.steps)
     ctx.set_stage("k sweep")
     ks = tuple(x for x in p.get("sweep") or SWEEP_KS if x < len(emb))
-    sweep = sweep_k(est.features_, ks, random_state=p["seed"], progress=ctx.steps)
+    sweep = sweep_k(est.features_, ks, random_state=cfg.seed, progress=ctx.steps)
     atomic_write_bytes(ctx.dir / FRAME, csv_bytes(frame))
     return {"n": len(emb), "scores": scores, "sweep": sweep.to_dict(orient="records"),
             "embedding": {**{k_: got.get(k_) for k_ in ("n", "dim", "key", "source", "device", "images_per_s",

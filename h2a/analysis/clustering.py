@@ -6,7 +6,10 @@ attributes end in ``_``, nothing happens in ``__init__``): standardise, optional
 a 2-D UMAP map, and k-means twice, once on the map and once on the full (standardised,
 PCA-reduced) embedding, so a conclusion never rests on the plotting projection alone.
 The UMAP coordinates, the slow part, are stored on disk keyed by (embedding key, the
-parameters that change them) when ``fit`` is given a ``cache_key``.
+parameters that change them) when ``fit`` is given a ``cache_key``. The parameters a user
+chooses (k, PCA, UMAP neighbours and min distance, metric, seed) are declared once, with
+their defaults, bounds and help, in ``ClusterConfig`` (``h2a.analysis.cluster_config``);
+``cluster_embeddings(emb, config)`` is the one call the CLI, the jobs and the studies make.
 
 ``cluster_scores`` judges a labelling against sex (adjusted Rand index, normalised mutual
 information, purity with its chance baseline) and bone age (per-cluster distribution,
@@ -29,13 +32,15 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from h2a.settings import get_settings
+from h2a.analysis.cluster_config import ClusterConfig
 from h2a.progress import ProgressFn, report
+from h2a.settings import get_settings
 
-__all__ = ["EmbeddingClusterer", "cluster_scores", "cluster_verdict", "purity", "sweep_k", "axis_correlations",
-           "umap_cache_dir", "STRENGTH_LEVELS", "FOLLOWS_FROM"]
+__all__ = ["ClusterConfig", "EmbeddingClusterer", "cluster_embeddings", "cluster_scores", "cluster_verdict",
+           "purity", "sweep_k", "axis_correlations", "umap_cache_dir", "STRENGTH_LEVELS", "FOLLOWS_FROM"]
 
 UMAP_VERSION = 1
+_DEFAULT = ClusterConfig()  # the estimator's defaults are the declared ones
 SILHOUETTE_SAMPLE = 4000  # silhouette is O(n^2): score a fixed random sample beyond this
 
 
@@ -230,8 +235,9 @@ class EmbeddingClusterer(BaseEstimator):
     (k-means on ``features_``), ``kmeans_``, ``kmeans_full_``, ``umap_from_cache_``.
     """
 
-    def __init__(self, k: int = 2, *, standardize: bool = True, pca: int | None = 50, n_neighbors: int = 15,
-                 min_dist: float = 0.1, metric: str = "euclidean", random_state: int = 0) -> None:
+    def __init__(self, k: int = _DEFAULT.k, *, standardize: bool = True, pca: int | None = _DEFAULT.pca,
+                 n_neighbors: int = _DEFAULT.n_neighbors, min_dist: float = _DEFAULT.min_dist,
+                 metric: str = _DEFAULT.metric, random_state: int = _DEFAULT.seed) -> None:
         self.k = k
         self.standardize = standardize
         self.pca = pca
@@ -240,6 +246,18 @@ class EmbeddingClusterer(BaseEstimator):
         self.metric = metric
         self.random_state = random_state
 
+    @classmethod
+    def from_config(cls, config: ClusterConfig, *, standardize: bool = True) -> EmbeddingClusterer:
+        """The estimator for these settings (``ClusterConfig.seed`` is ``random_state``)."""
+        return cls(config.k, standardize=standardize, pca=config.pca, n_neighbors=config.n_neighbors,
+                   min_dist=config.min_dist, metric=config.metric, random_state=config.seed)
+
+    def cluster_config(self) -> ClusterConfig:
+        """The settings as a ClusterConfig: its declarations check them (ValueError naming each)."""
+        return ClusterConfig.from_dict({"k": self.k, "pca": self.pca or 0, "n_neighbors": self.n_neighbors,
+                                        "min_dist": self.min_dist, "metric": self.metric,
+                                        "seed": self.random_state})
+
     # -- pieces ------------------------------------------------------------------
     def _check(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -247,10 +265,9 @@ class EmbeddingClusterer(BaseEstimator):
             raise ValueError(f"need a 2-D array with at least 3 rows, got shape {X.shape}")
         if not np.isfinite(X).all():
             raise ValueError("embeddings contain NaN or infinite values")
-        if not 2 <= int(self.k) < len(X):
+        self.cluster_config()  # the declared types and ranges
+        if not int(self.k) < len(X):
             raise ValueError(f"k must be from 2 to {len(X) - 1} for {len(X)} points, got {self.k}")
-        if int(self.n_neighbors) < 2:
-            raise ValueError(f"n_neighbors must be at least 2, got {self.n_neighbors}")
         return X
 
     def umap_params(self, n_rows: int) -> dict:
@@ -362,16 +379,15 @@ class EmbeddingClusterer(BaseEstimator):
 
 # ---------------------------------------------------------------- one call for the CLI and the page
 
-def cluster_embeddings(emb, *, k: int = 2, pca: int | None = 50, n_neighbors: int = 15, min_dist: float = 0.1,
-                       metric: str = "euclidean", seed: int = 0, standardize: bool = True,
+def cluster_embeddings(emb, config: ClusterConfig | None = None, *, standardize: bool = True,
                        progress: ProgressFn | None = None) -> tuple[EmbeddingClusterer, pd.DataFrame, dict]:
-    """Fit an EmbeddingClusterer on ``Embeddings`` (UMAP cached on disk under its key).
+    """Fit an EmbeddingClusterer with ``config`` (None: the declared defaults) on ``Embeddings``
+    (UMAP cached on disk under its key).
 
     Returns (fitted clusterer, per-image frame, scores). The scores carry the embedding's
     source, key and whether it came from disk.
     """
-    est = EmbeddingClusterer(k, standardize=standardize, pca=pca, n_neighbors=n_neighbors, min_dist=min_dist,
-                             metric=metric, random_state=seed)
+    est = EmbeddingClusterer.from_config(config or ClusterConfig(), standardize=standardize)
     est.fit(emb.X, cache_key=emb.key, progress=progress)
     scores = est.scores(emb.male, emb.boneage)
     scores["embedding"] = {"source": emb.source, "key": emb.key, "dim": emb.dim, "from_cache": emb.from_cache,

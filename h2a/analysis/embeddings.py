@@ -37,6 +37,7 @@ import torch
 from h2a.settings import get_settings
 from h2a.data.preprocess import PreprocessConfig
 from h2a.progress import ProgressFn, report
+from h2a.run import Run, resolve_run, weights_file
 
 __all__ = ["EMBED_VERSION", "Embeddings", "EmbeddingSource", "compute_embeddings", "embedding_dir",
            "load_embeddings", "resolve_source", "source_identity"]
@@ -117,8 +118,6 @@ def _source_identity(source: str | Path, arch: str) -> tuple[str, str, Path | No
     """(identity, label, run_dir) without building a model (cheap: for cache lookups)."""
     if str(source) == PRETRAINED:
         return f"pretrained:{arch}", f"pretrained:{arch}", None
-    from h2a.engine.runs import resolve_run, weights_file
-
     run_dir = resolve_run(source)
     weights = weights_file(run_dir)
     if weights is None:
@@ -133,9 +132,7 @@ def source_identity(source: str | Path, arch: str = "efficientnet_lite0") -> tup
 
 
 def _run_preprocess(run_dir: Path) -> PreprocessConfig:
-    from h2a.engine.runs import METADATA, read_json
-
-    meta = read_json(run_dir / METADATA)
+    meta = Run.at(run_dir).meta
     if meta is None:
         raise FileNotFoundError(f"{run_dir.name}: not a finished run (no metadata.json yet)")
     return PreprocessConfig.from_dict(meta["preprocess"])
@@ -279,9 +276,7 @@ def compute_embeddings(
     identity, label, run_dir = _source_identity(source, arch)
     pcfg = preprocess or (_run_preprocess(run_dir) if run_dir is not None else PreprocessConfig(size=128))
     if run_dir is not None:
-        from h2a.engine.runs import METADATA, read_json
-
-        arch = (read_json(run_dir / METADATA) or {}).get("model", {}).get("name", arch)
+        arch = (Run.at(run_dir).meta or {}).get("model", {}).get("name", arch)
     from h2a.data.transforms import input_norm
 
     norm = input_norm(arch, pcfg)

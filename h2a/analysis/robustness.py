@@ -290,7 +290,7 @@ def robustness_report(
 
     from h2a.data.datasets import load_dataset
     from h2a.data.imageio import ImageReadError, read_image
-    from h2a.engine.runs import resolve_run
+    from h2a.run import resolve_run
     from h2a.predict.predictor import Predictor
 
     chosen = _perturbations(perturbations)

@@ -18,6 +18,7 @@ import numpy as np
 import streamlit as st
 
 from h2a.app.runs_ui import loaded_run, model_mtime
+from h2a.run import Run
 
 __all__ = ["cam_of_file", "clear_cam_cache"]
 
@@ -59,12 +60,11 @@ def cam_of_file(run_dir: str | Path, path: str | Path, male: bool | None = None,
 def heatmap_caption(run_dir: str | Path) -> str:
     """Which map is shown and, where ``bench/bench_cam.py --write-run`` measured it for this run,
     how much of its mass falls on the hand and whether it depends on the trained weights."""
-    from h2a.engine.runs import read_json
     from h2a.inference.cam import DEFAULT_CAM
 
     stage, method = DEFAULT_CAM
     text = f"{method} at trunk stage {stage} (finer than the last stage's 4 x 4 grid at 128 px)."
-    cam = read_json(Path(run_dir) / "heatmap.json") or {}
+    cam = Run.at(run_dir).record("heatmap") or {}
     for name, s in (cam.get("sets") or {}).items():
         row = next((r for r in s.get("rows", []) if [r["stage"], r["method"]] == [stage, method]), None)
         last = next((r for r in s.get("rows", []) if [r["stage"], r["method"]] == [-1, "gradcam"]), None)

@@ -1,6 +1,7 @@
-"""App-layer helpers for the sex and clusters pages: the clusters background job (ask,
-watch, cancel, read its answer), the cluster map figure and the image grid for selected
-points (sex-evidence CAMs come from ``h2a.app.cam_ui``).
+"""App-layer helpers for the sex and clusters pages: the clustering settings' widgets (built
+from ``ClusterConfig``'s declarations), the clusters background job (ask, watch, cancel,
+read its answer), the image grid for selected points and the composition tables. The
+figures are in ``h2a.app.cluster_charts``; sex-evidence CAMs come from ``h2a.app.cam_ui``.
 
 Embeddings, UMAP and k-means run as a background job (``h2a.analysis.cluster_jobs``): the
 page only asks for it and returns; a fragment polls its progress. A finished job's answer
@@ -11,24 +12,52 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
-from h2a.app.charts import SEX_COLORS, style
+from h2a.analysis.background import LIVE, RESULT, Job, find_job, force_stop, request_cancel, start_job
+from h2a.analysis.cluster_config import ClusterConfig
+from h2a.analysis.cluster_jobs import clusters_spec, load_clusters
+from h2a.analysis.embeddings import PRETRAINED
+from h2a.analysis.sex import bootstrap_auc, by_age_band
+from h2a.app.option_widgets import option_widget
 from h2a.app.plain import plain
 from h2a.app.state import thumb_for
+from h2a.options import declarations
+from h2a.run import resolve_run
 
-SOURCE_PRETRAINED = "pretrained"
-# Distinct hues for clusters (the theme's default palette has neighbouring blues), and
-# none of them the sex colours, so a cluster is never mistaken for a sex.
-CLUSTER_COLORS = ["#f5a623", "#7ed321", "#9b59b6", "#1abc9c", "#e74c3c", "#f8e71c", "#8b572a", "#50e3c2",
-                  "#bd10e0", "#4a4a4a", "#b8e986", "#d0021b", "#417505", "#f78fb3", "#3dc1d3", "#596275",
-                  "#e15f41", "#c44569", "#f19066", "#786fa6"]
+SOURCE_PRETRAINED = PRETRAINED
+
+
+# ---------------------------------------------------------------- settings
+
+# The ClusterConfig fields the page shows, in declaration order, each under the session-state
+# key "cl_<field>": widget kind, label, help, range and default all come from the declaration.
+SETTING_FIELDS = tuple(d.name for d in declarations(ClusterConfig) if d.opt.form is not False)
+
+
+def setting_key(name: str) -> str:
+    """The session-state / widget key of ClusterConfig field ``name`` on the Clusters page."""
+    return f"cl_{name}"
+
+
+def setting_defaults() -> dict[str, Any]:
+    """Widget key -> the declared default, for each field on the page."""
+    return {setting_key(d.name): d.default for d in declarations(ClusterConfig) if d.name in SETTING_FIELDS}
+
+
+def settings_widgets(containers: Sequence[Any]) -> ClusterConfig:
+    """One widget per shown ClusterConfig field, the i-th in ``containers[i]`` (columns of a
+    form); returns the settings as a ClusterConfig."""
+    if len(containers) != len(SETTING_FIELDS):
+        raise ValueError(f"{len(SETTING_FIELDS)} containers wanted (one per setting), got {len(containers)}")
+    return ClusterConfig(**{name: option_widget(box, ClusterConfig, name, key=setting_key(name))
+                            for box, name in zip(containers, SETTING_FIELDS)})
 
 
 # ---------------------------------------------------------------- background jobs
@@ -37,19 +66,14 @@ POLL_S = 2.0  # how often a running job's progress is redrawn
 FORCE_AFTER_S = 15.0  # a cancel not honoured after this long offers "Stop now" (SIGTERM)
 
 
-def clusters_job(ds, source: str, preprocess, *, k: int, pca: int, n_neighbors: int, min_dist: float,
-                 metric: str, seed: int, restart: bool = False, start: bool = True):
+def clusters_job(ds, source: str, preprocess, config: ClusterConfig, *, restart: bool = False,
+                 start: bool = True) -> Job:
     """The clusters job for these inputs: attached to when it runs or has finished, started
     when nobody asked yet (``start``), started again when failed/stopped and ``restart``.
 
     Cheap: a key hash and a few small files; the work happens in the job's own process."""
-    from h2a.analysis.background import find_job, start_job
-    from h2a.analysis.cluster_jobs import clusters_spec
-    from h2a.engine.runs import resolve_run
-
     src = source if source == SOURCE_PRETRAINED else str(resolve_run(source))
-    spec = clusters_spec(ds, src, preprocess, k=k, pca=pca, n_neighbors=n_neighbors, min_dist=min_dist,
-                         metric=metric, seed=seed)
+    spec = clusters_spec(ds, src, preprocess, config)
     job = find_job(spec)
     if restart or (start and job.status().get("status") == "missing"):
         job = start_job(spec, restart=restart)
@@ -58,16 +82,13 @@ def clusters_job(ds, source: str, preprocess, *, k: int, pca: int, n_neighbors: 
 
 def _result_stamp(job) -> float:
     try:
-        return (job.dir / "result.json").stat().st_mtime
+        return (job.dir / RESULT).stat().st_mtime
     except OSError:
         return 0.0
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _load_clusters(job_dir: str, stamp: float):
-    from h2a.analysis.background import Job
-    from h2a.analysis.cluster_jobs import load_clusters
-
     return load_clusters(Job(Path(job_dir)))
 
 
@@ -110,8 +131,6 @@ def job_progress(job_dir: str) -> None:
 
     Only this fragment reruns while the job works; when the job ends it reruns the whole
     page, which then shows the result (or the failure)."""
-    from h2a.analysis.background import LIVE, Job, force_stop, request_cancel
-
     job = Job(Path(job_dir))
     prog = job.status()
     if prog.get("status") not in LIVE:
@@ -136,33 +155,7 @@ def job_progress(job_dir: str) -> None:
         st.caption("Cancelling: the job stops after its current batch…")
 
 
-# ---------------------------------------------------------------- figures
-
-def cluster_map(frame: pd.DataFrame, color: str, title: str) -> go.Figure:
-    """UMAP scatter coloured by 'cluster', 'cluster_full', 'sex' or 'boneage'; customdata = id."""
-    df = frame.copy()
-    df["cluster"] = df["cluster"].astype(str)
-    df["cluster_full"] = df["cluster_full"].astype(str)
-    df["bone age (months)"] = df["boneage"].round(0)
-    kwargs: dict = {}
-    if color == "sex":
-        kwargs = dict(color="sex", color_discrete_map=SEX_COLORS)
-    elif color == "boneage":
-        kwargs = dict(color="boneage", color_continuous_scale="Viridis", labels={"boneage": "bone age (mo)"})
-    else:
-        kwargs = dict(color=color, category_orders={color: sorted(df[color].unique(), key=int)},
-                      color_discrete_sequence=CLUSTER_COLORS,
-                      labels={"cluster": "cluster (map)", "cluster_full": "cluster (full)"})
-    fig = px.scatter(df, x="umap_x", y="umap_y", custom_data=["id"], hover_name="id",
-                     hover_data={"umap_x": False, "umap_y": False, "sex": True, "bone age (months)": True,
-                                 "cluster": True, "cluster_full": True, "boneage": False}, title=title,
-                     opacity=0.75, **kwargs)
-    fig.update_traces(marker=dict(size=6 if len(df) < 2000 else 4))
-    # no dragmode: Streamlit then pans on drag and selects the clicked point; box and lasso
-    # come from the toolbar
-    fig.update_layout(xaxis_title="UMAP 1", yaxis_title="UMAP 2")
-    return style(fig, height=560)
-
+# ---------------------------------------------------------------- selection and tables
 
 def selected_ids(event) -> list[str]:
     """Image ids of the points selected in a ``st.plotly_chart(on_select=...)`` event."""
@@ -214,13 +207,9 @@ def composition_table(scores: dict) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def bootstrap_for(y: tuple, p: tuple, n: int = 1000, seed: int = 0) -> dict:
-    from h2a.analysis.sex import bootstrap_auc
-
     return bootstrap_auc(np.asarray(y), np.asarray(p), n=n, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def bands_for(preds: pd.DataFrame) -> pd.DataFrame:
-    from h2a.analysis.sex import by_age_band
-
     return by_age_band(preds)

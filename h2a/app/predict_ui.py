@@ -23,7 +23,7 @@ import streamlit as st
 from h2a import RESEARCH_NOTE
 from h2a.app.charts import style
 from h2a.app.plain import plain, safe_table
-from h2a.engine.runs import FINAL_STATES, MODEL, RunSummary, list_runs, weights_file
+from h2a.run import FINAL_STATES, MODEL, RunSummary, list_runs, weights_file
 from h2a.predict.alerts import FLAGGING, Alert, Code, flagged
 from h2a.predict.clinical import REFERENCE_LIMITS, REFERENCE_STATEMENT, reference_band
 from h2a.predict.inputs import header_facts
@@ -39,7 +39,7 @@ SEXES = ["female", "male"]
 
 def bone_age_runs() -> list[RunSummary]:
     """Finished bone-age runs, best validated (lowest MAE) first; runs on real images (the
-    shipped ones included) before runs on the synthetic demo (``h2a.engine.runs.best_run``'s order)."""
+    shipped ones included) before runs on the synthetic demo (``h2a.run.best_run``'s order)."""
     done = [r for r in list_runs(task="boneage") if r.has_model]
     return sorted(done, key=lambda r: (r.synthetic, r.headline is None,
                                        r.headline if r.headline is not None else 0.0))

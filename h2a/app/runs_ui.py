@@ -31,7 +31,7 @@ import pandas as pd
 import streamlit as st
 
 from h2a.app.plain import plain
-from h2a.engine.runs import MODEL, weights_file
+from h2a.run import MODEL, weights_file
 from h2a.inference import eval_store
 from h2a.inference.eval_store import EvalKey
 from h2a.processes import lower_priority
@@ -227,9 +227,9 @@ def run_data_fingerprint(run_dir: str | Path) -> str:
     the folder cannot be read): the data part of an evaluation's key."""
     from h2a.app.state import dataset_at
     from h2a.data.datasets import DatasetError
-    from h2a.engine.runs import read_json
+    from h2a.run import Run
 
-    info = (read_json(Path(run_dir) / "metadata.json") or {}).get("dataset") or {}
+    info = (Run.at(run_dir).meta or {}).get("dataset") or {}
     try:
         return dataset_at(info["path"]).fingerprint
     except (DatasetError, KeyError, TypeError, OSError):

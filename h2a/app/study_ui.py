@@ -108,7 +108,7 @@ def start_form(default_data: Path | None) -> str | None:
 
     Any problem (a bad name, a folder outside the shared roots, a bad YAML space, a study of
     that name already running) is an ``st.error`` naming it; nothing starts."""
-    from h2a.studies.runner import StudyError
+    from h2a.studies.errors import StudyError
 
     presets = _presets()
     with st.form("study_form"):
@@ -186,7 +186,7 @@ def _brief(name: str) -> dict:
 def study_names() -> list[str]:
     """Studies in the storage, and those started from here whose job has not created the study
     yet (starting, or failed early: their log says why)."""
-    from h2a.engine.runs import JOB
+    from h2a.run import JOB
     from h2a.studies.storage import studies_dir
 
     jobs = {p.parent.name for p in studies_dir().glob(f"*/{JOB}")} if studies_dir().is_dir() else set()
@@ -296,7 +296,7 @@ def show_arms(comparisons: list[dict]) -> None:
 def show_confirmation(name: str, summary: dict) -> None:
     """A search's best trial against its base settings: the stored confirmation, or a button
     that measures it in the background (``h2a study confirm``)."""
-    from h2a.studies.runner import StudyError
+    from h2a.studies.errors import StudyError
 
     c, best, base = summary.get("confirmation"), summary.get("best"), summary.get("baseline")
     if c:

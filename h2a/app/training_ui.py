@@ -29,8 +29,8 @@ from h2a.engine.jobs import (
     saved_config,
     start_training,
 )
-from h2a.engine.runs import FINAL_STATES, list_runs, run_status
-from h2a.engine.tasks import get_task
+from h2a.run import FINAL_STATES, list_runs, run_status
+from h2a.inference.tasks import get_task
 from h2a.models import list_models, model_info
 from h2a.options import declaration, declarations
 from h2a.settings import get_settings

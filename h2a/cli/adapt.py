@@ -42,7 +42,7 @@ def _print_report(info: dict) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from h2a.engine.runs import resolve_run
+    from h2a.run import resolve_run
     from h2a.inference.site_profile import SiteError, list_sites, read_site
     from h2a.inference.sites import fit_site
 

@@ -1,6 +1,8 @@
 """``python -m h2a cluster``: UMAP + k-means of CNN embeddings, scored against sex and age.
 
-Registered by ``h2a.cli.build_parser`` through ``register(sub)``.
+Registered by ``h2a.cli.build_parser`` through ``register(sub)``. The clustering flags
+come from ``ClusterConfig``'s declarations (``h2a.cli.cluster_options``), as do the
+Clusters page's widgets and the background job's params.
 """
 
 from __future__ import annotations
@@ -8,14 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from h2a.cli.common import (
-    CliError,
-    add_preprocess_options,
-    load_data,
-    preprocess_config_from_args,
-    preprocess_values,
-    print_json,
-)
+from h2a.cli.cluster_options import add_cluster_options, cluster_config_from_args, embedding_preprocess_from_args
+from h2a.cli.common import CliError, load_data, print_json
 from h2a.progress import StderrProgress
 
 
@@ -26,22 +22,15 @@ def register(sub) -> argparse.ArgumentParser:
     src.add_argument("--model", default=None, metavar="RUN", help="embed with a trained run's backbone")
     src.add_argument("--backbone", choices=["pretrained"], default="pretrained",
                      help="ImageNet-pretrained backbone (default)")
-    p.add_argument("--arch", default="efficientnet_lite0", help="architecture of the pretrained backbone")
-    p.add_argument("--k", type=int, default=2, help="number of k-means clusters (default 2)")
     p.add_argument("--sweep", default=None, metavar="K1-K2",
                    help="also report inertia and silhouette for k in this range, e.g. 2-10")
-    p.add_argument("--umap-neighbors", type=int, default=15)
-    p.add_argument("--umap-min-dist", type=float, default=0.1)
-    p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine", "manhattan", "correlation"])
-    p.add_argument("--pca", type=int, default=50, help="PCA components before UMAP/k-means (0 = none)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="embedding precision: auto = bf16 on a GPU, float32 on a CPU; bf16 also on a CPU with AMX")
     p.add_argument("--out", default=None, metavar="FILE.csv", help="write coordinates and cluster assignments")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_preprocess_options(p)
+    add_cluster_options(p)
     p.set_defaults(func=cmd_cluster)
     return p
 
@@ -58,50 +47,51 @@ def _parse_range(text: str) -> list[int]:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    # scikit-learn, UMAP and the model registry load only when the command runs, so `h2a --help`
+    # and the other commands start without them
     from h2a.analysis.clustering import cluster_embeddings, sweep_k
     from h2a.analysis.embeddings import compute_embeddings
     from h2a.models import PretrainedWeightsUnavailable
 
+    cfg = cluster_config_from_args(args)
     ds = load_data(args.data)
     source = args.model or "pretrained"
-    explicit_pp = getattr(args, "config", None) or preprocess_values(args)
-    pcfg = preprocess_config_from_args(args, size=128) if (explicit_pp or not args.model) else None
-    if args.k < 2:
-        raise CliError("--k must be at least 2")
+    pcfg = embedding_preprocess_from_args(args)
     progress = StderrProgress("cluster")
     try:
         emb = compute_embeddings(ds, source, arch=args.arch, preprocess=pcfg, batch_size=args.batch_size,
                                  device=args.device, progress=progress, amp=args.amp)
     except (FileNotFoundError, PretrainedWeightsUnavailable, RuntimeError, ValueError) as exc:
         raise CliError(str(exc)) from exc
-    if len(emb) <= args.k:
-        raise CliError(f"{ds.name}: {len(emb)} decodable images, too few for k={args.k}")
+    if len(emb) <= cfg.k:
+        raise CliError(f"{ds.name}: {len(emb)} decodable images, too few for k={cfg.k}")
     try:
-        est, frame, scores = cluster_embeddings(emb, k=args.k, pca=args.pca, n_neighbors=args.umap_neighbors,
-                                                min_dist=args.umap_min_dist, metric=args.metric, seed=args.seed,
-                                                progress=progress)
+        est, frame, scores = cluster_embeddings(emb, cfg, progress=progress)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     scores = {"dataset": ds.name, "synthetic": bool(ds.synthetic), **scores}
     if args.sweep:
         ks = _parse_range(args.sweep)
-        sw = sweep_k(est.features_, ks, random_state=args.seed)
-        sw_map = sweep_k(est.embedding_, ks, random_state=args.seed)
+        sw = sweep_k(est.features_, ks, random_state=cfg.seed)
+        sw_map = sweep_k(est.embedding_, ks, random_state=cfg.seed)
         scores["sweep_full"] = sw.to_dict(orient="records")
         scores["sweep_umap"] = sw_map.to_dict(orient="records")
     if args.out:
-        from h2a.exports import write_csv
-
-        try:
-            out = write_csv(args.out, frame)
-        except OSError as exc:
-            raise CliError(f"--out {args.out}: {exc.strerror or exc}") from exc
-        scores["csv"] = str(out)
+        scores["csv"] = _write_frame(args.out, frame)
     if args.json:
         print_json(scores)
         return 0
     _print_text(scores)
     return 0
+
+
+def _write_frame(path: str, frame) -> str:
+    from h2a.exports import write_csv  # pandas: loaded when a CSV is asked for
+
+    try:
+        return str(write_csv(path, frame))
+    except OSError as exc:
+        raise CliError(f"--out {path}: {exc.strerror or exc}") from exc
 
 
 def _fmt(v, spec: str = ".3f") -> str:

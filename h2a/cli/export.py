@@ -14,7 +14,7 @@ from h2a.cli.common import CliError, print_json
 
 
 def _ship(args: argparse.Namespace) -> int:
-    from h2a.inference.shipping import ship_run
+    from h2a.predict.shipping import ship_run
     from h2a.progress import StderrProgress
 
     try:
@@ -39,7 +39,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _ship(args)
     if not args.onnx:
         raise CliError("say which format: --onnx, or --ship DIR for a shipped run folder")
-    from h2a.engine.runs import resolve_run
+    from h2a.run import resolve_run
     from h2a.inference.onnx_export import export_onnx
 
     try:

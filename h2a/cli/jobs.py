@@ -4,8 +4,12 @@
 * ``h2a jobs cancel KEY [--wait S]``: ask a job to stop at its next batch, then SIGTERM its
   process group if it has not stopped after S seconds (only while PID and start time match);
 * ``h2a jobs start clusters|embeddings --data D ...``: ask for a job as the Clusters page
-  does (same key: attaches to a running one, reuses a finished one); ``--wait`` follows it;
+  does (same key: attaches to a running one, reuses a finished one; the clustering flags
+  come from ``ClusterConfig``, as the page's widgets do); ``--wait`` follows it;
 * ``h2a jobs run JOB_DIR``: the worker itself; the app starts it detached.
+
+Each command imports ``h2a.analysis.background`` / ``cluster_jobs`` when it runs: they
+load torch (through ``h2a.run``), which building the ``h2a`` parser must not.
 """
 
 from __future__ import annotations
@@ -14,14 +18,8 @@ import argparse
 import sys
 import time
 
-from h2a.cli.common import (
-    CliError,
-    add_preprocess_options,
-    load_data,
-    preprocess_config_from_args,
-    preprocess_values,
-    print_json,
-)
+from h2a.cli.cluster_options import add_cluster_options, cluster_config_from_args, embedding_preprocess_from_args
+from h2a.cli.common import CliError, load_data, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,17 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     stt.add_argument("kind", choices=["clusters", "embeddings"])
     stt.add_argument("--data", required=True, help="dataset folder")
     stt.add_argument("--model", default=None, metavar="RUN", help="embed with a trained run (default: pretrained)")
-    stt.add_argument("--arch", default="efficientnet_lite0", help="architecture of the pretrained backbone")
-    stt.add_argument("--k", type=int, default=2)
-    stt.add_argument("--pca", type=int, default=50)
-    stt.add_argument("--umap-neighbors", type=int, default=15)
-    stt.add_argument("--umap-min-dist", type=float, default=0.1)
-    stt.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine", "manhattan", "correlation"])
-    stt.add_argument("--seed", type=int, default=0)
     stt.add_argument("--restart", action="store_true", help="start again a failed, cancelled or stopped job")
     stt.add_argument("--wait", action="store_true", help="follow the job until it ends (progress on stderr)")
     stt.add_argument("--json", action="store_true", help="print the job as one JSON object")
-    add_preprocess_options(stt)
+    add_cluster_options(stt)
     stt.set_defaults(func=cmd_start)
 
     rn = jsub.add_parser("run", help="(internal) run the job in JOB_DIR in this process")
@@ -100,17 +91,15 @@ def cmd_start(args: argparse.Namespace) -> int:
     from h2a.analysis.background import FINAL, start_job
     from h2a.analysis.cluster_jobs import clusters_spec, embeddings_spec
 
+    cfg = cluster_config_from_args(args)
     ds = load_data(args.data)
     source = args.model or "pretrained"
-    explicit = getattr(args, "config", None) or preprocess_values(args)
-    pcfg = preprocess_config_from_args(args, size=128) if (explicit or not args.model) else None
+    pcfg = embedding_preprocess_from_args(args)
     try:
         if args.kind == "embeddings":
             spec = embeddings_spec(ds, source, pcfg, arch=args.arch)
         else:
-            spec = clusters_spec(ds, source, pcfg, arch=args.arch, k=args.k, pca=args.pca,
-                                 n_neighbors=args.umap_neighbors, min_dist=args.umap_min_dist,
-                                 metric=args.metric, seed=args.seed)
+            spec = clusters_spec(ds, source, pcfg, cfg, arch=args.arch)
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from exc
     job = start_job(spec, restart=args.restart)

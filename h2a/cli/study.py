@@ -36,7 +36,8 @@ def _check_name(name: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from h2a.studies.runner import StudyError, run_study
+    from h2a.studies.coordinator import run_study
+    from h2a.studies.errors import StudyError
     from h2a.studies.space import SpaceError
 
     if args.trials is not None and args.trials < 1:
@@ -61,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from h2a.studies.runner import run_worker
+    from h2a.studies.workers import run_worker
     from h2a.studies.storage import load_study
 
     try:
@@ -138,7 +139,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     from h2a.studies.confirm import DEFAULT_VIEWS, confirm_search
-    from h2a.studies.runner import StudyError
+    from h2a.studies.errors import StudyError
 
     views = DEFAULT_VIEWS if args.views is None else args.views
     try:

@@ -46,12 +46,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_rank = dist_env().is_main
     log = (lambda m: print(m, flush=True)) if main_rank else (lambda m: None)
     if args.resume:
-        from h2a.engine.runs import CONFIG, read_json
+        from h2a.run import Run  # lazy: the CLI imports little before a command runs
 
         # The folder given wins over the "out" saved in config.json: a moved or copied run
         # is continued where it now is.
         run_dir = Path(args.resume).expanduser().resolve()
-        saved = read_json(run_dir / CONFIG)
+        saved = Run.at(run_dir).config
         if saved is None:
             raise CliError(f"{args.resume}: no config.json to resume from")
         cfg = TrainConfig.from_dict({**saved, "out": str(run_dir),
@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (TrainingError, OSError, ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
     if main_rank and meta:
-        from h2a.engine.tasks import get_task
+        from h2a.inference.tasks import get_task
 
         headline = get_task(cfg.task).headline(meta["metrics"])
         print(f"run {meta['name']} finished ({meta['stop_reason']}): {headline}; saved in {args.out}")

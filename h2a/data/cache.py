@@ -20,12 +20,8 @@ import errno
 import json
 import os
 import re
-import selectors
 import signal
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,8 +34,8 @@ import pandas as pd
 import torch
 
 from h2a.settings import get_settings
-from h2a.data.preprocess import PreprocessConfig, prepare_chunk
-from h2a.data.workerproc import worker_env
+from h2a.data.preprocess import PreprocessConfig
+from h2a.data.pool import WorkerError, run_tasks, worker_code
 from h2a.processes import pid_alive
 from h2a.progress import ProgressFn, report
 
@@ -252,6 +248,11 @@ def _rate_text(rate: dict[str, float]) -> str:
     return f"{rate['images_per_s']:.1f} images/s, {rate['mb_per_s']:.1f} MB/s"
 
 
+# Workers import only h2a.data.preprocess (and imageio): never torch. Tests swap the program.
+_WORKER_FN = "h2a.data.preprocess:prepare_chunk"
+_WORKER_CMD = worker_code(_WORKER_FN)
+
+
 def _run_chunks(
     mm_path: Path, paths: list[str], cfg: PreprocessConfig, workers: int,
     progress: ProgressFn | None, sizes: np.ndarray | None = None,
@@ -266,7 +267,7 @@ def _run_chunks(
     t0 = time.perf_counter()
     report(progress, 0, n, "decoding and preprocessing images")
 
-    def collect(result: tuple[int, list[tuple[int, str]], int]) -> None:
+    def collect(result: Sequence[Any]) -> None:  # (first row, [(row, message)], rows done)
         nonlocal done, done_bytes
         start, errs, count = result
         errors.update(dict(errs))
@@ -275,98 +276,85 @@ def _run_chunks(
         rate = throughput(done, done_bytes, time.perf_counter() - t0)
         report(progress, done, n, f"decoding and preprocessing images ({_rate_text(rate)})")
 
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            collect(prepare_chunk(task))
-        return errors
-    _run_in_workers(tasks, min(workers, len(tasks)), collect)
+    try:
+        run_tasks(_WORKER_FN, tasks, workers, collect, what="An image preprocessing worker",
+                  program=_WORKER_CMD)
+    except WorkerError as exc:
+        raise _worker_failure(exc) from None
     return errors
 
 
-_WORKER_CMD = ("from h2a.data.workerproc import die_with_parent; die_with_parent(); "
-               "from h2a.data.preprocess import worker_main; worker_main()")
-_IN_FLIGHT = 2  # tasks queued per worker, so none idles while its next task is sent
-
-
-def _run_in_workers(tasks: list[tuple], workers: int, collect: Callable[[Any], None]) -> None:
-    """Run chunk tasks in ``workers`` fresh Python processes (JSON lines over pipes).
-
-    Plain subprocesses instead of multiprocessing: no fork of a threaded parent
-    (Streamlit, torch), no re-import of the caller's ``__main__`` (which breaks under
-    stdin scripts and some notebooks), and workers import only h2a.data.preprocess/imageio.
-    """
-    env = worker_env()
-    env.setdefault("OMP_NUM_THREADS", "1")
-    queue = list(reversed(tasks))
-    sel = selectors.DefaultSelector()
-    procs: list[tuple[subprocess.Popen, Any]] = []
-    buffers: dict[int, bytes] = {}
-    remaining = len(tasks)
-
-    def send(proc: subprocess.Popen, errfile: Any) -> None:
-        if queue:
-            try:
-                proc.stdin.write((json.dumps(queue.pop()) + "\n").encode())
-                proc.stdin.flush()
-            except BrokenPipeError:
-                raise failure(proc, errfile) from None
-
-    def failure(proc: subprocess.Popen, errfile: Any) -> CacheError:
-        code = proc.wait()
-        errfile.seek(0)
-        tail = errfile.read().decode(errors="replace").strip().splitlines()[-15:]
-        if code in (-signal.SIGBUS, -signal.SIGXFSZ) or any(
-                "No space left" in line or "File too large" in line for line in tail):
-            return CacheError(
-                f"The disk is full: a preprocessing worker could not write the tensor cache "
-                f"(exit code {code}). Free some space, choose a smaller image size, or set "
-                "H2A_WORKSPACE elsewhere.")
+def _worker_failure(exc: WorkerError) -> CacheError:
+    """A dead worker as the user should read it: SIGBUS/SIGXFSZ or ENOSPC text is a full disk."""
+    if exc.code in (-signal.SIGBUS, -signal.SIGXFSZ) or any(
+            "No space left" in line or "File too large" in line for line in exc.tail):
         return CacheError(
-            f"An image preprocessing worker stopped unexpectedly (exit code {code}):\n"
-            + "\n".join(tail)
+            f"The disk is full: a preprocessing worker could not write the tensor cache "
+            f"(exit code {exc.code}). Free some space, choose a smaller image size, or set "
+            "H2A_WORKSPACE elsewhere.")
+    return CacheError(str(exc))
+
+
+def _image_rows(meta: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(ids, paths) of the dataset rows that have an image file, in ``meta`` order."""
+    has_path = meta["path"].notna().to_numpy()
+    return [str(i) for i in meta.loc[has_path, "id"]], [str(p) for p in meta.loc[has_path, "path"]]
+
+
+def _check_space(parent: Path, n: int, size: int) -> None:
+    """Refuse before decoding anything when the cache cannot fit (keeping 256 MiB spare)."""
+    need = n * size * size
+    free = shutil.disk_usage(parent).free
+    if need > free - (256 << 20):  # keep a little room for everything else
+        raise CacheError(
+            f"Not enough disk space for the tensor cache: {n} images at {size}x{size} need "
+            f"{need / 2**30:.2f} GiB in {parent}, only {free / 2**30:.2f} GiB free. "
+            "Free some space, choose a smaller image size, or set H2A_WORKSPACE elsewhere."
         )
 
-    try:
-        for _ in range(workers):
-            errfile = tempfile.TemporaryFile()
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CMD], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=errfile, env=env,
-            )
-            procs.append((proc, errfile))
-            buffers[proc.stdout.fileno()] = b""
-            sel.register(proc.stdout, selectors.EVENT_READ, (proc, errfile))
-            for _ in range(_IN_FLIGHT):
-                send(proc, errfile)
-        while remaining:
-            for key, _ in sel.select():
-                proc, errfile = key.data
-                fd = key.fileobj.fileno()
-                data = os.read(fd, 1 << 16)
-                if not data:
-                    raise failure(proc, errfile)
-                buffers[fd] += data
-                while b"\n" in buffers[fd]:
-                    line, buffers[fd] = buffers[fd].split(b"\n", 1)
-                    collect(tuple(json.loads(line)))
-                    remaining -= 1
-                    send(proc, errfile)
-        for proc, _ in procs:
-            proc.stdin.close()
-        for proc, _ in procs:
-            proc.wait(timeout=30)
-    finally:
-        sel.close()
-        for proc, errfile in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            errfile.close()
+
+def _build_into(tmp: Path, ds: Any, cfg: PreprocessConfig, fingerprint: str, ids: list[str],
+                paths: list[str], workers: int, progress: ProgressFn | None) -> dict[str, Any]:
+    """Decode every image into ``tmp`` and write its index.json last; return the index."""
+    t0 = time.perf_counter()
+    n, size = len(ids), cfg.size
+    mm_path = tmp / IMAGES_FILE
+    _reserve(mm_path, n * size * size)  # zeros: failed rows stay black
+    sizes = _file_sizes(paths)
+    t_decode = time.perf_counter()
+    row_errors = _run_chunks(mm_path, paths, cfg, workers, progress, sizes) if n else {}
+    rate = throughput(n, int(sizes.sum()), time.perf_counter() - t_decode)
+    ok = np.ones(n, dtype=bool)
+    errors: dict[str, str] = {}
+    for row, msg in sorted(row_errors.items()):
+        ok[row] = False
+        errors[ids[row]] = msg
+    seconds = time.perf_counter() - t0
+    index = {
+        "format": CACHE_FORMAT,
+        "complete": True,
+        "dataset": ds.name,
+        "root": str(getattr(ds, "root", "")),
+        "fingerprint": fingerprint,
+        "cache_key": cfg.cache_key(),
+        "config": cfg.to_dict(),
+        "size": size,
+        "n": n,
+        "n_failed": int((~ok).sum()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 3),
+        "workers": workers,
+        "input_bytes": int(sizes.sum()),
+        **rate,  # images_per_s, mb_per_s of the decode (workers running)
+        "ids": ids,
+        "ok": ok.tolist(),
+        "errors": errors,
+    }
+    with open(tmp / INDEX_FILE, "w") as fh:
+        json.dump(index, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return index
 
 
 def build_cache(
@@ -392,65 +380,17 @@ def build_cache(
             report(progress, len(existing), len(existing), "tensor cache reused")
             return existing
 
-    meta = ds.meta
-    has_path = meta["path"].notna().to_numpy()
-    ids = [str(i) for i in meta.loc[has_path, "id"]]
-    paths = [str(p) for p in meta.loc[has_path, "path"]]
-    n, size = len(ids), cfg.size
+    ids, paths = _image_rows(ds.meta)
     workers = max(1, int(workers if workers is not None else get_settings().workers))
-
     parent = final.parent
     parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(parent)
-    need = n * size * size
-    free = shutil.disk_usage(parent).free
-    if need > free - (256 << 20):  # keep a little room for everything else
-        raise CacheError(
-            f"Not enough disk space for the tensor cache: {n} images at {size}x{size} need "
-            f"{need / 2**30:.2f} GiB in {parent}, only {free / 2**30:.2f} GiB free. "
-            "Free some space, choose a smaller image size, or set H2A_WORKSPACE elsewhere."
-        )
+    _check_space(parent, len(ids), cfg.size)
     tag = f"{final.name}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = parent / f"{_TMP_PREFIX}{tag}"
     tmp.mkdir()
-    t0 = time.perf_counter()
     try:
-        mm_path = tmp / IMAGES_FILE
-        _reserve(mm_path, n * size * size)  # zeros: failed rows stay black
-        sizes = _file_sizes(paths)
-        t_decode = time.perf_counter()
-        row_errors = _run_chunks(mm_path, paths, cfg, workers, progress, sizes) if n else {}
-        rate = throughput(n, int(sizes.sum()), time.perf_counter() - t_decode)
-        ok = np.ones(n, dtype=bool)
-        errors: dict[str, str] = {}
-        for row, msg in sorted(row_errors.items()):
-            ok[row] = False
-            errors[ids[row]] = msg
-        seconds = time.perf_counter() - t0
-        index = {
-            "format": CACHE_FORMAT,
-            "complete": True,
-            "dataset": ds.name,
-            "root": str(getattr(ds, "root", "")),
-            "fingerprint": fingerprint,
-            "cache_key": cfg.cache_key(),
-            "config": cfg.to_dict(),
-            "size": size,
-            "n": n,
-            "n_failed": int((~ok).sum()),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "build_seconds": round(seconds, 3),
-            "workers": workers,
-            "input_bytes": int(sizes.sum()),
-            **rate,  # images_per_s, mb_per_s of the decode (workers running)
-            "ids": ids,
-            "ok": ok.tolist(),
-            "errors": errors,
-        }
-        with open(tmp / INDEX_FILE, "w") as fh:
-            json.dump(index, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        index = _build_into(tmp, ds, cfg, fingerprint, ids, paths, workers, progress)
         if not force and _open_dir(final, cfg, fingerprint) is not None:
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build finished first: keep it
         else:
@@ -467,7 +407,8 @@ def build_cache(
     if cache is None:  # pragma: no cover - would mean the rename target vanished
         raise CacheError(f"Tensor cache {final} could not be opened right after building it")
     cache.built_now = True
-    report(progress, n, n, f"tensor cache built ({n - int((~ok).sum())}/{n} images ok, {_rate_text(rate)})")
+    n, n_ok = index["n"], index["n"] - index["n_failed"]
+    report(progress, n, n, f"tensor cache built ({n_ok}/{n} images ok, {_rate_text(index)})")
     return cache
 
 

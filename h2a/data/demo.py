@@ -27,12 +27,15 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-from h2a.settings import get_settings
+from h2a.data.pool import run_tasks
+from h2a.processes import pid_alive
 from h2a.progress import ProgressFn, report
+from h2a.settings import get_settings
 
 DEMO_MARKER = "SYNTHETIC.txt"
 GENERATOR_VERSION = 1
@@ -268,16 +271,44 @@ def _dir(deg_from_vertical: float) -> np.ndarray:
     return np.array([math.sin(a), math.cos(a)])
 
 
-def render_hand(age_months: float, male: bool, seed: int,
-                size: tuple[int, int] | None = None) -> np.ndarray:
-    """Render one synthetic left-hand PA radiograph (uint8, H x W).
+@dataclass(frozen=True)
+class _Draws:
+    """Every per-image random number the drawing stages use, bar the film's marker/noise."""
 
-    ``age_months`` is the bone age: every maturation feature follows it (with small
-    per-image jitter). ``size`` is (H, W); None draws a plausible size from the seed.
+    H: int
+    W: int
+    m: float  # bone age with individual maturity noise (months)
+    size_jit: float
+    slim: float
+    breadth: float
+    scale_jit: float
+    rot: float
+    shift: np.ndarray
+    spread: float
+    finger_jit: np.ndarray
+    time_jit: np.ndarray
+    contrast: float
+    gamma: float
+    bg: float
+    noise_sd: float
+    blur_sd: float
+    marker: bool
+    collim: bool
+    collim_level: float
+    collim_in: np.ndarray
+    heel: float
+    soft_gain: float
+    fat: float
+    texture_seed: int
+
+
+def _draw_params(rng: np.random.Generator, m_label: float, male: bool,
+                 size: tuple[int, int] | None) -> _Draws:
+    """All per-image draws, up front and in one fixed order.
+
+    WHY the order is sacred: the dataset is reproducible byte-for-byte from its seed, and
+    each draw shifts every later one (tests/test_demo_fingerprint.py pins the result).
     """
-    rng = np.random.default_rng(seed)
-    m_label = float(np.clip(age_months, 0.0, 240.0))
-    # --- per-image random draws, all up front and in a fixed order (determinism) ---
     H = int(rng.integers(256, 321))
     W = int(round(H * rng.uniform(0.75, 0.86)))
     if size is not None:
@@ -307,35 +338,59 @@ def render_hand(age_months: float, male: bool, seed: int,
     soft_gain = rng.uniform(0.85, 1.15)
     fat = rng.uniform(0.92, 1.1) * (1.0 + 0.15 * (1.0 - _ramp(m_label, 0.0, 48.0)))
     texture_seed = int(rng.integers(0, 2**31 - 1))
+    return _Draws(H=H, W=W, m=m, size_jit=size_jit, slim=slim, breadth=breadth, scale_jit=scale_jit,
+                  rot=rot, shift=shift, spread=spread, finger_jit=finger_jit, time_jit=time_jit,
+                  contrast=contrast, gamma=gamma, bg=bg, noise_sd=noise_sd, blur_sd=blur_sd,
+                  marker=marker, collim=collim, collim_level=collim_level, collim_in=collim_in,
+                  heel=heel, soft_gain=soft_gain, fat=fat, texture_seed=texture_seed)
 
-    # --- scale: hand length in cm -> pixels; big hands fill more of the film ---
-    L_cm = hand_length_cm(m_label, male) * size_jit
-    h_frac = 0.7 * (L_cm / 19.0) ** 0.6 * scale_jit
-    hand_px = h_frac * H
-    tip_y = H * (0.53 - 0.64 * h_frac + shift[1])
-    origin = (W * (0.5 + shift[0]) - 0.12 * hand_px, tip_y + hand_px)
-    F = _Frame(origin, hand_px, rot, breadth)
-    u = hand_px  # px per hand unit
 
-    bone = np.zeros((H, W), np.float32)
-    soft = np.zeros((H, W), np.uint8)
-    ji = itertools.count()
+_FORE_LEN = 1.4  # forearm length drawn (hand units): bones and soft tissue share it
 
-    def tj(t: float) -> float:
-        return t * float(time_jit[next(ji) % 64])
 
-    # Bone maturity: density and cortical thickness rise with age.
-    dens = 0.75 + 0.25 * _ramp(m, 0.0, 210.0)
-    cort_mid = 0.22 + 0.16 * _ramp(m, 0.0, 200.0)
-    cart = 0.06 - 0.045 * _ramp(m, 0.0, 190.0)  # unossified end fraction (joint space)
-    # Thickness in 'adult cm' (hand units x 19): mimics per-image windowing, so a baby's
-    # small hand is not just a faint ghost; density and cortex carry the maturity signal.
-    scale_cm = dens * 19.0 / u
+class _Hand:
+    """One hand being drawn: its frame on the film, maturity, and the two canvases.
 
-    def epi_state(kind: str) -> tuple[float, float, float, float]:
+    ``bone`` holds projected bone thickness, ``soft`` the skin silhouette. Stages call
+    ``tj`` in a fixed order: each call takes the next per-feature timing jitter.
+    """
+
+    def __init__(self, d: _Draws, m_label: float, male: bool) -> None:
+        self.d = d
+        self.m = d.m
+        self.slim = d.slim
+        # --- scale: hand length in cm -> pixels; big hands fill more of the film ---
+        self.L_cm = hand_length_cm(m_label, male) * d.size_jit
+        h_frac = 0.7 * (self.L_cm / 19.0) ** 0.6 * d.scale_jit
+        hand_px = h_frac * d.H
+        tip_y = d.H * (0.53 - 0.64 * h_frac + d.shift[1])
+        origin = (d.W * (0.5 + d.shift[0]) - 0.12 * hand_px, tip_y + hand_px)
+        self.F = _Frame(origin, hand_px, d.rot, d.breadth)
+        self.u = hand_px  # px per hand unit
+        self.bone = np.zeros((d.H, d.W), np.float32)
+        self.soft = np.zeros((d.H, d.W), np.uint8)
+        self._ji = itertools.count()
+        m = self.m
+        # Bone maturity: density and cortical thickness rise with age.
+        dens = 0.75 + 0.25 * _ramp(m, 0.0, 210.0)
+        self.cort_mid = 0.22 + 0.16 * _ramp(m, 0.0, 200.0)
+        self.cart = 0.06 - 0.045 * _ramp(m, 0.0, 190.0)  # unossified end fraction (joint space)
+        # Thickness in 'adult cm' (hand units x 19): mimics per-image windowing, so a baby's
+        # small hand is not just a faint ghost; density and cortex carry the maturity signal.
+        self.scale_cm = dens * 19.0 / self.u
+
+    def tj(self, t: float) -> float:
+        """``t`` with the next feature's own timing jitter."""
+        return t * float(self.d.time_jit[next(self._ji) % 64])
+
+    def draw(self, parts: list) -> None:
+        _draw_group(self.bone, parts, self.scale_cm)
+
+    def epi_state(self, kind: str) -> tuple[float, float, float, float]:
         """(height growth, width fraction, cap bend, fusion) of an epiphysis, or zeros."""
+        m = self.m
         on, fs, fe = _EPI_TIMES[kind]
-        on, fs, fe = tj(on), tj(fs), tj(fe)
+        on, fs, fe = self.tj(on), self.tj(fs), self.tj(fe)
         if m < on:
             return 0.0, 0.0, 0.0, 0.0
         grow = float(np.clip((m - on) / 84.0, 0.0, 1.0)) ** 0.6  # quick start, slow finish
@@ -344,15 +399,16 @@ def render_hand(age_months: float, male: bool, seed: int,
         bend = 0.5 * _ramp(m, on + 72.0, fs) * (1.0 - 0.5 * fuse)
         return 0.35 + 0.65 * grow, width, bend, fuse
 
-    def tubular(p0: np.ndarray, direction: np.ndarray, length: float, r0: float, r1: float,
+    def tubular(self, p0: np.ndarray, direction: np.ndarray, length: float, r0: float, r1: float,
                 epi_end: str | None, kind: str | None, waist: float = 0.3,
                 eh_frac: float = 0.11) -> None:
         """One tubular bone (hand units) with an optional epiphysis at 'prox'/'dist'."""
-        c_end = cart * length
+        F, u, slim = self.F, self.u, self.slim
+        c_end = self.cart * length
         s0, s1 = c_end, length - c_end
         parts: list = []
         if epi_end is not None and kind is not None:
-            grow, wf, bend, fuse = epi_state(kind)
+            grow, wf, bend, fuse = self.epi_state(kind)
             eh_max = eh_frac * length
             phys = 0.05 * length * (1.0 - fuse)
             shaft_gap = c_end + eh_max + phys - fuse * 0.9 * eh_max
@@ -376,23 +432,25 @@ def render_hand(age_months: float, male: bool, seed: int,
         a = F.pt(*(p0 + direction * s0))
         b = F.pt(*(p0 + direction * s1))
         parts.insert(0, _Tube(a, b, r0 * u * slim * 1.12, r1 * u * slim * 1.12, waist=waist,
-                              cort_mid=cort_mid, cort_end=0.1, flat=1.8))
-        _draw_group(bone, parts, scale_cm)
+                              cort_mid=self.cort_mid, cort_end=0.1, flat=1.8))
+        self.draw(parts)
 
-    # --- forearm: radius and ulna with their distal epiphyses ---
-    fore_len = 1.4
+
+def _draw_forearm(hand: _Hand) -> None:
+    """Radius and ulna with their distal epiphyses (the radius fuses last of all)."""
+    F, u, m = hand.F, hand.u, hand.m
     for kind, x, y_end, r_prox, r_dist, tilt in (
         ("radius", 0.053, 0.0, 0.042, 0.076, 14.0),
         ("ulna", -0.091, -0.02, 0.032, 0.042, 0.0),
     ):
-        grow, wf, bend, fuse = epi_state(kind)
+        grow, wf, bend, fuse = hand.epi_state(kind)
         c_e = 0.012 + 0.02 * (1.0 - _ramp(m, 0.0, 190.0))
         eh_max = 0.05 if kind == "radius" else 0.04
         phys = 0.022 * (1.0 - fuse)
         shaft_end = y_end - c_e - eh_max - phys + fuse * 0.9 * eh_max
-        rsf = slim * (0.85 + 0.15 * _ramp(m, 0.0, 170.0))
-        parts: list = [_Tube(F.pt(x - 0.012, y_end - fore_len), F.pt(x, shaft_end),
-                             r_prox * u * rsf, r_dist * u * rsf, waist=0.0, cort_mid=cort_mid,
+        rsf = hand.slim * (0.85 + 0.15 * _ramp(m, 0.0, 170.0))
+        parts: list = [_Tube(F.pt(x - 0.012, y_end - _FORE_LEN), F.pt(x, shaft_end),
+                             r_prox * u * rsf, r_dist * u * rsf, waist=0.0, cort_mid=hand.cort_mid,
                              cort_end=0.08, flat=2.0, flare_pow=6.0, dens_med=0.12)]
         if grow:
             eh = eh_max * grow
@@ -401,29 +459,42 @@ def render_hand(age_months: float, male: bool, seed: int,
             parts.append(_Blob(c, ea * u, eh * 0.5 * u, F.ang(tilt * (0.3 + 0.7 * wf)),
                                h=0.6 * ea * u, p=2.0 + 1.2 * bend, bend=-0.5 * bend,
                                cort=0.2, dens_med=0.4))
-        _draw_group(bone, parts, scale_cm)
+        hand.draw(parts)
 
-    # --- carpals: appear in order, grow from round dots to packed angular bones ---
+
+def _draw_carpals(hand: _Hand) -> None:
+    """Carpals appear in their textbook order and grow from round dots to packed angular bones."""
+    F, u, m = hand.F, hand.u, hand.m
     carpals: list = []
     for name, (onset, cx, cy, ca, cb, cang) in _CARPALS.items():
-        on = tj(onset)
+        on = hand.tj(onset)
         if m < on:
             continue
-        full = max(_CARPAL_FULL * float(time_jit[7]), on + 40.0)
+        full = max(_CARPAL_FULL * float(hand.d.time_jit[7]), on + 40.0)
         g = float(np.clip((m - on) / (full - on), 0.0, 1.0)) ** 0.6  # fast early growth
-        sz = (0.36 + 0.64 * g) * slim ** 0.5 * 1.3
+        sz = (0.36 + 0.64 * g) * hand.slim ** 0.5 * 1.3
         r_ = math.sqrt(ca * cb)
         a_ = (r_ + (ca - r_) * g) * sz  # round nucleus -> adult shape
         b_ = (r_ + (cb - r_) * g) * sz
         carpals.append(_Blob(F.pt(cx, cy), a_ * u, b_ * u, F.ang(cang), h=0.45 * math.sqrt(a_ * b_) * u,
                              p=2.0 + 0.9 * g, cort=0.16 + 0.06 * g, dens_med=0.5))
     if carpals:  # one group: packed neighbours meet without bright additive seams
-        _draw_group(bone, carpals, scale_cm)
+        hand.draw(carpals)
 
-    # --- rays: metacarpals and phalanges ---
-    tips: list[np.ndarray] = []
-    heads: list[np.ndarray] = []
-    ph_dirs: list[np.ndarray] = []
+
+@dataclass
+class _Digits:
+    """Where the rays ended up (hand units), for the soft tissue drawn around them."""
+
+    heads: list[np.ndarray]  # metacarpal heads, rays V..I
+    tips: list[np.ndarray]  # fingertips
+    dirs: list[np.ndarray]  # phalanx directions
+
+
+def _draw_rays(hand: _Hand) -> _Digits:
+    """Metacarpals and phalanges of rays V..I, and the thumb's sesamoid after puberty."""
+    d, m = hand.d, hand.m
+    out = _Digits([], [], [])
     for i, ray in enumerate(_RAYS):
         thumb = ray.name == "I"
         base = np.array(ray.mc_base)
@@ -432,31 +503,37 @@ def render_hand(age_months: float, male: bool, seed: int,
         mc_len = float(np.hypot(*mc_vec))
         mcdir = mc_vec / mc_len
         if thumb:
-            tubular(base, mcdir, mc_len, *ray.mc_r, "prox", "mc1", waist=0.3, eh_frac=0.12)
+            hand.tubular(base, mcdir, mc_len, *ray.mc_r, "prox", "mc1", waist=0.3, eh_frac=0.12)
         else:
-            tubular(base, mcdir, mc_len, *ray.mc_r, "dist", "mc", waist=0.32, eh_frac=0.15)
-        heads.append(head)
-        pdir = _dir(ray.ph_angle * (spread if not thumb else 0.5 + 0.5 * spread) + finger_jit[i])
-        ph_dirs.append(pdir)
+            hand.tubular(base, mcdir, mc_len, *ray.mc_r, "dist", "mc", waist=0.32, eh_frac=0.15)
+        out.heads.append(head)
+        pdir = _dir(ray.ph_angle * (d.spread if not thumb else 0.5 + 0.5 * d.spread) + d.finger_jit[i])
+        out.dirs.append(pdir)
         q = head + pdir * 0.004
         kinds = ("prox", "dist1") if thumb else ("prox", "mid", "dist")
         for j, (ln, kind, (r0, r1)) in enumerate(zip(ray.ph_len, kinds, ray.ph_r)):
             last = j == len(ray.ph_len) - 1
-            tubular(q, pdir, ln, r0, r1, "prox", kind, waist=0.42 if last else 0.27)
+            hand.tubular(q, pdir, ln, r0, r1, "prox", kind, waist=0.42 if last else 0.27)
             q = q + pdir * (ln + 0.004)
-        tips.append(q)
-        ses_on = tj(150.0) if thumb else 0.0
+        out.tips.append(q)
+        ses_on = hand.tj(150.0) if thumb else 0.0
         if thumb and m > ses_on:  # adductor sesamoid at the thumb MCP joint (puberty)
             g = _ramp(m, ses_on, 200.0)
-            c = F.pt(*(head + np.array([-0.022, 0.0])))
-            r = (0.007 + 0.009 * g) * u
-            _draw_group(bone, [_Blob(c, r, r, 0.0, h=0.8 * r, cort=0.3)], scale_cm)
+            c = hand.F.pt(*(head + np.array([-0.022, 0.0])))
+            r = (0.007 + 0.009 * g) * hand.u
+            hand.draw([_Blob(c, r, r, 0.0, h=0.8 * r, cort=0.3)])
+    return out
 
-    # --- soft tissue: fingers, palm with thenar eminence, forearm ---
+
+def _soft_tissue(hand: _Hand, digits: _Digits) -> np.ndarray:
+    """Soft-tissue thickness (adult cm): fingers, palm with thenar eminence, forearm."""
+    F, u, fat, soft = hand.F, hand.u, hand.d.fat, hand.soft
+
     def ipt(pt: np.ndarray | tuple[float, float]) -> tuple[int, int]:
         v = F.pt(float(pt[0]), float(pt[1])) * 16.0  # 4 fractional bits
         return int(round(v[0])), int(round(v[1]))
 
+    heads, tips, ph_dirs = digits.heads, digits.tips, digits.dirs
     for i, ray in enumerate(_RAYS):
         thumb = ray.name == "I"
         r_f = (0.053 if not thumb else 0.06) * fat * (ray.ph_r[0][0] / 0.038) ** 0.5
@@ -478,36 +555,68 @@ def render_hand(age_months: float, male: bool, seed: int,
         h1 + np.array([0.04, -0.05]), (0.27 * fat, 0.11), (0.2 * fat, 0.02), (0.16 * fat, -0.03),
     ]
     cv2.fillPoly(soft, [np.array([ipt(pt) for pt in palm], np.int32)], 255, cv2.LINE_8, 4)
-    arm = [(-0.175 * fat, 0.02), (0.18 * fat, 0.0), (0.24 * fat, -fore_len), (-0.23 * fat, -fore_len)]
+    arm = [(-0.175 * fat, 0.02), (0.18 * fat, 0.0), (0.24 * fat, -_FORE_LEN), (-0.23 * fat, -_FORE_LEN)]
     cv2.fillPoly(soft, [np.array([ipt(pt) for pt in arm], np.int32)], 255, cv2.LINE_8, 4)
 
     dist = cv2.distanceTransform(soft, cv2.DIST_L2, 3) * (19.0 / u)  # adult-cm to the skin
     dist = np.minimum(dist, 1.25)
-    t_soft = 2.0 * np.sqrt(dist * (2.5 - dist))  # chord of a finger-sized cylinder
+    return 2.0 * np.sqrt(dist * (2.5 - dist))  # chord of a finger-sized cylinder
 
-    # --- X-ray formation: attenuation -> film brightness, then the nuisance ---
-    tex = np.random.default_rng(texture_seed).standard_normal((H, W), dtype=np.float32)
+
+def _expose(hand: _Hand, t_soft: np.ndarray) -> np.ndarray:
+    """X-ray formation: bone texture, attenuation -> film brightness, exposure and heel effect."""
+    d = hand.d
+    tex = np.random.default_rng(d.texture_seed).standard_normal((d.H, d.W), dtype=np.float32)
     tex = cv2.GaussianBlur(tex, (0, 0), 1.1)
+    bone = hand.bone
     bone *= 1.0 + 0.15 * tex  # trabecular mottling
-    att = (0.1 * soft_gain * t_soft + 1.05 * bone) * (L_cm / 19.0) ** 0.25
-    att = cv2.GaussianBlur(att, (0, 0), blur_sd)
+    att = (0.1 * d.soft_gain * t_soft + 1.05 * bone) * (hand.L_cm / 19.0) ** 0.25
+    att = cv2.GaussianBlur(att, (0, 0), d.blur_sd)
     img = 1.0 - np.exp(-att)
-    yy = np.linspace(-1.0, 1.0, H, dtype=np.float32)[:, None]
-    img = bg + (1.0 - bg) * img * contrast
-    img = img * (1.0 + heel * yy)
-    if collim:
-        x0, y0 = int(collim_in[0] * W), int(collim_in[1] * H)
-        x1, y1 = W - int(collim_in[2] * W), H - int(collim_in[3] * H)
+    yy = np.linspace(-1.0, 1.0, d.H, dtype=np.float32)[:, None]
+    img = d.bg + (1.0 - d.bg) * img * d.contrast
+    return img * (1.0 + d.heel * yy)
+
+
+def _film_nuisance(img: np.ndarray, d: _Draws, rng: np.random.Generator) -> np.ndarray:
+    """Collimation border, side marker, gamma and film noise; then 8-bit pixels.
+
+    Takes the image's generator after ``_draw_params``: the marker's and the noise's
+    draws come last, in this order.
+    """
+    H, W = d.H, d.W
+    if d.collim:
+        x0, y0 = int(d.collim_in[0] * W), int(d.collim_in[1] * H)
+        x1, y1 = W - int(d.collim_in[2] * W), H - int(d.collim_in[3] * H)
         outside = np.ones((H, W), bool)
         outside[y0:y1, x0:x1] = False
-        img = np.where(outside, np.maximum(img, collim_level), img)
-    if marker:
+        img = np.where(outside, np.maximum(img, d.collim_level), img)
+    if d.marker:
         _draw_marker(img, rng)
-    img = np.clip(img, 0.0, 1.0) ** gamma
+    img = np.clip(img, 0.0, 1.0) ** d.gamma
     noise = rng.standard_normal((H, W), dtype=np.float32)
     noise = cv2.GaussianBlur(noise, (0, 0), 0.7)
-    img = img + noise * (noise_sd * 1.6)
+    img = img + noise * (d.noise_sd * 1.6)
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def render_hand(age_months: float, male: bool, seed: int,
+                size: tuple[int, int] | None = None) -> np.ndarray:
+    """Render one synthetic left-hand PA radiograph (uint8, H x W).
+
+    ``age_months`` is the bone age: every maturation feature follows it (with small
+    per-image jitter). ``size`` is (H, W); None draws a plausible size from the seed.
+    The stages run in a fixed order: each takes its timing jitter and random numbers in turn.
+    """
+    rng = np.random.default_rng(seed)
+    m_label = float(np.clip(age_months, 0.0, 240.0))
+    d = _draw_params(rng, m_label, male, size)
+    hand = _Hand(d, m_label, male)
+    _draw_forearm(hand)
+    _draw_carpals(hand)
+    digits = _draw_rays(hand)
+    t_soft = _soft_tissue(hand, digits)
+    return _film_nuisance(_expose(hand, t_soft), d, rng)
 
 
 def _draw_marker(img: np.ndarray, rng: np.random.Generator) -> None:
@@ -604,8 +713,8 @@ def _complete(out: Path, params: dict) -> bool:
 def _jobs(root: Path, n: int, seed: int, val_fraction: float) -> list[tuple[str, int, int, bool, int, bool]]:
     """Every image as (path, id, bone age, male, image seed, is_validation).
 
-    A pure function of (n, seed, val_fraction) so worker processes rebuild the same list
-    instead of receiving it, and the output cannot depend on how work is split.
+    A pure function of (n, seed, val_fraction), each image with its own seed, so the
+    output cannot depend on how the work is split among worker processes.
     """
     ages, male = _sample_labels(n, seed)
     n_val = int(round(n * val_fraction))
@@ -621,95 +730,17 @@ def _jobs(root: Path, n: int, seed: int, val_fraction: float) -> list[tuple[str,
     return out
 
 
-def _render_job(job: tuple[str, int, int, bool, int, bool]) -> None:
+def _render_job(job: Sequence) -> None:
+    """Render and write one image; ``job`` is a row of ``_jobs`` (a list after JSON)."""
     path, _image_id, age, male, img_seed, _val = job
     img = render_hand(float(age), bool(male), img_seed)
     if not cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, 3]):
         raise OSError(f"could not write {path}")
 
 
-def worker_main(spec_json: str | None = None) -> None:
-    """Entry point of a worker subprocess: render every ``shards``-th image.
-
-    WHY plain subprocesses, not multiprocessing: spawn/forkserver re-import the caller's
-    ``__main__`` (a Streamlit page or an unguarded script would re-run), and fork from a
-    threaded host (Streamlit) can deadlock inside OpenCV. A fresh interpreter running only
-    this function has neither problem. One line per finished image goes to stdout.
-    """
-    import sys
-
-    from h2a.data.workerproc import die_with_parent
-
-    die_with_parent()
-    spec = json.loads(spec_json if spec_json is not None else sys.argv[1])
+def _worker_init() -> None:
+    """Each worker renders on one OpenCV thread: the pool's worker count is the parallelism."""
     cv2.setNumThreads(1)
-    jobs = _jobs(Path(spec["root"]), spec["n"], spec["seed"], spec["val_fraction"])
-    for job in jobs[spec["shard"]::spec["shards"]]:
-        _render_job(job)
-        sys.stdout.write(f"{job[1]}\n")
-        sys.stdout.flush()
-
-
-def _run_workers(root: Path, n: int, seed: int, val_fraction: float, nw: int,
-                 progress: ProgressFn | None) -> None:
-    """Render in ``nw`` worker subprocesses; progress is reported from the caller's thread."""
-    import queue
-    import subprocess
-    import sys
-    import tempfile
-    import threading
-
-    from h2a.data.workerproc import worker_env
-
-    env = worker_env()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = "1"
-    lines: queue.Queue[str | None] = queue.Queue()
-    procs: list[subprocess.Popen] = []
-    errs: list = []
-    readers: list[threading.Thread] = []
-
-    def pump(stream) -> None:
-        for line in stream:
-            lines.put(line)
-        lines.put(None)
-
-    try:
-        for k in range(nw):
-            spec = json.dumps({"root": str(root), "n": n, "seed": seed, "val_fraction": val_fraction,
-                               "shard": k, "shards": nw})
-            err = tempfile.TemporaryFile()
-            errs.append(err)
-            p = subprocess.Popen([sys.executable, "-c", "from h2a.data.demo import worker_main; worker_main()", spec],
-                                 stdout=subprocess.PIPE, stderr=err, env=env, text=True)
-            procs.append(p)
-            t = threading.Thread(target=pump, args=(p.stdout,), daemon=True)
-            t.start()
-            readers.append(t)
-        done, finished = 0, 0
-        while finished < nw:
-            item = lines.get()
-            if item is None:
-                finished += 1
-                continue
-            done += 1
-            report(progress, done, n, "rendering synthetic hands")
-        for k, p in enumerate(procs):
-            if p.wait() != 0:
-                errs[k].seek(0)
-                tail = errs[k].read().decode("utf-8", "replace")[-2000:]
-                raise RuntimeError(f"demo worker {k} failed (exit {p.returncode}):\n{tail}")
-        if done != n:
-            raise RuntimeError(f"demo workers rendered {done} of {n} images")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
-        for err in errs:
-            err.close()
 
 
 def generate_demo(out: Path, n: int = 2000, seed: int = 0, *, progress: ProgressFn | None = None,
@@ -765,8 +796,6 @@ def _clean_stale(out: Path) -> None:
     partial copy of the dataset on disk forever. Names carry the writer's PID, so a
     generation still running (another process, or another thread of this one) is kept.
     """
-    from h2a.processes import pid_alive
-
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{8}}$")
     try:
         siblings = list(out.parent.iterdir())
@@ -807,12 +836,15 @@ def _generate_into(root: Path, n: int, seed: int, val_fraction: float, params: d
         nw = min(int(workers), n)
     nw = max(nw, 1)
     report(progress, 0, n, "rendering synthetic hands")
-    if nw == 1:
-        for done, job in enumerate(jobs, 1):
-            _render_job(job)
-            report(progress, done, n, "rendering synthetic hands")
-    else:
-        _run_workers(root, n, seed, val_fraction, nw, progress)
+    done = 0
+
+    def rendered(_result: None) -> None:
+        nonlocal done
+        done += 1
+        report(progress, done, n, "rendering synthetic hands")
+
+    run_tasks("h2a.data.demo:_render_job", jobs, nw, rendered, initializer="h2a.data.demo:_worker_init",
+              what="A demo rendering worker")
     note = (
         "SYNTHETIC DATA - NOT REAL PATIENTS.\n"
         "These hand radiographs were drawn procedurally by h2a.data.demo (numpy + OpenCV) for\n"

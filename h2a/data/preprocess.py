@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -342,25 +341,6 @@ def prepare_chunk(task: Sequence) -> tuple[int, list[tuple[int, str]], int]:
     finally:
         del mm
     return start, errors, len(paths)
-
-
-def worker_main() -> None:
-    """Cache worker process loop: one JSON task per stdin line, one JSON reply per line.
-
-    Started as ``python -c`` by ``h2a.data.cache`` rather than through multiprocessing, so it
-    never re-imports the caller's ``__main__`` (Streamlit script, stdin, notebook) and
-    never forks a threaded parent. Replies go to a private copy of stdout; anything a
-    library prints lands on stderr instead of corrupting the protocol.
-    """
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        start, errors, count = prepare_chunk(json.loads(line))
-        proto.write(json.dumps([start, errors, count]) + "\n")
-        proto.flush()
 
 
 # -- named configs on disk --------------------------------------------------------------

@@ -33,10 +33,10 @@ from h2a.engine.config import TrainConfig, TrainingError
 from h2a.engine.distributed import all_reduce_max, barrier
 from h2a.engine.loop import Engine, SplitArrays
 from h2a.engine.optim import Schedule, make_ema, make_optimizer
-from h2a.engine.runs import MODEL, safe_load
+from h2a.run import Run, load_weights
 from h2a.engine.splits import make_splits
 from h2a.engine.state import TrainState
-from h2a.engine.tasks import Task, get_task
+from h2a.inference.tasks import Task, get_task
 from h2a.engine.tracking import MLflowTracker
 from h2a.models import H2AModel, create_model, freeze_first, set_bn_momentum, set_drop_path
 
@@ -72,16 +72,15 @@ def split_arrays(cache, meta, ids: list[str], task: Task) -> SplitArrays:
 
 
 def warm_start(model: H2AModel, source: str | Path) -> tuple[int, int]:
-    """Copy every tensor whose name and shape match from an earlier run's model.pt."""
-    from h2a.engine.runs import resolve_run
-
+    """Copy every tensor whose name and shape match from an earlier run's best weights (a
+    shipped model's too)."""
     try:
-        path = resolve_run(source) / MODEL
+        run = Run.open(source)
     except FileNotFoundError as exc:
         raise TrainingError(f"--init-from: {exc}") from exc
-    if not path.exists():
-        raise TrainingError(f"--init-from: {path.parent.name} has no model.pt (not finished?)")
-    state = model.upgrade_state_dict(safe_load(path))  # a run saved with an older key layout
+    if run.weights is None:
+        raise TrainingError(f"--init-from: {run.name} has no model.pt (not finished?)")
+    state = model.upgrade_state_dict(load_weights(run.path))  # a run saved with an older key layout
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)

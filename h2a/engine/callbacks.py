@@ -15,16 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from h2a.engine.config import DIVERGENCE_FACTOR, TrainingDiverged
-from h2a.engine.runs import (
-    CANCEL,
-    CHECKPOINT,
-    MODEL,
-    PROGRESS,
-    atomic_torch_save,
-    atomic_write_json,
-    json_bytes,
-    overwrite_in_place,
-)
+from h2a.run import CANCEL, Run, atomic_torch_save, atomic_write_json, json_bytes, overwrite_in_place
 from h2a.engine.state import save_checkpoint
 from h2a.progress import ProgressFn
 
@@ -85,7 +76,7 @@ class ProgressFile(Callback):
 
     def __init__(self, run_dir: Path, enabled: bool, state: dict, progress: ProgressFn | None = None,
                  budget_s: float | None = None) -> None:
-        self.path = run_dir / PROGRESS
+        self.path = Run.at(run_dir).progress_file
         self.enabled = enabled
         self.state = state
         self.progress = progress
@@ -223,8 +214,8 @@ class Checkpointer(Callback):
         if not self.enabled:
             return
         if eng.state.best_epoch == record["epoch"]:
-            atomic_torch_save(self.run_dir / MODEL, eng.eval_model.state_dict())
-        save_checkpoint(self.run_dir / CHECKPOINT, eng.state, model=eng.model, optimizer=eng.opt,
+            atomic_torch_save(Run.at(self.run_dir).model_file, eng.eval_model.state_dict())
+        save_checkpoint(Run.at(self.run_dir).checkpoint_file, eng.state, model=eng.model, optimizer=eng.opt,
                         scheduler=eng.sched, splits=eng.splits, target_mean=eng.task.mean,
                         target_std=eng.task.std, mlflow_run_id=self.mlflow_run_id, ema=eng.ema)
 

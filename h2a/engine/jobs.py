@@ -21,17 +21,7 @@ from pathlib import Path
 from h2a.device import gpu_count
 from h2a.engine.config import TrainConfig
 from h2a.engine.lock import RunLock, RunLocked, describe_holder
-from h2a.engine.runs import (
-    CANCEL,
-    CONFIG,
-    JOB,
-    LOG,
-    PROGRESS,
-    atomic_write_json,
-    read_json,
-    run_status,
-    writer_alive,
-)
+from h2a.run import CANCEL, Run, run_status, writer_alive
 from h2a.processes import ProcessId
 
 
@@ -78,7 +68,7 @@ def resume_training(run_dir: Path, gpus: int | None = None) -> Path:
 
 def saved_config(run_dir: Path) -> dict | None:
     """The settings a run was started with (its config.json), or None when it has none."""
-    return read_json(Path(run_dir) / CONFIG)
+    return Run.at(run_dir).config
 
 
 def _launch(run_dir: Path, cfg: TrainConfig | None, gpus: int | None) -> Path:
@@ -101,7 +91,7 @@ def _launch(run_dir: Path, cfg: TrainConfig | None, gpus: int | None) -> Path:
                 raise JobError(f"{run_dir.name} has no config.json to resume from")
             cfg = TrainConfig.from_dict({**saved, "out": str(run_dir)})
         else:
-            atomic_write_json(run_dir / CONFIG, asdict(cfg))
+            Run.at(run_dir).write_config(asdict(cfg))
         (run_dir / CANCEL).unlink(missing_ok=True)
         gpus = gpu_count() if gpus is None else gpus
         if cfg.device == "cpu":
@@ -128,12 +118,12 @@ def spawn_detached(cmd: list[str], log_path: Path, lock: RunLock) -> ProcessId:
 
 def _spawn(run_dir: Path, cfg: TrainConfig, cmd: list[str], gpus: int, lock: RunLock) -> Path:
     """Launch the training command detached and record it (see ``spawn_detached``)."""
-    job = spawn_detached(cmd, run_dir / LOG, lock)
-    history = (read_json(run_dir / PROGRESS) or {}).get("history", [])  # a resumed run keeps its curves
-    atomic_write_json(run_dir / JOB, {**job.record(), "cmd": cmd, "started": time.time(), "gpus": gpus})
-    atomic_write_json(run_dir / PROGRESS, {"status": "starting", **job.record(), "epoch": 0,
-                                           "epochs": cfg.epochs, "history": history, "message": "starting…",
-                                           "task": cfg.task, "arch": cfg.arch, "updated": time.time()})
+    run = Run.at(run_dir)
+    job = spawn_detached(cmd, run.log_file, lock)
+    history = (run.progress or {}).get("history", [])  # a resumed run keeps its curves
+    run.write_job({**job.record(), "cmd": cmd, "started": time.time(), "gpus": gpus})
+    run.write_progress({"status": "starting", **job.record(), "epoch": 0, "epochs": cfg.epochs, "history": history,
+                        "message": "starting…", "task": cfg.task, "arch": cfg.arch, "updated": time.time()})
     lock.hand_over(job.pid)
     return run_dir
 
@@ -152,7 +142,7 @@ def request_cancel(run_dir: Path) -> bool:
 
 def job_process(run_dir: Path) -> ProcessId | None:
     """The app's job for this run, when job.json names one that is still the same process."""
-    proc = ProcessId.from_record(read_json(Path(run_dir) / JOB) or {})
+    proc = ProcessId.from_record(Run.at(run_dir).job or {})
     return proc if proc is not None and proc.verified() else None
 
 
@@ -167,7 +157,7 @@ def force_stop(run_dir: Path) -> bool:
 
 
 def log_tail(run_dir: Path, lines: int = 40) -> str:
-    path = Path(run_dir) / LOG
+    path = Run.at(run_dir).log_file
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)

@@ -24,7 +24,7 @@ from h2a.engine.config import TrainConfig
 from h2a.engine.distributed import broadcast_from_main
 from h2a.engine.optim import Schedule, progressive_size, resize_batch
 from h2a.engine.state import TrainState
-from h2a.engine.tasks import Task
+from h2a.inference.tasks import Task
 from h2a.inference.arrays import predict_arrays
 
 HOOKS = ("on_loss", "on_batch_end", "on_epoch_end", "on_epoch_synced")

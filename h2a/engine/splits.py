@@ -9,7 +9,7 @@ import pandas as pd
 
 from h2a.data.datasets import Dataset, DatasetError, load_dataset, stratified_split
 from h2a.engine.config import TrainConfig, TrainingError
-from h2a.engine.tasks import get_task
+from h2a.inference.tasks import get_task
 
 
 def make_splits(ds: Dataset, cfg: TrainConfig) -> dict[str, list[str]]:

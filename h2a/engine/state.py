@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from h2a.engine.config import TrainingError
-from h2a.engine.runs import atomic_torch_save, safe_load
+from h2a.run import atomic_torch_save, safe_load
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "best", "best_epoch", "stale", "elapsed",
                    "history", "splits", "target_mean", "target_std", "rng", "mlflow_run_id")

@@ -36,26 +36,12 @@ from h2a.engine.distributed import init_distributed, leave_together
 from h2a.engine.lock import RunLock
 from h2a.engine.loop import Engine, run_epochs
 from h2a.engine.optim import make_optimizer, progressive_size, resize_batch  # noqa: F401 - the old import path
-from h2a.engine.runs import (
-    CANCEL,
-    CHECKPOINT,
-    CONFIG,
-    METADATA,
-    MODEL,
-    PROGRESS,
-    atomic_torch_save,
-    atomic_write_json,
-    is_disk_full,
-    os_error,
-    read_json,
-    safe_load,
-    sweep_temp_files,
-)
+from h2a.run import CANCEL, Run, atomic_torch_save, is_disk_full, os_error, safe_load, sweep_temp_files
 from h2a.engine.splits import make_splits  # noqa: F401 - the old import path
 from h2a.engine.state import CheckpointError, load_checkpoint
 from h2a.engine.tracking import MLflowTracker
 from h2a.inference.arrays import predict_arrays
-from h2a.inference.calibration import CALIBRATION, calibration_summary, predict_procedure
+from h2a.inference.calibration import calibration_summary, predict_procedure
 from h2a.processes import host, start_time
 from h2a.progress import ProgressFn
 from h2a.settings import dist_env
@@ -104,7 +90,7 @@ def _train_locked(cfg: TrainConfig, env, device: torch.device, progress: Progres
     try:
         cfg, ckpt = _open_run(cfg, env.is_main, state)
     except CheckpointError as exc:
-        old = read_json(Path(cfg.out) / PROGRESS) or {}  # keep the curves the page shows
+        old = Run.at(cfg.out).progress or {}  # keep the curves the page shows
         state.update(history=old.get("history", []), epoch=old.get("epoch", 0), started=old.get("started"))
         ProgressFile(Path(cfg.out), env.is_main, state).finish("failed", str(exc), log)
         raise
@@ -143,7 +129,7 @@ def disk_full_message(exc: BaseException, run_dir: Path) -> str:
     what = Path(cause.filename).name if cause is not None and cause.filename else "a file"
     reason = cause.strerror if cause is not None and cause.strerror else str(exc)
     kept = ("the last good checkpoint.pt is kept; free space, then resume the run"
-            if (run_dir / CHECKPOINT).exists() else "no checkpoint had been saved yet")
+            if Run.at(run_dir).checkpoint_file.exists() else "no checkpoint had been saved yet")
     return f"disk full while writing {what} ({reason}): {kept}"
 
 
@@ -158,24 +144,25 @@ def _configure_device(device: torch.device) -> None:
 def _open_run(cfg: TrainConfig, main: bool, state: dict) -> tuple[TrainConfig, dict | None]:
     """A new run folder (config.json written), or the checkpoint and saved config to resume."""
     run_dir = Path(cfg.out)
+    run = Run.at(run_dir)
     ckpt = None
-    if (run_dir / CHECKPOINT).exists():
-        old = read_json(run_dir / PROGRESS) or {}
+    if run.checkpoint_file.exists():
+        old = run.progress or {}
         if old.get("status") == "finished":
             raise TrainingError(f"{run_dir} already holds a finished run; choose another --out")
-        ckpt = load_checkpoint(run_dir / CHECKPOINT)
-        saved = read_json(run_dir / CONFIG)
+        ckpt = load_checkpoint(run.checkpoint_file)
+        saved = run.config
         if saved:
             # The folder it was pointed at wins over the one saved: a moved or copied run
             # writes where it now is, never back into the folder it came from.
             cfg = TrainConfig.from_dict({**saved, "out": cfg.out, "device": cfg.device, "workers": cfg.workers})
             if main and saved.get("out") != cfg.out:
-                atomic_write_json(run_dir / CONFIG, asdict(cfg))
+                run.write_config(asdict(cfg))
         state["history"] = list(ckpt.get("history", []))
         state["started"] = old.get("started", state["started"])
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG, asdict(cfg))
+        run.write_config(asdict(cfg))
     if main:
         (run_dir / CANCEL).unlink(missing_ok=True)
     return cfg, ckpt
@@ -209,17 +196,18 @@ def _train(cfg: TrainConfig, ckpt: dict | None, device: torch.device, env, write
     meta = run_metadata(eng, metrics, facts, device=writer.state["device"], mlflow_run_id=tracker.run_id)
     meta["calibration"] = calibration_summary(cal)
     if cal is not None:
-        atomic_write_json(eng.run_dir / CALIBRATION, cal)
-    atomic_write_json(eng.run_dir / METADATA, meta)
+        Run.at(eng.run_dir).write_calibration(cal)
+    Run.at(eng.run_dir).write_meta(meta)
     return meta
 
 
 def final_metrics(eng: Engine) -> dict:
     """Reload the best epoch's weights (model.pt) and measure them on the validation split."""
-    if (eng.run_dir / MODEL).exists():
-        eng.model.load_state_dict(safe_load(eng.run_dir / MODEL))
+    best = Run.at(eng.run_dir).model_file
+    if best.exists():
+        eng.model.load_state_dict(safe_load(best))
     else:
-        atomic_torch_save(eng.run_dir / MODEL, eng.model.state_dict())
+        atomic_torch_save(best, eng.model.state_dict())
     va = eng.val
     raw = predict_arrays(eng.model, eng.cache.take(va.rows), va.male, eng.norm, eng.device)
     return eng.task.metrics(eng.task.to_output(raw), va.age, va.male)

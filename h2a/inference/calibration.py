@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from h2a.run import Run
 from h2a.inference.conformal import DEFAULT_LEVEL, Procedure, choose_conformal, conformal_from_dict
 
-__all__ = ["CALIBRATION", "COVERAGE", "DEFAULT_TTA", "ECE_BINS", "TemperatureScaler", "boneage_calibration",
+__all__ = ["DEFAULT_TTA", "ECE_BINS", "TemperatureScaler", "boneage_calibration",
            "calibration_summary", "expected_calibration_error", "measured_coverage", "predict_procedure",
            "read_calibration", "record_coverage", "sex_calibration", "write_calibration"]
 
-CALIBRATION = "calibration.json"
-COVERAGE = "coverage.json"
 # ``h2a predict`` / the predict page average the image and DEFAULT_TTA - 1 augmented copies
 # (h2a.predict.predictor re-exports it). Defined here because the end-of-training calibration
 # must use the very procedure predict uses by default.
@@ -163,7 +162,7 @@ def calibration_summary(cal: dict | None) -> dict | None:
     """The few facts metadata.json keeps about the calibration (the file holds the rest)."""
     if not cal:
         return None
-    out = {"file": CALIBRATION, "id": cal.get("id"), "created": cal.get("created"),
+    out = {"id": cal.get("id"), "created": cal.get("created"),
            "procedure": cal.get("procedure"), "split": cal.get("split")}
     if "interval" in cal:
         iv = cal["interval"]
@@ -181,36 +180,30 @@ def calibration_summary(cal: dict | None) -> dict | None:
 
 def read_calibration(run_dir: str | Path) -> dict | None:
     """calibration.json of a run, or None (an old run, or none fitted)."""
-    from h2a.engine.runs import read_json
-
-    return read_json(Path(run_dir) / CALIBRATION)
+    return Run.at(run_dir).calibration
 
 
 def write_calibration(run_dir: str | Path, cal: dict) -> None:
     """Write calibration.json and describe it in metadata.json (both atomically)."""
-    from h2a.engine.runs import METADATA, atomic_write_json, read_json
-
-    run_dir = Path(run_dir)
-    atomic_write_json(run_dir / CALIBRATION, cal)
-    meta = read_json(run_dir / METADATA)
+    run = Run.at(run_dir)
+    run.write_calibration(cal)
+    meta = run.meta
     if meta is not None:
         meta["calibration"] = calibration_summary(cal)
-        atomic_write_json(run_dir / METADATA, meta)
+        run.write_meta(meta)
 
 
 def record_coverage(run_dir: str | Path, cal: dict, split: str, data: str, n: int, coverage: float,
                     width: float) -> None:
     """Remember an evaluation's interval coverage for the predict page (best effort)."""
-    from h2a.engine.runs import atomic_write_json, read_json
-
-    path = Path(run_dir) / COVERAGE
-    rec = read_json(path) or {}
+    run = Run.at(run_dir)
+    rec = run.record("coverage") or {}
     if rec.get("calibration_id") != cal.get("id"):
         rec = {"calibration_id": cal.get("id"), "evaluations": {}}
     rec["evaluations"][split] = {"split": split, "data": data, "n": int(n), "coverage": float(coverage),
                                  "width_months": float(width), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
-        atomic_write_json(path, rec)
+        run.write_record("coverage", rec)
     except OSError:
         pass  # a read-only run folder: the figure is still in the evaluation's output
 
@@ -221,12 +214,10 @@ def measured_coverage(run_dir: str | Path, cal: dict | None = None) -> dict | No
     A held-out evaluation with the calibrated procedure (``coverage.json``) when there is
     one, else the 5-fold cross-fit on the validation split. None without a calibration.
     """
-    from h2a.engine.runs import read_json
-
     cal = cal if cal is not None else read_calibration(run_dir)
     if not cal or "interval" not in cal:
         return None
-    rec = read_json(Path(run_dir) / COVERAGE) or {}
+    rec = Run.at(run_dir).record("coverage") or {}
     held = (rec.get("evaluations") or {}).get("holdout") if rec.get("calibration_id") == cal.get("id") else None
     if held:
         return {"coverage": held["coverage"], "n": held["n"], "width_months": held.get("width_months"),

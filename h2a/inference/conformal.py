@@ -33,7 +33,7 @@ Core module: numpy only, JSON-serialisable (``to_dict`` / ``from_dict``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,10 +57,14 @@ class Procedure:
 
     ``flip_tta``: the horizontal mirror joins the mean; ``views``: that many augmented
     copies (the run's own ranges) join it. ``h2a predict --tta N`` is ``Procedure(False, N - 1)``.
+    ``seeding``: how the copies were drawn (``h2a.inference.arrays.tta_views``): "image" (the
+    same seed for every image, since 2026-12-07) or "row" (seeded by the image's row, older
+    calibrations). Both have the same expected error, so it does not enter equality.
     """
 
     flip_tta: bool = False
     views: int = 0
+    seeding: str = field(default="image", compare=False)
 
     @classmethod
     def for_predict(cls, tta: int) -> Procedure:
@@ -70,16 +74,17 @@ class Procedure:
     @classmethod
     def from_dict(cls, d: dict | None) -> Procedure:
         d = d or {}
-        return cls(bool(d.get("flip_tta", False)), int(d.get("views", 0)))
+        return cls(bool(d.get("flip_tta", False)), int(d.get("views", 0)), str(d.get("seeding", "row")))
 
     def to_dict(self) -> dict:
-        return {"flip_tta": self.flip_tta, "views": self.views}
+        return {"flip_tta": self.flip_tta, "views": self.views, "seeding": self.seeding}
 
     def describe(self) -> str:
         parts = ["the image"] + (["its mirror"] if self.flip_tta else [])
         if self.views:
             parts.append(f"{self.views} augmented cop{'y' if self.views == 1 else 'ies'}")
-        return "mean of " + ", ".join(parts) if len(parts) > 1 else "the image alone"
+        text = "mean of " + ", ".join(parts) if len(parts) > 1 else "the image alone"
+        return text + (" (copies seeded by row, before 2026-12-07)" if self.views and self.seeding == "row" else "")
 
 
 def band_label(lo: float | None, hi: float | None) -> str:

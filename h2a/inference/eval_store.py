@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from h2a.engine.runs import MODEL, atomic_write_bytes, json_bytes, weights_file
+from h2a.run import MODEL, atomic_write_bytes, json_bytes, weights_file
 from h2a.progress import ProgressFn
 from h2a.settings import get_settings
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from h2a.engine.runs import resolve_run
+from h2a.run import resolve_run
 from h2a.inference.arrays import predict_arrays
 from h2a.inference.calibration import (
     DEFAULT_LEVEL,

@@ -11,9 +11,9 @@ import torch
 from h2a.data.preprocess import PreprocessConfig
 from h2a.data.transforms import input_norm
 from h2a.device import use_channels_last
-from h2a.engine.runs import METADATA, load_weights, read_json, weights_file
-from h2a.engine.tasks import Task, task_of_run
-from h2a.inference.calibration import measured_coverage, read_calibration
+from h2a.run import Run, load_weights
+from h2a.inference.tasks import Task, task_of_run
+from h2a.inference.calibration import measured_coverage
 from h2a.inference.conformal import MondrianConformal, NormalisedConformal, Procedure, conformal_from_dict
 from h2a.inference.site_profile import SiteInterval, SiteProfile, apply_bn_stats, read_site
 from h2a.models import H2AModel, create_model, fold_batchnorm
@@ -94,8 +94,9 @@ def load_run(run_dir: str | Path, device: torch.device | None = None, *, fold_bn
     ``conformal``. ``bn_stats``: BatchNorm buffers to use instead (site fitting's folds).
     """
     run_dir = Path(run_dir)
-    meta = read_json(run_dir / METADATA)
-    if meta is None or weights_file(run_dir) is None:
+    run = Run.at(run_dir)
+    meta = run.meta
+    if meta is None or run.weights is None:
         raise FileNotFoundError(f"{run_dir.name}: not a finished run (no metadata.json / model.pt yet)")
     device = device or torch.device("cpu")
     kwargs = dict(meta["model"])
@@ -116,4 +117,4 @@ def load_run(run_dir: str | Path, device: torch.device | None = None, *, fold_bn
         # float32 inference: NHWC weights make oneDNN/cuDNN run every conv NHWC whatever the
         # input's layout, ~1.8x the images/s of NCHW for Lite0 on a 2-core CPU.
         model.to(memory_format=torch.channels_last)
-    return LoadedRun(run_dir, model, meta, cfg, input_norm(name, cfg), device, read_calibration(run_dir), profile)
+    return LoadedRun(run_dir, model, meta, cfg, input_norm(name, cfg), device, run.calibration, profile)

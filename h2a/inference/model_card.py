@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from h2a import RESEARCH_NOTE
-from h2a.engine.runs import METADATA, read_json
+from h2a.run import Run
 from h2a.inference.site_profile import list_sites, read_site
 
 __all__ = ["CARD", "card_text", "write_card"]
@@ -125,8 +125,9 @@ def _robustness_lines(rob: dict | None) -> list[str]:
 def card_text(run_dir: str | Path, name: str | None = None) -> str:
     """The model card of a (shipped) run folder, from its own records."""
     run_dir = Path(run_dir)
-    meta = read_json(run_dir / METADATA) or {}
-    held = read_json(run_dir / "holdout.json")
+    run = Run.at(run_dir)
+    meta = run.meta or {}
+    held = run.record("holdout")
     task = meta.get("task", "boneage")
     name = name or run_dir.name
     shipped = meta.get("shipped") or {}
@@ -170,8 +171,8 @@ def card_text(run_dir: str | Path, name: str | None = None) -> str:
                   "Cross-validated on each site's own images (`h2a adapt`), folds by child.", ""]
         lines += _site_lines(run_dir) or ["No site fitted."]
         lines += ["", "## Heat map"]
-        lines += heatmap_lines(read_json(run_dir / "heatmap.json"))
-        rob = read_json(run_dir / "robustness.json")
+        lines += heatmap_lines(run.record("heatmap"))
+        rob = run.record("robustness")
         lines += ["", f"## Robustness ({(rob or {}).get('n_images', 'the')} held-out thumbnails, one view, "
                       "`h2a robustness`)"]
         lines += _robustness_lines(rob)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from h2a.engine.runs import weights_file
+from h2a.run import weights_file
 from h2a.models import H2AModel
 
 __all__ = ["INPUTS", "ONNX_FILE", "OUTPUTS", "OnnxRunner", "ensure_onnx", "export_model", "export_onnx", "onnx_path"]

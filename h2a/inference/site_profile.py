@@ -265,7 +265,7 @@ class SiteProfile:
 
 def read_site(run_dir: str | Path, name: str) -> SiteProfile:
     """The stored profile ``name`` of a run; SiteError naming what is missing or broken."""
-    from h2a.engine.runs import read_json
+    from h2a.run import read_json
 
     folder = site_dir(run_dir, name)
     info = read_json(folder / SITE_FILE)
@@ -288,7 +288,7 @@ def read_site(run_dir: str | Path, name: str) -> SiteProfile:
 def write_site(folder: Path, info: dict, bn_stats: dict[str, torch.Tensor] | None) -> None:
     """site.json and, when given, the BatchNorm buffers; atomically each (a reader never
     sees a half-written profile: the JSON that names the parts is written last)."""
-    from h2a.engine.runs import atomic_write_bytes, atomic_write_json
+    from h2a.run import atomic_write_bytes, atomic_write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     if bn_stats is not None:

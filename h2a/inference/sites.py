@@ -371,7 +371,7 @@ def fit_site(run_dir: str | Path, data: str | Path, name: str, *, unlabelled: bo
     much larger than the run's training images (``AUTO_FACTOR`` x their median side) get this
     site by default, as the ``fullres`` profile does.
     """
-    from h2a.engine.runs import resolve_run
+    from h2a.run import resolve_run
 
     valid_site_name(name)
     t0 = time.perf_counter()

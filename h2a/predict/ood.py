@@ -33,7 +33,7 @@ import torch
 from h2a.data.imageio import ImageReadError, read_image
 from h2a.data.preprocess import prepare
 from h2a.data.transforms import array_input
-from h2a.engine.runs import MODEL, atomic_write_bytes, weights_file
+from h2a.run import MODEL, atomic_write_bytes, weights_file
 from h2a.inference.loading import LoadedRun
 from h2a.predict.alerts import Alert, Code
 
@@ -254,7 +254,7 @@ def _write_cached(path: Path, key: str, ref: OODReference) -> None:
 
 
 def _read_shipped(path: Path) -> OODReference | None:
-    """A shipped run's reference (``h2a.inference.shipping``): training embeddings in half precision."""
+    """A shipped run's reference (``h2a.predict.shipping``): training embeddings in half precision."""
     from safetensors import safe_open
 
     try:

@@ -48,9 +48,10 @@ from h2a import RESEARCH_NOTE, __version__
 from h2a.data.imageio import ImageReadError, read_header, read_image, to_uint8
 from h2a.data.preprocess import PreprocessConfig, prepare
 from h2a.data.orientation import hand_bbox
-from h2a.data.transforms import array_input, augment_samples
+from h2a.data.transforms import array_input
 from h2a.device import resolve_device
-from h2a.engine.runs import best_run, resolve_run
+from h2a.run import best_run, resolve_run
+from h2a.inference.arrays import tta_views, view_outputs
 from h2a.inference.calibration import DEFAULT_TTA
 from h2a.inference.conformal import Procedure
 from h2a.inference.loading import LoadedRun, load_run
@@ -84,7 +85,6 @@ __all__ = [
 Z95 = 1.96  # the old rule's z (runs without a conformal calibration)
 LEGACY_INTERVAL = ("legacy rule: estimate +/- 1.96 x max(TTA SD, validation RMSE); its coverage was never "
                    "measured (this run has no conformal calibration: run h2a calibrate)")
-TTA_SEED = 0
 DISPLAY_SIDE = 1024  # the original is kept at most this large for the page and the PDF
 MAX_TTA = 64
 BACKENDS = ("torch", "onnx")  # what runs the model: PyTorch, or its ONNX export through onnxruntime
@@ -407,22 +407,18 @@ class Predictor:
     # -- stages (also timed by bench/bench_predict.py) ------------------------
     @staticmethod
     def tta_inputs(run: LoadedRun, u8: np.ndarray, n: int) -> np.ndarray:
-        """(n, S, S) uint8: the image and n-1 seeded augmentations with the run's ranges."""
-        copies = [u8] + (augment_samples(u8, run.preprocess, n=n - 1, seed=TTA_SEED) if n > 1 else [])
-        return np.stack(copies)
+        """(n, S, S) uint8: the image and n-1 seeded augmentations with the run's ranges, drawn
+        as evaluation and calibration draw them (``h2a.inference.arrays.tta_views``)."""
+        return tta_views(u8, Procedure.for_predict(n), run.preprocess)
 
     @staticmethod
-    @torch.no_grad()
     def forward(run: LoadedRun, batch_u8: np.ndarray, male: bool) -> tuple[np.ndarray, np.ndarray]:
         """Months for each copy (the site's correction applied) and the embedding of copy 0
-        (one pass serves both)."""
-        x = array_input(batch_u8, run.norm, run.device)
-        fmap = run.model.forward_features(x)
-        sex = torch.full((len(x),), float(male), device=run.device) if run.model.use_sex else None
-        raw = run.model.forward_head(fmap, sex).float().cpu().numpy()
-        emb = run.model.forward_head(fmap[:1], pre_logits=True)
-        months = run.months(raw, np.full(len(raw), bool(male)))
-        return np.asarray(months, np.float64), emb[0].float().cpu().numpy()
+        (one pass serves both), through the forward passes evaluation uses."""
+        raw, emb = view_outputs(run.model, batch_u8[:, None], np.array([float(male)], np.float32), run.norm,
+                                run.device, batch_size=max(len(batch_u8), 1), embed=True)
+        months = run.months(raw[:, 0], np.full(len(raw), bool(male)))
+        return np.asarray(months, np.float64), emb[0]
 
     def _forward(self, run: LoadedRun, batch_u8: np.ndarray, male: bool) -> tuple[np.ndarray, np.ndarray]:
         """``forward`` on the chosen backend: PyTorch, or the run's ONNX export (the same
@@ -440,7 +436,7 @@ class Predictor:
         site with them gets its own graph, in its folder), exported on first use."""
         import copy
 
-        from h2a.engine.runs import weights_file
+        from h2a.run import weights_file
         from h2a.inference.onnx_export import OnnxRunner, export_model
 
         folder = run.site.path if run.site is not None and run.site.bn_stats else run.path

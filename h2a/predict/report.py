@@ -20,7 +20,7 @@ from fpdf import FPDF
 from PIL import Image
 
 from h2a import RESEARCH_NOTE, __version__
-from h2a.engine.runs import atomic_write_bytes
+from h2a.run import atomic_write_bytes
 from h2a.exports import csv_bytes, write_csv
 from h2a.predict.alerts import codes, flagged, messages
 from h2a.predict.clinical import (

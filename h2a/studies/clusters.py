@@ -18,12 +18,20 @@ Core module: no streamlit.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from h2a.analysis.cluster_config import ClusterConfig
+from h2a.analysis.clustering import cluster_embeddings
+from h2a.analysis.embeddings import PRETRAINED, compute_embeddings
+from h2a.data.datasets import load_dataset
+from h2a.inference.metrics import age_band_labels
 from h2a.progress import ProgressFn, report
+from h2a.run import Run
 
 __all__ = ["AGE_BAND_MONTHS", "IMAGES", "SPACES", "age_band_scores", "clusters_study", "run_holdout_ids",
            "source_spec"]
@@ -39,10 +47,6 @@ def age_band_scores(labels: Sequence[int], boneage: Sequence[float], width: int 
 
     Returns ``ari_age_band``, ``nmi_age_band`` (None with fewer than two bands present),
     ``n_age_known`` and ``n_age_bands``."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    from h2a.inference.metrics import age_band_labels
-
     labels = np.asarray(labels)
     age = np.asarray(boneage, dtype=float)
     ok = np.isfinite(age)
@@ -56,8 +60,6 @@ def age_band_scores(labels: Sequence[int], boneage: Sequence[float], width: int 
 
 def source_spec(source: str | Path | None) -> str:
     """What ``compute_embeddings`` takes for a source: 'pretrained' for None (ImageNet), else the run."""
-    from h2a.analysis.embeddings import PRETRAINED
-
     return PRETRAINED if source is None or str(source) == PRETRAINED else str(source)
 
 
@@ -91,17 +93,12 @@ def _dataset(data: Any):
     """A loaded Dataset from a folder (or a Dataset as is)."""
     if hasattr(data, "meta") and hasattr(data, "fingerprint"):
         return data
-    from h2a.data.datasets import load_dataset
-
     return load_dataset(Path(data))
 
 
 def run_holdout_ids(run: str | Path) -> set[str] | None:
     """The ids a finished run held out (never trained or validated on); None when it kept none."""
-    from h2a.engine.runs import METADATA, read_json, resolve_run
-
-    meta = read_json(resolve_run(run) / METADATA) or {}
-    ids = (meta.get("splits") or {}).get("holdout")
+    ids = Run.open(run).splits.get("holdout")
     return {str(i) for i in ids} if ids else None
 
 
@@ -111,8 +108,6 @@ def _images(ds, sources: Mapping[str, str | Path | None], images: str):
     A run's embedding of its own training images is flattered (it has learnt those hands),
     so by default only images no run saw are clustered; ImageNet embeds the same images, so
     the three sources are compared on one set."""
-    from dataclasses import replace
-
     if images not in IMAGES:
         raise ValueError(f"images must be one of {', '.join(IMAGES)}, got {images!r}")
     if images == "all":
@@ -137,31 +132,30 @@ def _images(ds, sources: Mapping[str, str | Path | None], images: str):
     return subset, "images every run held out"
 
 
-def clusters_study(data: Any, sources: Mapping[str, str | Path | None], *, k: int = 2, seed: int = 0,
-                   images: str = "holdout", progress: ProgressFn | None = None) -> dict:
+def clusters_study(data: Any, sources: Mapping[str, str | Path | None], config: ClusterConfig | None = None, *,
+                   images: str = "holdout", progress: ProgressFn | None = None, **settings: Any) -> dict:
     """Cluster each source's embeddings of ``data`` and score the clusters against sex and age band.
 
     ``data``: a dataset folder (or a loaded Dataset); ``sources``: display name -> None for
     the ImageNet-pretrained EfficientNet-Lite0, or a run folder / name (a bone-age run, a sex
     run). ``images``: 'holdout' (default) clusters only the images every run source held
     out, the fair test of a trained embedding (all images when no run source kept a held-out
-    split); 'all' every image. Each source embeds with its own preprocessing; embeddings and
+    split); 'all' every image. ``config`` (None: the declared defaults), changed by
+    ``settings`` (ClusterConfig field names, e.g. ``k=3, seed=1``), is how every source is
+    mapped and clustered. Each source embeds with its own preprocessing; embeddings and
     UMAP maps are cached on disk.
 
-    Returns ``{"rows", "k", "seed", "data", "dataset", "images", "n_images", "band_months"}``; ``rows`` has one row
+    Returns ``{"rows", "k", "seed", "config", "data", "dataset", "images", "n_images", "band_months"}``;
+    ``rows`` has one row
     per source and space ('umap' = k-means on the 2-D map, 'full' = on the standardised,
     PCA-reduced embedding) with ``n``, ``ari_sex``, ``nmi_sex``, ``ari_age_band``,
     ``nmi_age_band``, purity, eta squared and the plain verdict. A source that cannot be
     used (no such run, an unfinished run) gets one row with ``error`` and the others still
-    run; an unusable dataset raises (DatasetError).
+    run; an unusable dataset raises (DatasetError); bad settings raise ValueError.
     """
-    from h2a.analysis.clustering import cluster_embeddings
-    from h2a.analysis.embeddings import compute_embeddings
-
     if not sources:
         raise ValueError("no embedding source given: name at least one (None = ImageNet weights)")
-    if int(k) < 2:
-        raise ValueError(f"k must be at least 2, got {k}")
+    cfg = replace(config or ClusterConfig(), **settings)
     ds, chosen = _images(_dataset(data), sources, images)
     rows: list[dict] = []
     n_images = None
@@ -172,12 +166,12 @@ def clusters_study(data: Any, sources: Mapping[str, str | Path | None], *, k: in
         try:
             emb = compute_embeddings(ds, spec, progress=None)
             report(progress, i, len(items), f"UMAP and k-means for {name}")
-            est, _, scores = cluster_embeddings(emb, k=int(k), seed=int(seed))
+            est, _, scores = cluster_embeddings(emb, cfg)
         except (FileNotFoundError, ValueError, KeyError) as exc:  # a missing/unfinished run, too few images
             rows.append(_error_row(name, spec, str(exc)))
             continue
         n_images = len(emb) if n_images is None else n_images
         rows.extend(_rows_for(name, emb, est, scores))
     report(progress, len(items), len(items), "clusters scored")
-    return {"rows": rows, "k": int(k), "seed": int(seed), "data": str(getattr(ds, "root", data)),
-            "dataset": ds.name, "images": chosen, "n_images": n_images, "band_months": AGE_BAND_MONTHS}
+    return {"rows": rows, "k": cfg.k, "seed": cfg.seed, "config": cfg.to_dict(),
+            "data": str(getattr(ds, "root", data)), "dataset": ds.name, "images": chosen, "n_images": n_images, "band_months": AGE_BAND_MONTHS}

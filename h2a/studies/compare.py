@@ -30,7 +30,7 @@ __all__ = ["METRICS", "PREDICTION_FILES", "MetricSpec", "arm_comparisons", "comb
            "read_predictions", "score_predictions", "verdict", "weighted_auc"]
 
 # A run's predictions on a split, as the comparisons read them (written by
-# ``h2a.studies.runner.save_predictions``).
+# ``h2a.studies.predictions.save_predictions``).
 PREDICTION_FILES = {"holdout": "holdout_predictions.csv", "validation": "validation_predictions.csv"}
 CHUNK = 250  # resamples drawn at a time: bounded memory (250 x n indices) on any n
 

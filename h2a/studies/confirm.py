@@ -23,10 +23,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from h2a.engine.runs import atomic_write_json, read_json
+from h2a.run import JobFolder
 from h2a.processes import ProcessId
 from h2a.studies.compare import METRICS, arm_comparisons, read_predictions, score_predictions
-from h2a.studies.runner import JOB_PROGRESS, STOP, StudyError, save_predictions, study_lock
+from h2a.studies.errors import StudyError
+from h2a.studies.lock import STOP, study_lock
+from h2a.studies.predictions import save_predictions
 from h2a.studies.storage import job_dir, load_study, storage_url
 from h2a.studies.summary import CONFIRM_ATTR
 
@@ -157,14 +159,14 @@ class _Progress:
 
     def __init__(self, d: Path, name: str, storage: str | None) -> None:
         self.d = d
-        old = read_json(d / JOB_PROGRESS) or {}
+        old = JobFolder.at(d).progress or {}
         self.state = {"status": "running", **ProcessId.of(os.getpid()).record(), "study": name,
                       "storage": storage_url(storage), "finished": old.get("finished", 0), "total": old.get("total"),
                       "message": "confirming the best trial against the base", "started": time.time()}
 
     def update(self, message: str) -> None:
         self.state.update(message=message, updated=time.time())
-        atomic_write_json(self.d / JOB_PROGRESS, self.state)
+        JobFolder.at(self.d).write_progress(self.state)
 
     def end(self, status: str, message: str) -> None:
         self.state["status"] = status

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from h2a.engine.jobs import force_stop, log_tail, request_cancel, spawn_detached
-from h2a.engine.runs import JOB, LOG, atomic_write_json, read_json, writer_alive
+from h2a.run import JobFolder, writer_alive
 from h2a.studies import StudySpec
-from h2a.studies.runner import JOB_PROGRESS, STOP, resolve_space, study_lock
+from h2a.studies.create import resolve_space
+from h2a.studies.lock import STOP, study_lock
 from h2a.studies.storage import job_dir, storage_url
 
 
@@ -62,13 +63,13 @@ def _start(name: str, cmd: list[str], storage: str | None, record: dict, message
     'starting' progress.json (trial counts kept) the page reads at once."""
     d = job_dir(name)
     with study_lock(name) as lock:
-        job = spawn_detached(cmd, d / LOG, lock)
-        atomic_write_json(d / JOB, {**job.record(), "cmd": cmd, "started": time.time(), **record})
-        old = read_json(d / JOB_PROGRESS) or {}
-        atomic_write_json(d / JOB_PROGRESS, {"status": "starting", **job.record(), "study": name,
-                                             "storage": storage_url(storage), "finished": old.get("finished", 0),
-                                             "total": old.get("total"), "message": message,
-                                             "updated": time.time()})
+        folder = JobFolder.at(d)
+        job = spawn_detached(cmd, folder.log_file, lock)
+        folder.write_job({**job.record(), "cmd": cmd, "started": time.time(), **record})
+        old = folder.progress or {}
+        folder.write_progress({"status": "starting", **job.record(), "study": name, "storage": storage_url(storage),
+                               "finished": old.get("finished", 0), "total": old.get("total"), "message": message,
+                               "updated": time.time()})
         lock.hand_over(job.pid)
     return d
 
@@ -76,7 +77,7 @@ def _start(name: str, cmd: list[str], storage: str | None, record: dict, message
 def study_job_status(name: str) -> dict:
     """{"status": running|stopped|finished|failed|none, "pid", "log_tail", "finished", "total", "message"}."""
     d = job_dir(name)
-    job, prog = read_json(d / JOB), read_json(d / JOB_PROGRESS)
+    job, prog = JobFolder.at(d).job, JobFolder.at(d).progress
     if not job and not prog:
         return {"status": "none", "pid": None, "log_tail": "", "finished": 0, "total": None, "message": ""}
     prog = prog or {}
@@ -105,7 +106,7 @@ def stop_study(name: str) -> bool:
     """Ask the study to stop: no new trials, running trials cancelled after their batch.
     False when no coordinator of it runs on this machine."""
     d = job_dir(name)
-    prog = read_json(d / JOB_PROGRESS) or {}
+    prog = JobFolder.at(d).progress or {}
     if not prog or prog.get("status") not in ("running", "starting") or not writer_alive(d, prog):
         return False
     (d / STOP).touch()

@@ -10,7 +10,11 @@
   metrics, versions and the research-use note;
 * ``log.txt``: the training process's output when started from the app;
 * ``job.json``: the background process the app started (PID, process group, start time);
+* ``calibration.json``: temperature and conformal widths fitted on validation;
+* ``sites/<name>/``: site profiles (``h2a adapt``); ``model.safetensors`` in a shipped run;
 * ``.lock``: held by the one process that writes the run (``h2a.engine.lock``).
+
+``Run`` is the one object that knows these names; every other module asks it.
 
 Everything is read with ``torch.load(..., weights_only=True)``: a run dir is data, not code.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +45,8 @@ METADATA = "metadata.json"
 LOG = "log.txt"
 CANCEL = "CANCEL"
 JOB = "job.json"
+CALIBRATION = "calibration.json"
+SITES = "sites"  # RUN/sites/<site>/site.json (h2a.inference.site_profile)
 
 FINAL_STATES = ("finished", "failed", "cancelled", "diverged")
 
@@ -182,6 +189,151 @@ def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
         return {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
     return safe_load(path)
+
+
+@dataclass(frozen=True)
+class JobFolder:
+    """A folder a background job writes: ``job.json`` (the process), ``log.txt`` and a live
+    ``progress.json``. Training runs, study jobs and analysis jobs all have this shape."""
+
+    path: Path
+
+    @classmethod
+    def at(cls, path: str | Path):
+        """The folder at exactly ``path`` (which may not exist yet)."""
+        return cls(Path(path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def progress(self) -> dict | None:
+        return read_json(self.path / PROGRESS)
+
+    @property
+    def job(self) -> dict | None:
+        return read_json(self.path / JOB)
+
+    @property
+    def progress_file(self) -> Path:
+        return self.path / PROGRESS
+
+    @property
+    def job_file(self) -> Path:
+        return self.path / JOB
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / LOG
+
+    def write_progress(self, prog: dict) -> None:
+        atomic_write_json(self.path / PROGRESS, prog)
+
+    def write_job(self, job: dict) -> None:
+        atomic_write_json(self.path / JOB, job)
+
+
+@dataclass(frozen=True)
+class Run(JobFolder):
+    """One run folder. The only code that knows the names of a run's records: everything else
+    asks a ``Run`` (``Run.open("name").meta``), so a new record or a renamed file is one edit
+    here. Records are read fresh on each access (a live run rewrites ``progress``); a missing
+    or mid-write record reads as None, never an exception."""
+
+    @classmethod
+    def open(cls, name_or_path: str | Path) -> "Run":
+        """A run given as a folder, a name in the models folder, or a shipped model's name."""
+        return cls(resolve_run(name_or_path))
+
+    # -- records (dicts, or None when absent) ---------------------------------------------
+    @property
+    def config(self) -> dict | None:
+        """The TrainConfig the run was started with (what ``resume`` re-reads)."""
+        return read_json(self.path / CONFIG)
+
+    @property
+    def meta(self) -> dict | None:
+        """Written once the run finishes: task, architecture, preprocessing, data, splits, metrics."""
+        return read_json(self.path / METADATA)
+
+    @property
+    def calibration(self) -> dict | None:
+        """Temperature / conformal widths fitted on validation (None: an old run, none fitted)."""
+        return read_json(self.path / CALIBRATION)
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        """Image ids of each split (train / val / holdout) the run was trained with."""
+        return dict((self.meta or {}).get("splits") or {})
+
+    @property
+    def sites(self) -> list[str]:
+        """Names of the sites fitted for this run (folders under ``sites/`` holding a site.json)."""
+        root = self.path / SITES
+        if not root.is_dir():
+            return []
+        return sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "site.json").is_file())
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / METADATA).is_file() and weights_file(self.path) is not None
+
+    @property
+    def has_config(self) -> bool:
+        return (self.path / CONFIG).is_file()
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def model_file(self) -> Path:
+        """Where a trained run's best weights go (``weights`` finds a shipped run's too)."""
+        return self.path / MODEL
+
+    @property
+    def weights(self) -> Path | None:
+        return weights_file(self.path)
+
+    def status(self) -> dict:
+        return run_status(self.path)
+
+    # -- atomic writers --------------------------------------------------------------------
+    def write_config(self, cfg: dict) -> None:
+        atomic_write_json(self.path / CONFIG, cfg)
+
+    def write_meta(self, meta: dict) -> None:
+        atomic_write_json(self.path / METADATA, meta)
+
+    def write_calibration(self, cal: dict) -> None:
+        atomic_write_json(self.path / CALIBRATION, cal)
+
+    # -- the records evaluations add (RUN/<name>.json) ---------------------------------------
+    RECORDS = ("holdout", "coverage", "robustness", "heatmap")
+
+    def record(self, name: str) -> dict | None:
+        """An evaluation's record: ``holdout`` (h2a evaluate --split holdout --json), ``coverage``
+        (held-out interval coverage), ``robustness``, ``heatmap`` (bench/bench_cam.py)."""
+        return read_json(self.record_file(name))
+
+    def record_file(self, name: str) -> Path:
+        if name not in self.RECORDS:
+            raise ValueError(f"unknown run record {name!r} (known: {', '.join(self.RECORDS)})")
+        return self.path / f"{name}.json"
+
+    def write_record(self, name: str, obj: dict) -> None:
+        atomic_write_json(self.record_file(name), obj)
+
+    def copy_records(self, dest: "Run") -> None:
+        """Copy what a copy of the run needs besides its weights and metadata (which the caller
+        writes): config, calibration, the evaluation records and the fitted sites."""
+        dest.path.mkdir(parents=True, exist_ok=True)
+        for name in (CONFIG, CALIBRATION, *(f"{r}.json" for r in self.RECORDS)):
+            if (self.path / name).is_file():
+                shutil.copy2(self.path / name, dest.path / name)
+        if (self.path / SITES).is_dir():
+            shutil.copytree(self.path / SITES, dest.path / SITES, dirs_exist_ok=True)
 
 
 @dataclass

@@ -21,20 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from h2a.engine.runs import (
-    CONFIG,
-    METADATA,
-    SHIPPED_WEIGHTS,
-    atomic_write_json,
-    load_weights,
-    read_json,
-    resolve_run,
-)
+from h2a.run import SHIPPED_WEIGHTS, Run, load_weights
 from h2a.inference.arrays import predict_arrays
-from h2a.inference.calibration import CALIBRATION, COVERAGE
 from h2a.inference.evaluate import split_images
 from h2a.inference.loading import load_run
-from h2a.inference.site_profile import SITES_DIR
 
 __all__ = ["HALF_TOLERANCE", "MAX_FILE_MB", "ship_run"]
 
@@ -43,7 +33,6 @@ __all__ = ["HALF_TOLERANCE", "MAX_FILE_MB", "ship_run"]
 HALF_TOLERANCE = {"boneage": 0.05, "sex": 0.001}
 MAX_FILE_MB = 10.0  # the most a committed weight file may weigh
 CHECK_IMAGES = 1101  # held-out images the precision check predicts (the recipe's whole held-out split)
-EXTRA_FILES = (CONFIG, CALIBRATION, COVERAGE, "holdout.json", "robustness.json", "heatmap.json")
 
 
 HALF_MIN_VALUES = 4096  # smaller tensors (BatchNorm statistics, biases, the head's small layers) stay float32
@@ -113,8 +102,9 @@ def ship_run(run_dir: str | Path, out: str | Path, *, half: bool | None = None, 
     ``MAX_FILE_MB`` or the run is unfinished. ``trained_on``: a note on the machine and
     conditions of training for the card (e.g. the CPU and what else ran).
     """
-    src = resolve_run(run_dir)
-    meta = read_json(src / METADATA)
+    src_run = Run.open(run_dir)
+    src = src_run.path
+    meta = src_run.meta
     if meta is None:
         raise ValueError(f"{src.name}: not a finished run (no metadata.json)")
     out = Path(out)
@@ -123,16 +113,12 @@ def ship_run(run_dir: str | Path, out: str | Path, *, half: bool | None = None, 
     tmp = out.parent / f".{out.name}.shipping"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in EXTRA_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, tmp / name)
-    if (src / SITES_DIR).is_dir():
-        shutil.copytree(src / SITES_DIR, tmp / SITES_DIR)
+    src_run.copy_records(Run.at(tmp))
     state = load_weights(src)
     meta_out = dict(meta)
     meta_out["shipped"] = {"name": out.name, "from_run": src.name, "when": time.strftime("%Y-%m-%d"),
                            "trained_on": trained_on}
-    atomic_write_json(tmp / METADATA, meta_out)
+    Run.at(tmp).write_meta(meta_out)
     save_file(_half(state), str(tmp / SHIPPED_WEIGHTS))
     check = _precision_check(src, tmp, check_images, progress)
     tolerance = HALF_TOLERANCE[meta["task"]]
@@ -143,7 +129,7 @@ def ship_run(run_dir: str | Path, out: str | Path, *, half: bool | None = None, 
     meta_out["shipped"].update(precision=(f"float16 (tensors of {HALF_MIN_VALUES}+ values; the rest float32)"
                                           if use_half else "float32"),
                                precision_check={**check, "tolerance": tolerance}, ood=ood)
-    atomic_write_json(tmp / METADATA, meta_out)
+    Run.at(tmp).write_meta(meta_out)
     too_big = [p.name for p in tmp.rglob("*.safetensors") if p.stat().st_size > MAX_FILE_MB * 2 ** 20]
     if too_big:
         shutil.rmtree(tmp, ignore_errors=True)

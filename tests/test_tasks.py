@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from h2a.engine.tasks import BoneAgeTask, SexTask, get_task, task_of_run
+from h2a.inference.tasks import BoneAgeTask, SexTask, get_task, task_of_run
 
 
 def test_get_task_and_unknown_name() -> None:
