@@ -24,8 +24,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,23 @@ CALIBRATION = "calibration.json"
 SITES = "sites"  # RUN/sites/<site>/site.json (h2a.inference.site_profile)
 
 FINAL_STATES = ("finished", "failed", "cancelled", "diverged")
+
+# A run's name is its folder's name: safe in a path, a URL and a shell without quoting.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}")
+RUN_NAME_RULE = "letters, digits, '.', '-' and '_' (starting with a letter or digit, at most 81 characters)"
+
+
+def default_run_name(task: str, arch: str) -> str:
+    """What a run is called when its starter names none: task, model and the time."""
+    return f"{task}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_run_name(name: str) -> str:
+    """``name`` stripped, or ValueError saying the rule."""
+    name = str(name).strip()
+    if not RUN_NAME.fullmatch(name):
+        raise ValueError(f"run name {name!r}: use {RUN_NAME_RULE}")
+    return name
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

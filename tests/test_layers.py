@@ -130,3 +130,10 @@ def test_no_layer_imports_one_above_it():
 def test_the_layer_check_finds_an_upward_import():
     assert upward_imports({"h2a.data.cache": {"h2a.engine.trainer", "h2a.settings"},
                            "h2a.cli.train": {"h2a.engine.trainer"}}) == ["h2a.data.cache -> h2a.engine.trainer"]
+
+
+def test_no_pages_folder_beside_the_router():
+    """A pages/ folder would make a fresh server run the page a URL names without the router's
+    password form (Streamlit's directory routing; docs/architecture.md says why)."""
+    assert not (REPO / "pages").exists()
+    assert (REPO / "app_pages").is_dir()

@@ -92,3 +92,16 @@ def test_a_copy_keeps_the_records_and_sites(tmp_path):
     src.copy_records(dest)
     assert dest.config == {"a": 1} and dest.calibration == {"id": "c"} and dest.record("robustness") == {"rows": []}
     assert dest.sites == ["fullres"]
+
+
+def test_the_run_name_rule_lives_in_the_core():
+    from h2a.engine.config import TrainConfig, TrainingError
+    from h2a.run import check_run_name, default_run_name
+
+    assert check_run_name(" boneage-lite0.v2 ") == "boneage-lite0.v2"
+    assert check_run_name(default_run_name("sex", "efficientnet_lite0")).startswith("sex-efficientnet_lite0-")
+    for bad in ("", "../up", "a b", "-flag", "x" * 82, "=cmd()"):
+        with pytest.raises(ValueError, match="run name"):
+            check_run_name(bad)
+    with pytest.raises(TrainingError, match="run name"):  # the CLI and the form both validate a TrainConfig
+        TrainConfig(data="d", out="models/bad name").validate()

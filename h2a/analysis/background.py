@@ -47,6 +47,7 @@ from h2a.engine.lock import RunLock, RunLocked
 from h2a.run import CANCEL, JobFolder, atomic_write_json, read_json, writer_alive
 from h2a.processes import ProcessId, lower_priority
 from h2a.settings import get_settings
+from h2a.data.datasets import load_dataset
 
 __all__ = [
     "FINAL",
@@ -449,8 +450,6 @@ class JobContext:
     # -- inputs ------------------------------------------------------------------
     def dataset(self):
         """The spec's dataset, checked against its fingerprint (a changed folder is a new question)."""
-        from h2a.data.datasets import load_dataset
-
         ds = load_dataset(self.spec.data)
         if self.spec.fingerprint and ds.fingerprint != self.spec.fingerprint:
             raise JobFailed(f"{ds.name}: the dataset changed since this job was asked for "

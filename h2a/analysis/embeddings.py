@@ -38,6 +38,11 @@ from h2a.settings import get_settings
 from h2a.data.preprocess import PreprocessConfig
 from h2a.progress import ProgressFn, report
 from h2a.run import Run, resolve_run, weights_file
+from h2a.data.cache import build_cache
+from h2a.data.transforms import input_norm, to_input
+from h2a.device import amp_dtype, describe_device, resolve_device
+from h2a.inference.loading import load_run
+from h2a.models import create_model
 
 __all__ = ["EMBED_VERSION", "Embeddings", "EmbeddingSource", "compute_embeddings", "embedding_dir",
            "load_embeddings", "resolve_source", "source_identity"]
@@ -144,10 +149,6 @@ def resolve_source(source: str | Path, *, arch: str = "efficientnet_lite0",
 
     A run embeds with its own preprocessing unless ``preprocess`` is given.
     """
-    from h2a.data.transforms import input_norm
-    from h2a.inference.loading import load_run
-    from h2a.models import create_model
-
     identity, label, run_dir = _source_identity(source, arch)
     if run_dir is None:
         pcfg = preprocess or PreprocessConfig(size=128)
@@ -224,9 +225,6 @@ def embed_arrays(model, images: np.ndarray, norm: tuple[float, float] | None, de
 
     ``amp``: 'auto' (bf16 autocast on a GPU and on a CPU with native bf16, float32 on other CPUs), 'bf16' (also on a CPU with
     AMX/AVX512-BF16) or 'off'."""
-    from h2a.device import amp_dtype
-    from h2a.data.transforms import to_input
-
     model.eval()
     n = len(images)
     total = total or n
@@ -270,14 +268,10 @@ def compute_embeddings(
     configured device (GPU when present). ``amp`` as in ``embed_arrays``; the precision is
     part of the storage key (bf16 vectors are close to, not equal to, float32 ones).
     """
-    from h2a.data.cache import build_cache
-    from h2a.device import amp_dtype, describe_device, resolve_device
-
     identity, label, run_dir = _source_identity(source, arch)
     pcfg = preprocess or (_run_preprocess(run_dir) if run_dir is not None else PreprocessConfig(size=128))
     if run_dir is not None:
         arch = (Run.at(run_dir).meta or {}).get("model", {}).get("name", arch)
-    from h2a.data.transforms import input_norm
 
     norm = input_norm(arch, pcfg)
     device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -34,6 +34,12 @@ import cv2
 import numpy as np
 
 from h2a.progress import ProgressFn, report
+from h2a.data.datasets import load_dataset
+from h2a.data.imageio import ImageReadError, read_image, to_uint8
+from h2a.data.transforms import downscale_upscale, jpeg_roundtrip
+from h2a.inference.evaluate import rows_in_split
+from h2a.predict.predictor import Predictor
+from h2a.run import resolve_run
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,16 +106,11 @@ def _blur(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def _jpeg(img: np.ndarray, size: int) -> np.ndarray:
-    from h2a.data.imageio import to_uint8
-    from h2a.data.transforms import jpeg_roundtrip
-
     return jpeg_roundtrip(to_uint8(img), JPEG_QUALITY).astype(np.float32) / 255.0
 
 
 def _down_up(factor: float, down: int, up: int) -> Callable[[np.ndarray, int], np.ndarray]:
     def fn(img: np.ndarray, size: int) -> np.ndarray:
-        from h2a.data.transforms import downscale_upscale
-
         return downscale_upscale(img, factor, down, up)
 
     return fn
@@ -172,8 +173,6 @@ def _perturbations(names: Sequence[str] | None) -> list[Perturbation]:
 def encode_png(img: np.ndarray) -> bytes:
     """float [0, 1] (H, W) -> 8-bit PNG bytes: the file a real pipeline would have written
     (lossless for an 8-bit original, so the baseline is the original)."""
-    from h2a.data.imageio import to_uint8
-
     ok, buf = cv2.imencode(".png", to_uint8(img), [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
     if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
         raise ValueError("could not encode the perturbed image as PNG")
@@ -187,7 +186,6 @@ def select_images(run_meta: dict, labelled: pd.DataFrame, split: str, limit: int
     any folder holding those ids) or 'all'; then a seeded sample of ``limit`` of them."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    from h2a.inference.evaluate import rows_in_split
 
     rows = rows_in_split(run_meta, labelled, split)
     if rows.empty:
@@ -288,10 +286,6 @@ def robustness_report(
     """
     import pandas as pd
 
-    from h2a.data.datasets import load_dataset
-    from h2a.data.imageio import ImageReadError, read_image
-    from h2a.run import resolve_run
-    from h2a.predict.predictor import Predictor
 
     chosen = _perturbations(perturbations)
     run_path = resolve_run(run_dir)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from h2a.inference.calibration import ECE_BINS
 from h2a.inference.calibration import expected_calibration_error as _ece
+from h2a.inference.metrics import age_band_labels, band_order
 
 __all__ = ["bootstrap_auc", "calibration_bins", "roc_points", "confident_cases", "summary",
            "expected_calibration_error", "reliability_frame"]
@@ -146,8 +147,6 @@ def by_age_band(preds: pd.DataFrame, n_boot: int = 300, seed: int = 0, width: in
 
     ``preds`` is a sex predictions frame (``male``, ``p_male``, ``correct``, ``boneage``).
     """
-    from h2a.inference.metrics import age_band_labels, band_order
-
     df = preds[np.isfinite(preds["boneage"].to_numpy(dtype=float))]
     if df.empty:
         return pd.DataFrame(columns=["band", "n", "share_male", "accuracy", "auc", "auc_low", "auc_high"])

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from h2a.data.datasets import Dataset, scan_headers
-from h2a.progress import ProgressFn
+from h2a.progress import ProgressFn, report
+from h2a.data.thumbs import get_thumbnail
 
 SEX_LABELS = {True: "male", False: "female"}
 INTENSITY_COLUMNS = ["id", "sex", "boneage", "mean", "std", "p05", "p95", "range"]
@@ -120,9 +121,6 @@ def intensity_summary(
     gallery and every later summary reuse it. The 8-bit thumbnail moves each figure by
     at most 1/255 of the range, far below the spread between images being shown.
     """
-    from h2a.data.thumbs import get_thumbnail
-    from h2a.progress import report
-
     rows = ds.with_images()
     if rows.empty:
         return pd.DataFrame(columns=INTENSITY_COLUMNS)

@@ -19,6 +19,10 @@ import streamlit as st
 
 from h2a.app.runs_ui import loaded_run, model_mtime
 from h2a.run import Run
+from h2a.data.imageio import read_image
+from h2a.data.preprocess import prepare
+from h2a.inference import cam
+from h2a.inference.cam import DEFAULT_CAM
 
 __all__ = ["cam_of_file", "clear_cam_cache"]
 
@@ -34,9 +38,6 @@ def _file_mtime(path: str) -> int:
 def _cam_of_file(run_dir: str, run_mtime: float, path: str, file_mtime: int, male: bool | None,
                  negative: bool) -> tuple[np.ndarray, np.ndarray]:
     # the mtimes are part of the cache key only: a retrained run or a replaced file misses
-    from h2a.data.imageio import read_image
-    from h2a.data.preprocess import prepare
-    from h2a.inference import cam
 
     run = loaded_run(run_dir)
     u8 = prepare(read_image(path), run.preprocess)
@@ -60,8 +61,6 @@ def cam_of_file(run_dir: str | Path, path: str | Path, male: bool | None = None,
 def heatmap_caption(run_dir: str | Path) -> str:
     """Which map is shown and, where ``bench/bench_cam.py --write-run`` measured it for this run,
     how much of its mass falls on the hand and whether it depends on the trained weights."""
-    from h2a.inference.cam import DEFAULT_CAM
-
     stage, method = DEFAULT_CAM
     text = f"{method} at trunk stage {stage} (finer than the last stage's 4 x 4 grid at 128 px)."
     cam = Run.at(run_dir).record("heatmap") or {}

@@ -30,6 +30,15 @@ from h2a.predict.inputs import header_facts
 from h2a.predict.predictor import AUTO_SITE, PredictionResult, Predictor
 from h2a.server import heavy_work
 from h2a.settings import get_settings
+from h2a.app.state import sidebar_dataset
+from h2a.app.training_ui import show_run
+from h2a.data.preprocess import PreprocessConfig
+from h2a.engine.config import TrainConfig
+from h2a.engine.jobs import JobError, start_training
+from h2a.inference.cam import overlay
+from h2a.inference.model_card import CARD
+from h2a.inference.site_profile import list_sites
+from h2a.predict.report import clinical_rows, coverage_text, interval_rows, pdf_report, site_text
 
 LOG = logging.getLogger("h2a.predict_ui")
 SEXES = ["female", "male"]
@@ -56,8 +65,6 @@ SITE_AUTO_LABEL = "auto (recommended)"
 
 def site_options(paths: list[Path]) -> list[str]:
     """The site choices for these runs: auto, none, and the sites every one of them has."""
-    from h2a.inference.site_profile import list_sites
-
     common = set(list_sites(paths[0])) if paths else set()
     for p in paths[1:]:
         common &= set(list_sites(p))
@@ -71,8 +78,6 @@ def site_value(label: str) -> str:
 
 def model_card(path: Path) -> str | None:
     """A shipped run's model card (README.md), if it has one."""
-    from h2a.inference.model_card import CARD
-
     try:
         return (Path(path) / CARD).read_text()
     except OSError:
@@ -151,12 +156,6 @@ DEMO_PRESETS = {
 
 def offer_demo_training() -> None:
     """Say that no bone-age model exists and offer to train one in the background."""
-    from h2a.app.state import sidebar_dataset
-    from h2a.app.training_ui import show_run
-    from h2a.data.preprocess import PreprocessConfig
-    from h2a.engine.config import TrainConfig
-    from h2a.engine.jobs import JobError, start_training
-
     settings = get_settings()
     running = [r for r in list_runs(task="boneage") if r.status not in FINAL_STATES + ("stopped", "unknown")]
     current = st.session_state.get("predict_demo_run")
@@ -224,8 +223,6 @@ def bone_age_chart(res: PredictionResult) -> go.Figure:
 
 
 def _numbers_frame(res: PredictionResult) -> pd.DataFrame:
-    from h2a.predict.report import clinical_rows, interval_rows
-
     rows = clinical_rows(res, short=True)
     if res.assessment is None:
         rows = rows[:1]  # the page says "no chronological age" in its own panel
@@ -257,9 +254,6 @@ def show_alerts(alerts: list[Alert]) -> None:
 
 def show_result(res: PredictionResult, key: str) -> None:
     """Everything about one file: warnings first, the numbers, image and heat map, context, PDF."""
-    from h2a.inference.cam import overlay
-    from h2a.predict.report import pdf_report
-
     if not res.ok:
         st.error(f"**{plain(res.file)}**: {plain(res.error, 1000)}", icon=":material/error:")
         return
@@ -304,7 +298,6 @@ def show_result(res: PredictionResult, key: str) -> None:
         # the values are our own figures ("+26.2 mo"); the file's text in them never leads a cell
         st.dataframe(safe_table(numbers, own=("value",)), hide_index=True, width="stretch",
                      height=35 * (len(numbers) + 1) + 3)
-    from h2a.predict.report import coverage_text, site_text
 
     # site and run names are folder names, the interval method is read from the run's files
     st.caption(f"**Site profile**: {plain(site_text(res), 400)}. **Interval**: {plain(res.interval_method, 400)}. "

@@ -20,6 +20,7 @@ from h2a.app.plain import plain, safe_table
 from h2a.app.runs_ui import model_mtime
 from h2a.app.state import progress_callback
 from h2a.exports import csv_bytes
+from h2a.analysis.robustness import robustness_report
 
 DEFAULT_LIMIT = 200  # about 3 minutes for a 128 px EfficientNet-Lite0 run on 2 CPU cores
 MAX_LIMIT = 5000
@@ -76,8 +77,6 @@ def robustness_chart(table: pd.DataFrame) -> go.Figure:
 
 def robustness_section(run_dir: str | Path, data_dir: str | Path | None, split: str | None) -> None:
     """Button -> report (progress bar) -> table + bar chart; a finished report shows at once."""
-    from h2a.analysis.robustness import robustness_report
-
     st.subheader("Robustness to how the image was made")
     st.caption("Each radiograph is perturbed before the run's own preprocessing (gamma, blur, JPEG, "
                "resampling filters, noise, resolution, inversion, rotation), saved as an 8-bit PNG and "

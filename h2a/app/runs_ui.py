@@ -31,10 +31,13 @@ import pandas as pd
 import streamlit as st
 
 from h2a.app.plain import plain
-from h2a.run import MODEL, weights_file
+from h2a.run import MODEL, Run, weights_file
 from h2a.inference import eval_store
 from h2a.inference.eval_store import EvalKey
 from h2a.processes import lower_priority
+from h2a.app.state import dataset_at
+from h2a.data.datasets import DatasetError
+from h2a.inference.loading import load_run
 
 KEEP_RESULTS = 32  # evaluations kept in memory per server (each a few hundred KB)
 POLL_S = 1.0
@@ -51,8 +54,6 @@ def model_mtime(run_dir: str | Path) -> float:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _loaded(run_dir: str, mtime: float):
-    from h2a.inference.loading import load_run
-
     return load_run(run_dir)
 
 
@@ -225,10 +226,6 @@ def pending_status(jobs: list[Pending]) -> None:
 def run_data_fingerprint(run_dir: str | Path) -> str:
     """Fingerprint of a run's own dataset as it is now (the one recorded at training when
     the folder cannot be read): the data part of an evaluation's key."""
-    from h2a.app.state import dataset_at
-    from h2a.data.datasets import DatasetError
-    from h2a.run import Run
-
     info = (Run.at(run_dir).meta or {}).get("dataset") or {}
     try:
         return dataset_at(info["path"]).fingerprint

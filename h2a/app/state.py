@@ -21,6 +21,11 @@ from h2a.app.plain import plain
 from h2a.settings import data_file_roots, get_settings
 from h2a.data.datasets import Dataset, DatasetError, load_dataset, scan_headers
 from h2a.server import PathNotAllowed, check_data_path
+from h2a.analysis import stats
+from h2a.analysis.stats import compute_stats, sex_label
+from h2a.data import imageio
+from h2a.data.demo import ensure_demo
+from h2a.data.thumbs import get_thumbnail, placeholder
 
 DEMO_CHOICE = "Demo dataset (synthetic)"
 ENV_CHOICE = "H2A_DATA_DIR"
@@ -40,8 +45,6 @@ class ActiveData:
     def frame(self) -> pd.DataFrame:
         """Metadata joined with header facts and a display sex column; built once per loaded
         dataset (the instance is shared by every session), so pages must not modify it."""
-        from h2a.analysis.stats import sex_label
-
         meta = self.ds.meta.copy()
         meta["sex"] = sex_label(meta["male"])
         return meta.join(self.headers)
@@ -49,8 +52,6 @@ class ActiveData:
     @cached_property
     def summary(self) -> dict:
         """``compute_stats`` of the dataset (the ``stats --json`` figures), once per load."""
-        from h2a.analysis.stats import compute_stats
-
         return compute_stats(self.ds, self.headers)
 
 
@@ -77,7 +78,7 @@ def warm_up() -> threading.Thread:
             import plotly.express  # noqa: F401
             import torch  # noqa: F401
 
-            from h2a.data.preprocess import PreprocessConfig
+            from h2a.data.preprocess import PreprocessConfig  # lazy on purpose: this thread warms the imports up
             from h2a.data.transforms import input_norm
             from h2a.models import list_models
 
@@ -145,8 +146,6 @@ def dataset_at(path: str | Path) -> Dataset:
 
 def ensure_demo_with_progress() -> Path:
     """The embedded demo dataset, generated on first use with a visible progress bar."""
-    from h2a.data.demo import ensure_demo
-
     settings = get_settings()
     bar = st.empty()
     holder = {"bar": None}
@@ -229,8 +228,6 @@ def file_token(path: str) -> tuple[int, int] | None:
 
 @st.cache_data(show_spinner=False, max_entries=4096)
 def _thumbnail(path: str, side: int, token: tuple[int, int]) -> tuple[np.ndarray, str | None]:
-    from h2a.data.thumbs import get_thumbnail
-
     thumb = get_thumbnail(path, side)
     return thumb.image, thumb.error
 
@@ -239,8 +236,6 @@ def thumbnail(path: str, side: int = 192) -> tuple[np.ndarray, str | None]:
     """(uint8 image, error): from memory, else the workspace's on-disk thumbnail cache, else
     one bounded decode. A file that cannot be read gives a placeholder and a message
     naming it; a replaced file (new size or mtime) is read again."""
-    from h2a.data.thumbs import placeholder
-
     token = file_token(path)
     if token is None:
         return placeholder(side), f"{Path(path).name}: file not found"
@@ -256,8 +251,6 @@ def thumb_for(path: str, side: int = 192) -> np.ndarray | str:
 def show_thumb(path: str | None, caption: str, side: int = 192) -> None:
     """One thumbnail in the current container; a placeholder and the reason for a bad file.
     ``caption`` is text (it names the image by its id from the label CSV), never Markdown."""
-    from h2a.data.thumbs import placeholder
-
     if path is None:
         st.image(placeholder(side), caption=plain(caption), width="stretch")
         st.error("image not found")
@@ -271,8 +264,6 @@ def show_thumb(path: str | None, caption: str, side: int = 192) -> None:
 @st.cache_data(show_spinner="Measuring intensities on a sample of images (once per dataset; the "
                             "thumbnails are kept on disk)…", max_entries=16)
 def _intensity(fingerprint: str, n: int, _ds: Dataset) -> pd.DataFrame:
-    from h2a.analysis import stats
-
     return stats.intensity_summary(_ds, n=n)
 
 
@@ -284,8 +275,6 @@ def intensity_for(ds: Dataset, n: int) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _decoded(path: str, token: tuple[int, int]) -> np.ndarray | str:
-    from h2a.data import imageio
-
     try:
         return imageio.read_image(path)
     except imageio.ImageReadError as exc:

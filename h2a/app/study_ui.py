@@ -37,7 +37,14 @@ from h2a.studies.report import (
     study_figures,
     trials_frame,
 )
-from h2a.studies.storage import check_study_name
+from h2a.studies.storage import check_study_name, job_dir, studies_dir
+from h2a.app.state import dataset_at
+from h2a.data.datasets import DatasetError
+from h2a.run import JOB
+from h2a.server import PathNotAllowed, check_data_path
+from h2a.studies.errors import StudyError
+from h2a.studies.presets import PRESETS, preset_names
+from h2a.studies.space import load_space
 
 UPLOAD = "Upload a YAML space…"
 POLL_S = 3
@@ -49,24 +56,16 @@ STATUS_ICONS = {"running": ":material/sync:", "finished": ":material/check_circl
 # ---------------------------------------------------------------- the form
 
 def _presets() -> list[str]:
-    from h2a.studies.presets import preset_names
-
     return preset_names()
 
 
 def _describe_preset(name: str) -> str:
-    from h2a.studies.presets import PRESETS
-
     return PRESETS.get(name, {}).get("description", "")
 
 
 def _data_folder(typed: str) -> Path:
     """The typed dataset folder, checked against the server's shared roots and loadable as a
     dataset (labels only). Raises ValueError with the reason."""
-    from h2a.app.state import dataset_at
-    from h2a.data.datasets import DatasetError
-    from h2a.server import PathNotAllowed, check_data_path
-
     if not typed.strip():
         raise ValueError("give the dataset folder the trials train on")
     try:
@@ -86,9 +85,6 @@ def _data_folder(typed: str) -> Path:
 
 def _save_upload(name: str, upload) -> Path:
     """Keep an uploaded space next to the study's job (the background job reads the file)."""
-    from h2a.studies.space import load_space
-    from h2a.studies.storage import job_dir
-
     d = job_dir(name)
     d.mkdir(parents=True, exist_ok=True)
     path = d / "space.yaml"
@@ -108,8 +104,6 @@ def start_form(default_data: Path | None) -> str | None:
 
     Any problem (a bad name, a folder outside the shared roots, a bad YAML space, a study of
     that name already running) is an ``st.error`` naming it; nothing starts."""
-    from h2a.studies.errors import StudyError
-
     presets = _presets()
     with st.form("study_form"):
         c1, c2 = st.columns(2)
@@ -186,9 +180,6 @@ def _brief(name: str) -> dict:
 def study_names() -> list[str]:
     """Studies in the storage, and those started from here whose job has not created the study
     yet (starting, or failed early: their log says why)."""
-    from h2a.run import JOB
-    from h2a.studies.storage import studies_dir
-
     jobs = {p.parent.name for p in studies_dir().glob(f"*/{JOB}")} if studies_dir().is_dir() else set()
     return sorted(set(list_studies()) | jobs)
 
@@ -296,8 +287,6 @@ def show_arms(comparisons: list[dict]) -> None:
 def show_confirmation(name: str, summary: dict) -> None:
     """A search's best trial against its base settings: the stored confirmation, or a button
     that measures it in the background (``h2a study confirm``)."""
-    from h2a.studies.errors import StudyError
-
     c, best, base = summary.get("confirmation"), summary.get("best"), summary.get("baseline")
     if c:
         frame = confirmation_frame(c)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import MISSING
 from pathlib import Path
@@ -29,7 +28,7 @@ from h2a.engine.jobs import (
     saved_config,
     start_training,
 )
-from h2a.run import FINAL_STATES, list_runs, run_status
+from h2a.run import FINAL_STATES, check_run_name, default_run_name, list_runs, run_status
 from h2a.inference.tasks import get_task
 from h2a.models import list_models, model_info
 from h2a.options import declaration, declarations
@@ -52,10 +51,6 @@ def device_banner() -> None:
     else:
         st.warning(f"Training on **{describe_device(device)}**: no GPU found. Keep images small (96-160 px) "
                    "and use a time budget; full-resolution training needs a GPU.", icon=":material/speed:")
-
-
-def _default_name(task: str, arch: str) -> str:
-    return f"{task}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 # The form's layout: rows of TrainConfig field names ("size" is PreprocessConfig's). The
@@ -123,9 +118,10 @@ def train_form(task: str, data_dir: Path, synthetic: bool) -> Path | None:
     if not submitted:
         return reuse_choice(task)
     st.session_state.pop(f"{task}_reuse", None)  # a new submit replaces an unanswered question
-    name = name.strip() or _default_name(task, arch)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}", name):
-        st.error("Run names use letters, digits, '.', '-' and '_' only.")
+    try:
+        name = check_run_name(name.strip() or default_run_name(task, arch))
+    except ValueError as exc:
+        st.error(plain(str(exc)))
         return None
     size = values.pop("size")
     try:

@@ -12,6 +12,9 @@ import argparse
 
 from h2a.cli.common import CliError, print_json
 from h2a.progress import StderrProgress
+from h2a.inference.site_profile import SiteError, list_sites, read_site
+from h2a.inference.sites import FOLDS, REPEATS, fit_site
+from h2a.run import resolve_run
 
 
 def _f(v: float | None, spec: str = ".2f") -> str:
@@ -42,10 +45,6 @@ def _print_report(info: dict) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from h2a.run import resolve_run
-    from h2a.inference.site_profile import SiteError, list_sites, read_site
-    from h2a.inference.sites import fit_site
-
     try:
         run = resolve_run(args.model)
     except FileNotFoundError as exc:
@@ -76,8 +75,6 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from h2a.inference.sites import FOLDS, REPEATS
-
     p = sub.add_parser("adapt", help="fit a site profile: adapt a bone-age run to images from one source")
     p.add_argument("--model", required=True, help="run folder or name")
     p.add_argument("--data", default=None, help="the site's images: RSNA layout (labelled) or a folder of images")

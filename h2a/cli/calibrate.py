@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 
 from h2a.cli.common import CliError, add_procedure_options, print_json
-from h2a.inference.calibration import SEX_LOGIT_SHIFT
+from h2a.inference.calibration import SEX_LOGIT_SHIFT, calibration_summary
 from h2a.progress import StderrProgress
+from h2a.inference.evaluate import calibrate_run
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from h2a.inference.calibration import calibration_summary
-    from h2a.inference.evaluate import calibrate_run
-
     if not 0 < args.level < 1:
         raise CliError(f"--level must be between 0 and 1 (e.g. 0.95), not {args.level}")
     if args.tta_views is not None and args.tta_views < 0:

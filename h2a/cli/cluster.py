@@ -13,6 +13,9 @@ import sys
 from h2a.cli.cluster_options import add_cluster_options, cluster_config_from_args, embedding_preprocess_from_args
 from h2a.cli.common import CliError, load_data, print_json
 from h2a.progress import StderrProgress
+from h2a.analysis.embeddings import compute_embeddings
+from h2a.exports import write_csv
+from h2a.models import PretrainedWeightsUnavailable
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -49,9 +52,7 @@ def _parse_range(text: str) -> list[int]:
 def cmd_cluster(args: argparse.Namespace) -> int:
     # scikit-learn, UMAP and the model registry load only when the command runs, so `h2a --help`
     # and the other commands start without them
-    from h2a.analysis.clustering import cluster_embeddings, sweep_k
-    from h2a.analysis.embeddings import compute_embeddings
-    from h2a.models import PretrainedWeightsUnavailable
+    from h2a.analysis.clustering import cluster_embeddings, sweep_k  # lazy: loads scikit-learn for this command only
 
     cfg = cluster_config_from_args(args)
     ds = load_data(args.data)
@@ -86,8 +87,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def _write_frame(path: str, frame) -> str:
-    from h2a.exports import write_csv  # pandas: loaded when a CSV is asked for
-
     try:
         return str(write_csv(path, frame))
     except OSError as exc:

@@ -7,7 +7,9 @@ import argparse
 import json
 import sys
 
-from h2a.options import add_arguments, values_from_args
+from h2a.options import add_arguments, declarations, values_from_args
+from h2a.data.datasets import DatasetError, load_dataset
+from h2a.data.preprocess import PreprocessConfig, load_config
 
 
 class CliError(Exception):
@@ -22,8 +24,6 @@ def print_json(obj: object) -> None:
 
 def load_data(data: str):
     """The dataset, or a CliError whose one line says why the folder is unusable."""
-    from h2a.data.datasets import DatasetError, load_dataset
-
     try:
         return load_dataset(data)
     except DatasetError as exc:
@@ -37,8 +37,6 @@ def add_preprocess_options(p: argparse.ArgumentParser, augmentation: bool = Fals
     Augmentation flags only matter to training, so only train asks for them; ``defaults``
     are the command's own (shown in --help; pass the same to preprocess_config_from_args).
     """
-    from h2a.data.preprocess import PreprocessConfig
-
     g = p.add_argument_group("preprocessing")
     g.add_argument("--config", metavar="NAME",
                    help="name of a saved preprocessing config (overrides the options below)")
@@ -49,8 +47,6 @@ def add_preprocess_options(p: argparse.ArgumentParser, augmentation: bool = Fals
 
 def preprocess_values(args: argparse.Namespace) -> dict:
     """The preprocessing options given on the command line, by field name (empty: none)."""
-    from h2a.data.preprocess import PreprocessConfig
-
     return values_from_args(PreprocessConfig, args)
 
 
@@ -59,9 +55,6 @@ def preprocess_config_from_args(args: argparse.Namespace, **defaults):
 
     Augmentation flags given with --config still apply (they never change the cache).
     """
-    from h2a.data.preprocess import PreprocessConfig, load_config
-    from h2a.options import declarations
-
     given = preprocess_values(args)
     if getattr(args, "config", None):
         try:

@@ -7,19 +7,19 @@ from pathlib import Path
 
 from h2a.cli.common import CliError, add_preprocess_options, load_data, preprocess_config_from_args, print_json
 from h2a.progress import StderrProgress
+from h2a.analysis.stats import compute_stats
+from h2a.data.cache import CacheError, build_cache
+from h2a.data.demo import generate_demo
+from h2a.data.imageio import inspect
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from h2a.data.demo import generate_demo
-
     out = generate_demo(Path(args.out), n=args.n, seed=args.seed, progress=StderrProgress("demo"))
     print(f"synthetic demo dataset ({args.n} images, seed {args.seed}) in {out}")
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from h2a.analysis.stats import compute_stats
-
     ds = load_data(args.data)
     result = compute_stats(ds, progress=None if args.json else StderrProgress("headers"))
     if args.json:
@@ -53,8 +53,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from h2a.data.imageio import inspect
-
     results = [inspect(path, name=path) for path in args.files]
     if args.json:
         print_json(results if len(results) != 1 else results[0])
@@ -74,8 +72,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from h2a.data.cache import CacheError, build_cache
-
     ds = load_data(args.data)
     cfg = preprocess_config_from_args(args)
     try:

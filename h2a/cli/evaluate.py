@@ -12,6 +12,7 @@ import argparse
 
 from h2a.cli.common import CliError, add_procedure_options, print_json
 from h2a.progress import StderrProgress
+from h2a.inference.evaluate import evaluate
 
 
 def _f(value: float | None, spec: str = ".2f", scale: float = 1.0) -> str:
@@ -50,8 +51,6 @@ def _print_sex(m: dict) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from h2a.inference.evaluate import evaluate
-
     try:
         result = evaluate(args.model, args.data, split=args.split, flip_tta=args.tta, tta_views=args.tta_views,
                           progress=None if args.json else StderrProgress("evaluate"), site=args.site)

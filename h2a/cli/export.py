@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 
 from h2a.cli.common import CliError, print_json
+from h2a.inference.onnx_export import export_onnx
+from h2a.predict.shipping import ship_run
+from h2a.progress import StderrProgress
+from h2a.run import resolve_run
 
 
 def _ship(args: argparse.Namespace) -> int:
-    from h2a.predict.shipping import ship_run
-    from h2a.progress import StderrProgress
-
     try:
         info = ship_run(args.model, args.ship, progress=None if args.json else StderrProgress("ship"),
                         trained_on=args.trained_on)
@@ -39,8 +40,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _ship(args)
     if not args.onnx:
         raise CliError("say which format: --onnx, or --ship DIR for a shipped run folder")
-    from h2a.run import resolve_run
-    from h2a.inference.onnx_export import export_onnx
 
     try:
         result = export_onnx(resolve_run(args.model), args.out, opset=args.opset)

@@ -20,6 +20,7 @@ import time
 
 from h2a.cli.cluster_options import add_cluster_options, cluster_config_from_args, embedding_preprocess_from_args
 from h2a.cli.common import CliError, load_data, print_json
+from h2a.analysis.background import FINAL, JobFailed, cancel, jobs_root, list_jobs, resolve_job, run_job, start_job
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,8 +60,6 @@ def _row(job) -> dict:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from h2a.analysis.background import jobs_root, list_jobs
-
     rows = [_row(j) for j in list_jobs()]
     if args.json:
         print_json(rows)
@@ -76,8 +75,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from h2a.analysis.background import JobFailed, cancel, resolve_job
-
     try:
         job = resolve_job(args.key)
     except JobFailed as exc:
@@ -88,8 +85,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from h2a.analysis.background import FINAL, start_job
-    from h2a.analysis.cluster_jobs import clusters_spec, embeddings_spec
+    from h2a.analysis.cluster_jobs import clusters_spec, embeddings_spec  # lazy: loads scikit-learn for this command only
 
     cfg = cluster_config_from_args(args)
     ds = load_data(args.data)
@@ -124,6 +120,4 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from h2a.analysis.background import run_job
-
     return run_job(args.job_dir)

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from h2a.models import PretrainedWeightsUnavailable, list_models, list_timm_models, model_info
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from h2a.models import (
-        PretrainedWeightsUnavailable,
-        list_models,
-        list_timm_models,
-        model_info,
-    )
-
     if args.all or args.filter:
         names = list_timm_models(args.filter or "")
         print("\n".join(names))

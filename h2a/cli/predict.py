@@ -16,8 +16,8 @@ from h2a.inference.calibration import DEFAULT_TTA
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from h2a.predict.batch import predict_files
-    from h2a.predict.report import write_batch_csv
+    from h2a.predict.batch import predict_files  # lazy: loads fpdf for this command only
+    from h2a.predict.report import write_batch_csv  # lazy: loads fpdf for this command only
 
     if args.csv and Path(args.csv).is_dir():  # before minutes of predicting, not after
         raise CliError(f"--csv {args.csv} is a folder; give a file name")

@@ -7,12 +7,11 @@ import argparse
 
 from h2a.cli.common import CliError, print_json
 from h2a.progress import StderrProgress
+from h2a.analysis.robustness import SPLITS, perturbation_names, robustness_report
+from h2a.data.datasets import DatasetError
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from h2a.analysis.robustness import robustness_report
-    from h2a.data.datasets import DatasetError
-
     try:
         result = robustness_report(args.model, args.data, split=args.split, limit=args.limit,
                                    perturbations=args.only, ood=args.ood, tta=args.tta,
@@ -46,8 +45,6 @@ def _positive(text: str) -> int:
 
 
 def register(sub) -> None:
-    from h2a.analysis.robustness import SPLITS, perturbation_names
-
     p = sub.add_parser("robustness", help="a bone-age run's error and flags under perturbations of how "
                                           "the image was made (gamma, blur, JPEG, resampling, noise, "
                                           "inversion, rotation, resolution)")

@@ -12,6 +12,12 @@ import argparse
 import sys
 
 from h2a.cli.common import CliError, print_json
+from h2a.studies import PRUNERS, StudySpec, list_studies, stop_study, study_summary
+from h2a.studies.confirm import DEFAULT_VIEWS, confirm_search
+from h2a.studies.errors import StudyError
+from h2a.studies.presets import preset_names
+from h2a.studies.space import SpaceError
+from h2a.studies.storage import check_study_name, job_dir, load_study
 
 
 def _log(message: str) -> None:
@@ -19,16 +25,12 @@ def _log(message: str) -> None:
 
 
 def _spec(args: argparse.Namespace):
-    from h2a.studies import StudySpec
-
     return StudySpec(name=args.name, data=args.data, preset=args.preset, space_file=args.space, trials=args.trials,
                      trial_minutes=args.trial_minutes, workers=args.workers, storage=args.storage,
                      pruner=args.pruner, seed=args.seed)
 
 
 def _check_name(name: str) -> str:
-    from h2a.studies.storage import check_study_name
-
     try:
         return check_study_name(name)
     except ValueError as exc:
@@ -36,9 +38,7 @@ def _check_name(name: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from h2a.studies.coordinator import run_study
-    from h2a.studies.errors import StudyError
-    from h2a.studies.space import SpaceError
+    from h2a.studies.coordinator import run_study  # lazy: loads Optuna for this command only
 
     if args.trials is not None and args.trials < 1:
         raise CliError("--trials must be at least 1")
@@ -62,8 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from h2a.studies.workers import run_worker
-    from h2a.studies.storage import load_study
+    from h2a.studies.workers import run_worker  # lazy: loads Optuna for this command only
 
     try:
         load_study(args.name, args.storage)
@@ -75,8 +74,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> dict:
-    from h2a.studies import study_summary
-
     try:
         return study_summary(args.name, args.storage)
     except KeyError as exc:
@@ -117,8 +114,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from h2a.studies import list_studies
-
     names = list_studies(args.storage)
     if args.json:
         print_json(names)
@@ -128,8 +123,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from h2a.studies import stop_study
-
     if stop_study(args.name):
         print(f"study {args.name}: asked to stop (running trials end after their batch; `h2a study run "
               f"--name {args.name}` resumes it)")
@@ -138,9 +131,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from h2a.studies.confirm import DEFAULT_VIEWS, confirm_search
-    from h2a.studies.errors import StudyError
-
     views = DEFAULT_VIEWS if args.views is None else args.views
     try:
         record = confirm_search(args.name, args.storage, views=views, log=_log)
@@ -167,8 +157,7 @@ def _print_confirmation(c: dict) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from h2a.studies.report import write_report
-    from h2a.studies.storage import job_dir
+    from h2a.studies.report import write_report  # lazy: loads scikit-learn for this command only
 
     _summary(args)  # a missing study is one clear line
     path = write_report(args.name, args.storage, args.out or job_dir(args.name))
@@ -177,9 +166,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from h2a.studies import PRUNERS
-    from h2a.studies.presets import preset_names
-
     p = sub.add_parser("study", help="studies: arms with CIs and hyper-parameter searches (Optuna)")
     ssub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
 

@@ -11,16 +11,17 @@ from pathlib import Path
 
 from h2a.cli.common import CliError, add_preprocess_options, preprocess_config_from_args
 from h2a.settings import dist_env, get_settings
+from h2a.engine.config import TRAIN_SIZE, TrainConfig, TrainingError
+from h2a.engine.trainer import train
+from h2a.options import add_arguments, values_from_args
+from h2a.run import Run
 
-# Training's own preprocessing default: 128 px suits a CPU; the config's 256 is for caches.
-TRAIN_PREPROCESS = {"size": 128}
+# Training's own preprocessing default comes from TrainConfig's declaration (128 px).
+TRAIN_PREPROCESS = {"size": TRAIN_SIZE}
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """Flags from TrainConfig's declarations, plus --resume and the preprocessing flags."""
-    from h2a.engine.config import TrainConfig
-    from h2a.options import add_arguments
-
     p.add_argument("--resume", metavar="RUN", default=None,
                    help="start or continue the run whose folder holds config.json (other options are ignored)")
     add_arguments(p, TrainConfig)
@@ -28,11 +29,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    """A TrainConfig from parsed flags: declared defaults, then train's 128 px preprocessing
+    """A TrainConfig from parsed flags: declared defaults, then training's preprocessing size
     and the settings' device, then whatever was given."""
-    from h2a.engine.config import TrainConfig
-    from h2a.options import values_from_args
-
     values = values_from_args(TrainConfig, args)
     values.setdefault("device", get_settings().device)
     values["preprocess"] = preprocess_config_from_args(args, **TRAIN_PREPROCESS).to_dict()
@@ -40,14 +38,9 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from h2a.engine.config import TrainConfig, TrainingError
-    from h2a.engine.trainer import train
-
     main_rank = dist_env().is_main
     log = (lambda m: print(m, flush=True)) if main_rank else (lambda m: None)
     if args.resume:
-        from h2a.run import Run  # lazy: the CLI imports little before a command runs
-
         # The folder given wins over the "out" saved in config.json: a moved or copied run
         # is continued where it now is.
         run_dir = Path(args.resume).expanduser().resolve()

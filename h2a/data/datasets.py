@@ -31,6 +31,9 @@ import numpy as np
 import pandas as pd
 
 from h2a.progress import ProgressFn, report
+from h2a.data import imageio
+from h2a.data.imageio import special_file_kind
+from h2a.settings import enforced_data_roots, get_settings
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
 BONEAGE_RANGE = (0.0, 240.0)
@@ -199,8 +202,6 @@ OUTSIDE_ROOTS = "links outside the folders this server shares: skipped without o
 def _allowed_roots(roots: object) -> tuple[str, ...] | None:
     """``roots`` (or, by default, the enforced roots of this process) resolved, as strings."""
     if roots is _FROM_ENV:
-        from h2a.settings import enforced_data_roots
-
         roots = enforced_data_roots()
     if roots is None:
         return None
@@ -292,8 +293,6 @@ def _index_images(root: Path, max_depth: int = 3, roots: object = _FROM_ENV
 
 
 def _not_a_file(mode: int) -> str:
-    from h2a.data.imageio import special_file_kind
-
     return f"{special_file_kind(mode)}, not an image file: skipped without opening it"
 
 
@@ -320,8 +319,6 @@ def _label_csvs(root: Path, roots: object = _FROM_ENV) -> tuple[list[tuple[Path,
     """(CSV as found, real path to read) for each label CSV, and a problem for each one
     that must not be opened: a link loop, a link to nothing, a link out of the roots, a
     FIFO or device named .csv (reading a FIFO would wait forever)."""
-    from h2a.data.imageio import special_file_kind
-
     allowed = _allowed_roots(roots)
     found: list[tuple[Path, Path]] = []
     problems: list[Problem] = []
@@ -619,8 +616,6 @@ def _cache_failure(exc: BaseException) -> str:
 def _header_facts(path: str) -> dict:
     """Header facts of one file, or its error; no exception leaves here (a scan of
     12,000 files must not stop at one odd file)."""
-    from h2a.data import imageio
-
     try:
         info = imageio.scan_file(path)
     except imageio.ImageReadError as exc:
@@ -654,8 +649,6 @@ def scan_headers(
     Returns a frame aligned with ``ds.meta`` (same index). Unreadable files get an
     ``error`` text and are added to ``ds.problems`` once.
     """
-    from h2a.settings import get_settings
-
     cache = HeaderCache(db_path or get_settings().header_db)
     with_path = ds.meta["path"].notna()
     keys: dict[int, tuple[str, int, int]] = {}

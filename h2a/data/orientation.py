@@ -30,6 +30,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+from h2a.data.demo import render_hand
 
 __all__ = [
     "CROP_MARGIN",
@@ -110,8 +111,6 @@ def _channels(work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=1)
 def _template() -> tuple[np.ndarray, np.ndarray]:
     """Mean channels of upright synthetic hands: drawn by code, so nothing is shipped or learned."""
-    from h2a.data.demo import render_hand
-
     rng = np.random.default_rng(TEMPLATE_SEED)
     sums = [np.zeros((TEMPLATE_SIDE, TEMPLATE_SIDE), np.float32) for _ in range(2)]
     for seed in range(TEMPLATE_HANDS):

@@ -29,6 +29,7 @@ import numpy as np
 
 from h2a.options import declarations, option, problems
 from h2a.settings import get_settings
+from h2a.data.imageio import ImageReadError, read_image
 
 # Bump when ``prepare`` changes its output for the same config: old caches then miss.
 PREPROCESS_VERSION = 1
@@ -300,8 +301,6 @@ def prepare(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 def prepare_file(path_or_bytes: str | os.PathLike | bytes, cfg: PreprocessConfig,
                  name: str | None = None) -> np.ndarray:
     """Decode (via the one decoder, ``h2a.data.imageio``) then ``prepare``."""
-    from h2a.data.imageio import read_image
-
     return prepare(read_image(path_or_bytes, name=name), cfg)
 
 
@@ -313,8 +312,6 @@ def prepare_chunk(task: Sequence) -> tuple[int, list[tuple[int, str]], int]:
     Returns (first row, [(row, error message)], rows done): only errors travel back, so
     IPC stays tiny whatever the image size.
     """
-    from h2a.data.imageio import ImageReadError, read_image
-
     mm_path, n_total, start, paths, cfg_dict, single_thread = task
     if single_thread:
         cv2.setNumThreads(1)

@@ -9,10 +9,12 @@ join several fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from h2a import TASKS
 from h2a.data.preprocess import PreprocessConfig
 from h2a.options import option, problems
+from h2a.run import check_run_name
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "step", "exponential", "plateau", "cyclic", "none")
@@ -31,8 +33,13 @@ class TrainingDiverged(TrainingError):
     """Loss became NaN/inf or exploded: the run stops instead of burning time."""
 
 
-def _default_preprocess() -> dict:
-    return PreprocessConfig(size=128).to_dict()
+TRAIN_SIZE = 128  # training's input size: suits a CPU (PreprocessConfig's 256 is for caches and previews)
+
+
+def default_train_preprocess() -> dict:
+    """Training's preprocessing default: the declared PreprocessConfig at ``TRAIN_SIZE``. The CLI,
+    the training form and TrainConfig all start from this one place."""
+    return PreprocessConfig(size=TRAIN_SIZE).to_dict()
 
 
 @dataclass
@@ -64,7 +71,7 @@ class TrainConfig:
                               form={"step": 0.05, "format": "%.2f", "max": 0.9},
                               help="share of samples that skip the last trunk block, scaled down to 0 at the "
                                    "first; lower fits faster in a short run")
-    preprocess: dict = option(default_factory=_default_preprocess, cli=False, form=False,
+    preprocess: dict = option(default_factory=default_train_preprocess, cli=False, form=False,
                               help="the preprocessing config (PreprocessConfig as a mapping)")
     epochs: int = option(10, minimum=1, label="Epochs", form={"max": 500}, help="passes over the training set")
     # Stored in minutes; the flag keeps its short historical name.
@@ -138,6 +145,11 @@ class TrainConfig:
         if self.task == "sex":
             self.use_sex = False
         found = problems(self)
+        if self.out:
+            try:
+                check_run_name(Path(self.out).name)
+            except ValueError as exc:
+                found.append(str(exc))
         if found:
             raise TrainingError("; ".join(found))
         if not self.holdout_fraction + self.val_fraction < 0.95:

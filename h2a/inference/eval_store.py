@@ -24,6 +24,7 @@ import pandas as pd
 from h2a.run import MODEL, atomic_write_bytes, json_bytes, weights_file
 from h2a.progress import ProgressFn
 from h2a.settings import get_settings
+from h2a.inference import evaluate as ev
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,6 @@ def evaluate_cached(key: EvalKey, run_dir: str | Path, data: str | Path | None, 
     hit = load(key)
     if hit is not None:
         return hit
-    from h2a.inference import evaluate as ev  # looked up at call time (tests count the calls)
 
     result = ev.evaluate(run_dir, data, split=key.split, flip_tta=key.tta, tta_views=key.views, progress=progress)
     metrics = json.loads(json_bytes(result.metrics))  # exactly what a later load returns

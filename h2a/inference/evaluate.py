@@ -23,6 +23,8 @@ from h2a.inference.conformal import Procedure
 from h2a.inference.loading import LoadedRun, load_run
 from h2a.inference.metrics import interval_metrics, json_safe
 from h2a.progress import ProgressFn
+from h2a.data.cache import build_cache
+from h2a.data.datasets import load_dataset
 
 LEGACY_Z = 1.96  # the old interval rule: estimate +/- 1.96 x max(TTA SD, validation RMSE)
 LEGACY_METHOD = "legacy: estimate +/- 1.96 x max(TTA SD, validation RMSE)"
@@ -67,9 +69,6 @@ def split_images(run: LoadedRun, data: str | Path | None, split: str | None,
     """The images a run is evaluated (or calibrated) on: ``data`` None = the run's own dataset;
     ``split`` 'all', 'validation' or 'holdout' (default: validation of its own folder, else all).
     ValueError when there are none, or none of them decodes."""
-    from h2a.data.cache import build_cache
-    from h2a.data.datasets import load_dataset
-
     own = str(Path(run.meta["dataset"]["path"]))
     data_path = Path(data) if data else Path(own)
     same = data_path.resolve() == Path(own).resolve()

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from h2a.run import weights_file
 from h2a.models import H2AModel
+from h2a.inference.loading import load_run
 
 __all__ = ["INPUTS", "ONNX_FILE", "OUTPUTS", "OnnxRunner", "ensure_onnx", "export_model", "export_onnx", "onnx_path"]
 
@@ -96,8 +97,6 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, opset: int =
     exporter and seconds. FileNotFoundError for a folder that is not a finished run;
     ValueError for an opset below 17.
     """
-    from h2a.inference.loading import load_run
-
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset}: H2A exports opset {MIN_OPSET} or newer")
     t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from h2a.inference.conformal import conformal_quantile
+from h2a.run import atomic_write_bytes, atomic_write_json, read_json
 
 __all__ = ["BN_FILE", "SITES_DIR", "SITE_FILE", "SexCorrection", "SiteError", "SiteInterval", "SiteProfile",
            "apply_bn_stats", "bn_buffers", "list_sites", "read_site", "site_dir", "valid_site_name"]
@@ -265,8 +266,6 @@ class SiteProfile:
 
 def read_site(run_dir: str | Path, name: str) -> SiteProfile:
     """The stored profile ``name`` of a run; SiteError naming what is missing or broken."""
-    from h2a.run import read_json
-
     folder = site_dir(run_dir, name)
     info = read_json(folder / SITE_FILE)
     if info is None:
@@ -288,8 +287,6 @@ def read_site(run_dir: str | Path, name: str) -> SiteProfile:
 def write_site(folder: Path, info: dict, bn_stats: dict[str, torch.Tensor] | None) -> None:
     """site.json and, when given, the BatchNorm buffers; atomically each (a reader never
     sees a half-written profile: the JSON that names the parts is written last)."""
-    from h2a.run import atomic_write_bytes, atomic_write_json
-
     folder.mkdir(parents=True, exist_ok=True)
     if bn_stats is not None:
         tmp = folder / f".{BN_FILE}.tmp"

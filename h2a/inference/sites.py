@@ -49,6 +49,11 @@ from h2a.inference.site_profile import (
     write_site,
 )
 from h2a.progress import ProgressFn, report
+from h2a.data.cache import build_cache
+from h2a.data.datasets import Dataset, DatasetError, _index_images, load_dataset
+from h2a.data.imageio import ImageReadError, read_header
+from h2a.run import resolve_run
+from h2a.data.datasets import load_dataset
 
 __all__ = ["FOLDS", "MIN_IMAGES", "MIN_LABELLED", "REPEATS", "SiteImages", "adabn_stats", "cross_validate",
            "fit_site", "site_images"]
@@ -89,8 +94,6 @@ class SiteImages:
 
 def _image_folder(root: Path):
     """A label-less folder of radiographs as a Dataset (every image unlabelled)."""
-    from h2a.data.datasets import Dataset, _index_images
-
     index, skipped = _index_images(root)
     rows = [{"id": stem, "split": "test", "boneage": np.nan, "male": None, "path": str(sorted(paths)[0]),
              "source": "", "line": 0} for stem, paths in sorted(index.items())]
@@ -104,9 +107,6 @@ def site_images(run: LoadedRun, data: str | Path, *, unlabelled: bool = False,
                 progress: ProgressFn | None = None) -> SiteImages:
     """The images of ``data`` (RSNA layout, or a plain folder of images), prepared as the run
     prepares its own; labels kept unless ``unlabelled`` or there are none."""
-    from h2a.data.cache import build_cache
-    from h2a.data.datasets import DatasetError, load_dataset
-
     root = Path(data).expanduser()
     if not root.is_dir():
         raise SiteError(f"{data}: not a folder of images")
@@ -218,6 +218,89 @@ class _Variant:
         return np.mean([np.abs(p - y) for p in self.pred], axis=0)
 
 
+@dataclass
+class _Folds:
+    """The site's images split into folds (``repeats`` assignments by child) and the three
+    ways of judging a set of predictions on them, each fitted without the fold it judges."""
+
+    plans: list
+    y: np.ndarray
+    male: np.ndarray
+    conf: object  # the run's conformal calibration
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    def splits(self):
+        """(repeat, test ids, train ids) for every fold of every assignment."""
+        for r, plan in enumerate(self.plans):
+            for test in plan:
+                yield r, test, np.setdiff1d(np.arange(self.n), test)
+
+    def run_interval(self, preds: list[np.ndarray]) -> _Variant:
+        bounds = [self.conf.interval(p, self.male) for p in preds]
+        return _Variant(list(preds), [b[0] for b in bounds], [b[1] for b in bounds])
+
+    def corrected(self, preds: list[np.ndarray], form: str) -> list[np.ndarray]:
+        out = [np.empty(self.n) for _ in preds]
+        for r, test, train in self.splits():
+            p = preds[r]
+            out[r][test] = SexCorrection(form).fit(p[train], self.y[train], self.male[train]).apply(
+                p[test], self.male[test])
+        return out
+
+    def site_interval(self, preds: list[np.ndarray]) -> _Variant:
+        lo, hi = [np.empty(self.n) for _ in preds], [np.empty(self.n) for _ in preds]
+        for r, test, train in self.splits():
+            p = preds[r]
+            lo[r][test], hi[r][test] = SiteInterval(self.conf).fit(p[train], self.y[train], self.male[train]).interval(
+                p[test], self.male[test])
+        return _Variant(list(preds), lo, hi)
+
+
+def _bn_predictions(run: LoadedRun, images: SiteImages, cv: _Folds, procedure: Procedure,
+                    progress: ProgressFn | None) -> list[np.ndarray]:
+    """Each assignment's predictions with every fold's BatchNorm statistics estimated on the
+    other folds' images."""
+    preds = [np.empty(cv.n) for _ in cv.plans]
+    total = sum(len(plan) for plan in cv.plans)
+    for done, (r, test, train) in enumerate(cv.splits(), 1):
+        stats = adabn_stats(run.model, images.u8[train], run.norm, run.device)
+        fold_run = load_run(run.path, run.device, bn_stats=stats)
+        preds[r][test] = _months(fold_run, images.u8[test], images.male[test], procedure)
+        report(progress, done, total, "cross-validating the BatchNorm statistics")
+    return preds
+
+
+def _choose_estimate(variants: dict[str, _Variant], figs: dict[str, dict]) -> tuple[str, str, dict, dict]:
+    """(image part, correction form, keep, why) for the statistics and the correction.
+
+    Every combination of the statistics and a correction is cross-validated, and the one with
+    the lowest MAE wins (a part that does not beat going without it is never in the winner).
+    Judging the parts one at a time misses that a correction can undo the same shift the
+    statistics do: on the 53 full-resolution RSNA images the statistics alone won (9.68 vs
+    10.36), the correction alone beat both (8.73).
+    """
+    combos = {("none", None): "none", ("bn", None): "bn"}
+    for form in CORRECTION_FORMS:
+        combos[("none", form)] = f"correction ({form})"
+        combos[("bn", form)] = f"bn + correction ({form})"
+    (image_part, form), best = min(combos.items(), key=lambda kv: (figs[kv[1]]["mae"], kv[0][1] is not None,
+                                                                  kv[0][0] == "bn"))
+    form = form or min(CORRECTION_FORMS, key=lambda f: figs[f"correction ({f})"]["mae"])
+    keep = {"bn": image_part == "bn", "correction": combos[(image_part, None)] != best}
+    without_bn = combos[("none", form if keep["correction"] else None)]
+    with_bn = combos[("bn", form if keep["correction"] else None)]
+    why = {"bn": f"cross-validated MAE {figs[with_bn]['mae']:.2f} with it against {figs[without_bn]['mae']:.2f} "
+                 f"without it ({'with' if keep['correction'] else 'without'} the correction)"}
+    corr_name, plain_name = combos[(image_part, form)], combos[(image_part, None)]
+    why["correction"] = (f"{form}: cross-validated MAE {figs[corr_name]['mae']:.2f} with it against "
+                         f"{figs[plain_name]['mae']:.2f} without it (the best of {len(combos)} combinations of the "
+                         "parts; the winner of several is a little optimistic)")
+    return image_part, form, keep, why
+
+
 def cross_validate(run: LoadedRun, images: SiteImages, *, procedure: Procedure | None = None, folds: int = FOLDS,
                    repeats: int = REPEATS, seed: int = 0, progress: ProgressFn | None = None) -> dict:
     """Every part alone and the kept ones together, cross-validated; which parts to keep.
@@ -228,105 +311,39 @@ def cross_validate(run: LoadedRun, images: SiteImages, *, procedure: Procedure |
     "form": the correction form chosen}.
     """
     procedure = procedure or predict_procedure()
-    y, male, u8 = images.age, images.male, images.u8
-    n = len(images)
-    plans = _folds(n, folds, repeats, seed)
-    base_conf = run.conformal
-    if base_conf is None:
+    y, male = images.age, images.male
+    if run.conformal is None:
         raise SiteError(f"run {run.path.name} has no conformal calibration to adapt: run h2a calibrate first")
-    plain = load_run(run.path, run.device)
-    none_pred = _months(plain, u8, male, procedure)
-    bn_preds = []
-    done, total = 0, folds * repeats
-    for plan in plans:
-        pred = np.empty(n)
-        for test in plan:
-            train = np.setdiff1d(np.arange(n), test)
-            stats = adabn_stats(run.model, u8[train], run.norm, run.device)
-            fold_run = load_run(run.path, run.device, bn_stats=stats)
-            pred[test] = _months(fold_run, u8[test], male[test], procedure)
-            done += 1
-            report(progress, done, total, "cross-validating the BatchNorm statistics")
-        bn_preds.append(pred)
-
-    def run_interval(preds: list[np.ndarray]) -> _Variant:
-        bounds = [base_conf.interval(p, male) for p in preds]
-        return _Variant(list(preds), [b[0] for b in bounds], [b[1] for b in bounds])
-
-    def corrected(preds: list[np.ndarray], form: str) -> list[np.ndarray]:
-        out = []
-        for plan, p in zip(plans, preds):
-            c = np.empty(n)
-            for test in plan:
-                train = np.setdiff1d(np.arange(n), test)
-                c[test] = SexCorrection(form).fit(p[train], y[train], male[train]).apply(p[test], male[test])
-            out.append(c)
-        return out
-
-    def site_interval(preds: list[np.ndarray]) -> _Variant:
-        lo, hi = [], []
-        for plan, p in zip(plans, preds):
-            a, b = np.empty(n), np.empty(n)
-            for test in plan:
-                train = np.setdiff1d(np.arange(n), test)
-                a[test], b[test] = SiteInterval(base_conf).fit(p[train], y[train], male[train]).interval(
-                    p[test], male[test])
-            lo.append(a)
-            hi.append(b)
-        return _Variant(list(preds), lo, hi)
-
-    none_preds = [none_pred] * repeats
-    variants = {"none": run_interval(none_preds), "bn": run_interval(bn_preds)}
+    cv = _Folds(_folds(len(images), folds, repeats, seed), y, male, run.conformal)
+    none_preds = [_months(load_run(run.path, run.device), images.u8, male, procedure)] * repeats
+    bn_preds = _bn_predictions(run, images, cv, procedure, progress)
+    variants = {"none": cv.run_interval(none_preds), "bn": cv.run_interval(bn_preds)}
     for form in CORRECTION_FORMS:
-        variants[f"correction ({form})"] = run_interval(corrected(none_preds, form))
-    variants["interval"] = site_interval(none_preds)
-
-    # Which estimate parts to keep: every combination of the statistics and a correction is
-    # cross-validated, and the one with the lowest MAE wins (a part that does not beat going
-    # without it is never in the winner). Judging the parts one at a time misses that a
-    # correction can undo the same shift the statistics do: on the 53 full-resolution RSNA
-    # images the statistics alone won (9.68 vs 10.36), the correction alone beat both (8.73).
+        variants[f"correction ({form})"] = cv.run_interval(cv.corrected(none_preds, form))
+    variants["interval"] = cv.site_interval(none_preds)
     for form in CORRECTION_FORMS:
-        variants[f"bn + correction ({form})"] = run_interval(corrected(bn_preds, form))
-    combos = {("none", None): "none", ("bn", None): "bn"}
-    for form in CORRECTION_FORMS:
-        combos[("none", form)] = f"correction ({form})"
-        combos[("bn", form)] = f"bn + correction ({form})"
+        variants[f"bn + correction ({form})"] = cv.run_interval(cv.corrected(bn_preds, form))
     figs = {k: v.figures(y) for k, v in variants.items()}
-    (image_part, form), best = min(combos.items(), key=lambda kv: (figs[kv[1]]["mae"], kv[0][1] is not None,
-                                                                  kv[0][0] == "bn"))
-    form = form or min(CORRECTION_FORMS, key=lambda f: figs[f"correction ({f})"]["mae"])
-    keep, why = {"bn": image_part == "bn", "correction": combos[(image_part, None)] != best}, {}
-    without_bn = combos[("none", form if keep["correction"] else None)]
-    with_bn = combos[("bn", form if keep["correction"] else None)]
-    why["bn"] = (f"cross-validated MAE {figs[with_bn]['mae']:.2f} with it against {figs[without_bn]['mae']:.2f} "
-                 f"without it ({'with' if keep['correction'] else 'without'} the correction)")
-    corr_name, plain_name = combos[(image_part, form)], combos[(image_part, None)]
-    why["correction"] = (f"{form}: cross-validated MAE {figs[corr_name]['mae']:.2f} with it against "
-                         f"{figs[plain_name]['mae']:.2f} without it (the best of {len(combos)} combinations of the "
-                         "parts; the winner of several is a little optimistic)")
+    image_part, form, keep, why = _choose_estimate(variants, figs)
     base = bn_preds if keep["bn"] else none_preds
-    candidates = {f: variants[combos[(image_part, f)]] for f in CORRECTION_FORMS}
-    centre = list(candidates[form].pred) if keep["correction"] else base
-    own, site = run_interval(centre).figures(y), site_interval(centre).figures(y)
-    level = base_conf.level
+    kept_name = (f"bn + correction ({form})" if image_part == "bn" else f"correction ({form})")
+    centre = list(variants[kept_name].pred) if keep["correction"] else base
+    own, site = cv.run_interval(centre).figures(y), cv.site_interval(centre).figures(y)
+    level = run.conformal.level
     own_off = own["coverage"] < level - INTERVAL_SLACK
-    site_better = (site["coverage"] >= level - INTERVAL_SLACK
-                   and (own_off or site["width_months"] < own["width_months"]))
-    keep["interval"] = bool(site_better)
+    keep["interval"] = bool(site["coverage"] >= level - INTERVAL_SLACK
+                            and (own_off or site["width_months"] < own["width_months"]))
     why["interval"] = (f"cross-validated coverage {site['coverage']:.3f} (mean width {site['width_months']:.1f} "
                        f"months) against the run's own {own['coverage']:.3f} ({own['width_months']:.1f}) at "
                        f"level {level:g}")
-    after = site_interval(centre) if keep["interval"] else run_interval(centre)
-    variants["all kept"] = after
-    figs["all kept"] = after.figures(y)
+    variants["all kept"] = cv.site_interval(centre) if keep["interval"] else cv.run_interval(centre)
+    figs["all kept"] = variants["all kept"].figures(y)
     none_err = variants["none"].abs_err(y)
     diffs = {}
     for name, v in variants.items():
-        if name == "none":
-            continue
-        d, lo, hi = _paired_ci(v.abs_err(y), none_err, seed)
-        diffs[name] = {"mae_difference": d, "ci95": [lo, hi]}
+        if name != "none":
+            d, lo, hi = _paired_ci(v.abs_err(y), none_err, seed)
+            diffs[name] = {"mae_difference": d, "ci95": [lo, hi]}
     return {"variants": figs, "differences": diffs, "keep": keep, "why": why, "form": form,
             "folds": folds, "repeats": repeats, "procedure": procedure.to_dict()}
 
@@ -335,8 +352,6 @@ def cross_validate(run: LoadedRun, images: SiteImages, *, procedure: Procedure |
 
 def _median_side(paths: list[str], limit: int = 30) -> int | None:
     """The median longer side (px) of up to ``limit`` image files, from their headers."""
-    from h2a.data.imageio import ImageReadError, read_header
-
     sides = []
     for p in paths[:limit]:
         try:
@@ -353,8 +368,6 @@ def _training_side(run: LoadedRun) -> int | None:
     if not data or not Path(data).is_dir():
         return None
     try:
-        from h2a.data.datasets import load_dataset
-
         paths = load_dataset(data).with_images()["path"].astype(str).tolist()
     except (OSError, ValueError):
         return None
@@ -371,8 +384,6 @@ def fit_site(run_dir: str | Path, data: str | Path, name: str, *, unlabelled: bo
     much larger than the run's training images (``AUTO_FACTOR`` x their median side) get this
     site by default, as the ``fullres`` profile does.
     """
-    from h2a.run import resolve_run
-
     valid_site_name(name)
     t0 = time.perf_counter()
     path = resolve_run(run_dir)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from h2a.models.timm_backbones import describe_timm as describe
 
 if TYPE_CHECKING:
     from h2a.models.timm_backbones import TimmFacts
@@ -37,6 +38,7 @@ from h2a.models.weights import (
     local_weights_file,
     weights_hint,
 )
+from h2a.models.timm_backbones import build_timm
 
 __all__ = [
     "TASKS",
@@ -129,8 +131,6 @@ def check_name(name: str) -> None:
 
 def describe_timm(timm_name: str) -> TimmFacts:
     """timm facts (num_features, drop path, mean/std), built lazily: timm loads on first use."""
-    from h2a.models.timm_backbones import describe_timm as describe
-
     return describe(timm_name)
 
 
@@ -213,8 +213,6 @@ def create_model(
         backbone = _MODELS[name](pretrained=pretrained, in_chans=in_chans, width_mult=float(width_mult),
                                  weights=weights)
     else:
-        from h2a.models.timm_backbones import build_timm
-
         check_width(name, width_mult)
         backbone = build_timm(name, pretrained=pretrained, in_chans=in_chans, weights=weights)
     config = {"name": name, "task": task, "use_sex": bool(use_sex), "in_chans": in_chans,

@@ -15,6 +15,7 @@ from typing import Any
 from h2a.predict.alerts import Alert, Code
 from h2a.predict.inputs import check_call_inputs
 from h2a.predict.predictor import AUTO_SITE, DEFAULT_TTA, Predictor
+from h2a.predict.report import write_report
 from h2a.progress import ProgressFn, report
 
 __all__ = ["predict_files", "report_path"]
@@ -56,8 +57,6 @@ def predict_files(model: str | Path | Sequence[str | Path] | None, files: Sequen
                                       age_months=age_months, tta=tta, cam=cam or out_dir is not None)
         d = res.to_dict()
         if out_dir is not None and res.ok:
-            from h2a.predict.report import write_report
-
             try:
                 d["report"] = str(write_report(res, report_path(out_dir, str(f), used)))
             except (OSError, ValueError, RuntimeError) as exc:

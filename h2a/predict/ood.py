@@ -36,6 +36,8 @@ from h2a.data.transforms import array_input
 from h2a.run import MODEL, atomic_write_bytes, weights_file
 from h2a.inference.loading import LoadedRun
 from h2a.predict.alerts import Alert, Code
+from h2a.data.cache import open_cache
+from h2a.data.datasets import load_dataset
 
 __all__ = [
     "OOD_FILE",
@@ -144,9 +146,6 @@ def reference_images(run: LoadedRun, n_train: int, n_val: int, seed: int = 0) ->
 
     From the tensor cache when it exists; else only the sampled files are decoded.
     """
-    from h2a.data.cache import open_cache
-    from h2a.data.datasets import load_dataset
-
     ds = load_dataset(run.meta["dataset"]["path"])
     rng = np.random.default_rng(seed)
     splits = run.meta.get("splits", {})

@@ -50,7 +50,7 @@ from h2a.data.preprocess import PreprocessConfig, prepare
 from h2a.data.orientation import hand_bbox
 from h2a.data.transforms import array_input
 from h2a.device import resolve_device
-from h2a.run import best_run, resolve_run
+from h2a.run import best_run, resolve_run, weights_file
 from h2a.inference.arrays import tta_views, view_outputs
 from h2a.inference.calibration import DEFAULT_TTA
 from h2a.inference.conformal import Procedure
@@ -67,6 +67,8 @@ from h2a.predict.inputs import (
     sex_word,
 )
 from h2a.predict.ood import OOD_UNCHECKED, OODReference, load_ood_reference, ood_alert
+from h2a.inference.cam import run_cam
+from h2a.inference.onnx_export import OnnxRunner, export_model
 
 __all__ = [
     "DEFAULT_TTA",
@@ -436,8 +438,6 @@ class Predictor:
         site with them gets its own graph, in its folder), exported on first use."""
         import copy
 
-        from h2a.run import weights_file
-        from h2a.inference.onnx_export import OnnxRunner, export_model
 
         folder = run.site.path if run.site is not None and run.site.bn_stats else run.path
         path = folder / "model.onnx"
@@ -453,8 +453,6 @@ class Predictor:
     @staticmethod
     def cam(run: LoadedRun, u8: np.ndarray, male: bool) -> np.ndarray:
         """Grad-CAM at the model's input (the shared implementation)."""
-        from h2a.inference.cam import run_cam
-
         return run_cam(run, u8, male)
 
     # -- one image -------------------------------------------------------------

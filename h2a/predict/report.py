@@ -29,6 +29,7 @@ from h2a.predict.clinical import (
     months_to_text,
     reference_band,
 )
+from h2a.inference.cam import overlay
 
 __all__ = ["CSV_COLUMNS", "batch_csv", "pdf_report", "write_batch_csv", "write_report"]
 
@@ -251,8 +252,6 @@ def _images_and_numbers(pdf: FPDF, result, alpha: float) -> float:
     dw, dh = iw * scale, ih * scale
     pdf.image(thumb, x=12, y=top, w=dw, h=dh)
     if result.cam is not None:
-        from h2a.inference.cam import overlay
-
         pdf.image(_jpeg(overlay(result.image, result.cam, alpha))[0], x=12 + img_w + 3, y=top, w=dw, h=dh)
     pdf.set_font("helvetica", "", 7)
     pdf.text(12, top + dh + 3.5, "radiograph")

@@ -25,6 +25,9 @@ from h2a.run import SHIPPED_WEIGHTS, Run, load_weights
 from h2a.inference.arrays import predict_arrays
 from h2a.inference.evaluate import split_images
 from h2a.inference.loading import load_run
+from h2a.predict.ood import OOD_SHIPPED, load_ood_reference
+from h2a.inference.metrics import roc_auc
+from h2a.inference.model_card import write_card
 
 __all__ = ["HALF_TOLERANCE", "MAX_FILE_MB", "ship_run"]
 
@@ -67,8 +70,6 @@ def _precision_check(src: Path, tmp: Path, n: int, progress=None) -> dict:
            "max_abs_change": float(diff.max()), "mean_abs_change": float(diff.mean()),
            "unit": "months" if run.task == "boneage" else "probability of male"}
     if run.task == "sex":
-        from h2a.inference.metrics import roc_auc
-
         auc_full, auc_half = roc_auc(male, full), roc_auc(male, half)
         change = abs(auc_half - auc_full) if auc_full is not None and auc_half is not None else 0.0
         out.update(max_abs_change_probability=out["max_abs_change"], auc_float32=auc_full, auc_float16=auc_half,
@@ -78,8 +79,6 @@ def _precision_check(src: Path, tmp: Path, n: int, progress=None) -> dict:
 
 def _ood_to_safetensors(src_run, dst: Path) -> dict | None:
     """The run's OOD reference (built now if it has none) as ood.safetensors."""
-    from h2a.predict.ood import OOD_SHIPPED, load_ood_reference
-
     ref = load_ood_reference(src_run)
     if ref is None:
         return None
@@ -135,8 +134,6 @@ def ship_run(run_dir: str | Path, out: str | Path, *, half: bool | None = None, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise ValueError(f"{', '.join(too_big)} over {MAX_FILE_MB:g} MB: ship in half precision or a smaller model")
     if card:
-        from h2a.inference.model_card import write_card
-
         write_card(tmp, name=out.name)
     if out.exists():
         shutil.rmtree(out)

@@ -51,6 +51,9 @@ class StudySpec:
         return asdict(self)
 
 
+# The public functions below import their module when called: those modules import StudySpec
+# from this package, so importing them at the top here would be an import cycle.
+
 def default_storage() -> str:
     """SQLite in the workspace: ``sqlite:///<workspace>/studies/studies.db``."""
     from h2a.studies.storage import default_storage as _default

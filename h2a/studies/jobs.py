@@ -20,7 +20,8 @@ from h2a.run import JobFolder, writer_alive
 from h2a.studies import StudySpec
 from h2a.studies.create import resolve_space
 from h2a.studies.lock import STOP, study_lock
-from h2a.studies.storage import job_dir, storage_url
+from h2a.studies.storage import job_dir, load_study, storage_url
+from h2a.studies.confirm import DEFAULT_VIEWS
 
 
 def study_command(spec: StudySpec) -> list[str]:
@@ -51,8 +52,6 @@ def start_study_job(spec: StudySpec) -> Path:
 def start_confirm_job(name: str, storage: str | None = None, views: int | None = None) -> Path:
     """Start ``h2a study confirm`` in the background (the study's job folder and lock, so it
     never overlaps the study's own trials); StudyError when something of the study runs here."""
-    from h2a.studies.confirm import DEFAULT_VIEWS
-
     cmd = [sys.executable, "-m", "h2a", "study", "confirm", name, "--storage", storage_url(storage),
            "--views", str(DEFAULT_VIEWS if views is None else views)]
     return _start(name, cmd, storage, {"confirm": True}, "confirming the best trial against the base…")
@@ -92,8 +91,6 @@ def study_job_status(name: str) -> dict:
 
 def running_trial_runs(name: str, storage: str | None) -> list[Path]:
     """Run folders of the study's RUNNING trials."""
-    from h2a.studies.storage import load_study
-
     try:
         study = load_study(name, storage)
     except KeyError:

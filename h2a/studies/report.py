@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from h2a.analysis.clustering import FOLLOWS_FROM
+from h2a.exports import write_csv
+from h2a.inference.metrics import json_safe
+from h2a.studies import load_study, study_summary
 
 __all__ = ["SEED_CLAIMS", "StudyFigure", "clusters_frame", "comparison_figure", "comparisons_frame",
            "confirmation_frame", "findings_rows", "kaleido_available", "study_figures", "trials_frame", "write_report"]
@@ -143,8 +147,6 @@ def findings_rows(summary: dict) -> list[dict]:
     claim; one row per embedding source for a clusters study (ARI vs sex; "holds" when the
     clusters follow sex by ``h2a.analysis.clustering``'s threshold); for a confirmed search, whether
     its best trial beat the base settings on validation (``h2a study confirm``)."""
-    from h2a.analysis.clustering import FOLLOWS_FROM
-
     out = []
     claim = SEED_CLAIMS.get(summary.get("preset") or "")
     if claim:
@@ -389,10 +391,6 @@ def _figure_lines(figures: list[tuple[StudyFigure, Path | None, str]], png: bool
 def write_report(name: str, storage: str | None, out_dir: Path) -> Path:
     """Write ``out_dir/report.md`` for study ``name`` with its plots and CSV tables; returns
     the report's path. KeyError when there is no such study."""
-    from h2a.exports import write_csv
-    from h2a.inference.metrics import json_safe
-    from h2a.studies import load_study, study_summary
-
     summary = json_safe(study_summary(name, storage))
     study = load_study(name, storage)
     out_dir = Path(out_dir)

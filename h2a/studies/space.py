@@ -37,6 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from h2a import TASKS
+from h2a.data.preprocess import PreprocessConfig
+from h2a.engine.config import TrainConfig, TrainingError
+from h2a.options import declarations
+from h2a.settings import get_settings
 
 TOP_KEYS = ("task", "description", "base", "params", "arms", "reference", "seeds", "holdout_tta_views", "pruning",
             "clusters")
@@ -117,10 +121,6 @@ class Space:
 # -- the settings a space may name ---------------------------------------------------------
 def _declared() -> dict[str, tuple[str, Any]]:
     """setting name -> ('train' | 'preprocess', its Declared)."""
-    from h2a.data.preprocess import PreprocessConfig
-    from h2a.engine.config import TrainConfig
-    from h2a.options import declarations
-
     out = {d.name: ("preprocess", d) for d in declarations(PreprocessConfig)}
     out.update({d.name: ("train", d) for d in declarations(TrainConfig) if d.name not in NOT_SETTINGS})
     return out
@@ -307,10 +307,6 @@ def load_space(path: str | Path) -> Space:
 # -- a trial's config --------------------------------------------------------------------
 def build_config(settings: dict, *, data: str, out: str, task: str):
     """The TrainConfig of one trial: the declared defaults, the settings' device, then ``settings``."""
-    from h2a.data.preprocess import PreprocessConfig
-    from h2a.engine.config import TrainConfig, TrainingError
-    from h2a.settings import get_settings
-
     train, pre = split_settings(settings)
     train.setdefault("device", get_settings().device)
     cfg = TrainConfig(data=data, out=out, task=task, **train)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from h2a.studies.compare import PREDICTION_FILES
+from h2a.studies.compare import PREDICTION_FILES, arm_comparisons, read_predictions
 from h2a.studies.storage import load_study
 
 CONFIRM_ATTR = "confirmation"  # a search's best trial vs its base (h2a.studies.confirm), stored in the study
@@ -39,8 +39,6 @@ def trial_row(t) -> dict:
 
 def arm_frames(study) -> dict[str, list]:
     """Each arm's finished trials' held-out predictions (one DataFrame per trial), arms in grid order."""
-    from h2a.studies.compare import read_predictions
-
     arms = list((study.user_attrs.get("space") or {}).get("arms") or {})
     out: dict[str, list] = {a: [] for a in arms}
     for t in study.get_trials(deepcopy=False):
@@ -55,8 +53,6 @@ def arm_frames(study) -> dict[str, list]:
 
 def comparisons(study) -> list[dict]:
     """Every arm against the reference arm (the space's, or the first) on held-out images."""
-    from h2a.studies.compare import arm_comparisons
-
     space = study.user_attrs.get("space") or {}
     arms = list(space.get("arms") or {})
     if len(arms) < 2:
