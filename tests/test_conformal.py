@@ -128,12 +128,12 @@ def _calibrate_cli(*argv: str) -> int:
 
 
 def test_training_calibrates_with_the_predict_procedure(tiny_run: Path) -> None:
-    from h2a.run import read_json
-    from h2a.inference.calibration import CALIBRATION, DEFAULT_TTA
+    from h2a.inference.calibration import DEFAULT_TTA
+    from h2a.run import Run
 
-    cal = read_json(tiny_run / CALIBRATION)
-    meta = read_json(tiny_run / "metadata.json")
-    assert cal["task"] == "boneage" and cal["procedure"] == {"flip_tta": False, "views": DEFAULT_TTA - 1}
+    cal, meta = Run.at(tiny_run).calibration, Run.at(tiny_run).meta
+    assert cal["task"] == "boneage"
+    assert cal["procedure"] == {"flip_tta": False, "views": DEFAULT_TTA - 1, "seeding": "image"}
     assert cal["interval"]["n"] == len(meta["splits"]["validation"]) and cal["interval"]["level"] == 0.95
     assert meta["calibration"]["id"] == cal["id"] and "conformal" in meta["calibration"]["method"]
     assert 0 <= cal["validation_coverage"]["coverage"] <= 1
@@ -169,11 +169,14 @@ def test_calibrate_command_refits_for_another_procedure(tiny_run: Path, tmp_path
     assert _calibrate_cli("--model", str(run), "--tta", "--tta-views", "2", "--level", "0.8", "--json") == 0
     summary = json.loads(capsys.readouterr().out)
     after = read_json(run / "calibration.json")
-    assert after["procedure"] == {"flip_tta": True, "views": 2} and after["interval"]["level"] == 0.8
+    assert after["procedure"] == {"flip_tta": True, "views": 2, "seeding": "image"} and after["interval"]["level"] == 0.8
     assert after["id"] != before["id"] and summary["id"] == after["id"]
     assert read_json(run / "metadata.json")["calibration"]["id"] == after["id"]
     m = evaluate(run, split="validation", flip_tta=True, tta_views=2).metrics
     assert m["interval_procedure_mismatch"] is False and m["interval_method"]["level"] == 0.8
+    assert _calibrate_cli("--model", str(run)) == 0  # the text summary, whichever interval method was chosen
+    text = capsys.readouterr().out
+    assert "girls: half-width" in text and "boys: half-width" in text and "validation coverage" in text
     from h2a.cli.common import CliError
 
     with pytest.raises(CliError, match="level"):

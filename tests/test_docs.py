@@ -1,45 +1,51 @@
 """The docs cannot rot: every ``h2a`` command in a fenced block of the README and docs/
-parses with today's command line (sub-command, flags and choices) and, where a test can
-afford it, RUNS, doctest-style, on the demo data; every page the README links to exists.
+(also inside ``$(...)``) parses with today's command line (sub-command, flags and choices)
+and, unless ``PARSE_ONLY`` says why not, RUNS, doctest-style, on the demo data; every page
+the README links to exists.
 
-How a documented command runs here (``Docs.argv``):
+How a documented command runs here (``Docs.argv``, ``Docs.run``):
 
-1. Its placeholders are replaced, token by token, by this session's fixtures
-   (``SUBSTITUTIONS``; ``{demo}`` etc. are filled by the ``docs`` fixture):
+1. Its placeholders are replaced, token by token, by this module's fixtures
+   (``SUBSTITUTIONS``; ``{demo}`` etc. are filled in by the ``docs`` fixture):
 
    ============================================  ==========================================
    in the docs                                   in the test
    ============================================  ==========================================
    /path/to/rsna-bone-age, /data/rsna-bone-age,  the session's demo dataset (``demo_dir``,
-   DIR, ../shared/data/rsna-thumbs-100,          240 synthetic images)
+   DIR, ../shared/data/rsna-thumbs-100,          synthetic, 240 images)
    workspace/demo/rsna-synthetic-n2000-s0,
    /path/to/site-images
    /tmp/demo, reports/                           folders under the module's tmp dir
    hand.png                                      a PNG of the demo dataset
    scan.dcm, scan1.dcm                           another demo image written as a DICOM (8-bit
-                                                 MONOCHROME2, with sex and dates; tests/corpus)
-   models/NAME                                   <tmp>/models/NAME: my-run and
+                                                 MONOCHROME2 with PatientSex and dates, by
+                                                 tests/corpus.py's make_dicom)
+   models/NAME                                   <tmp>/models/NAME. my-run and
                                                  rsna-boneage-release are copies of the session's
                                                  small finished run (``tiny_run``), so nothing
                                                  shared is modified (``adapt`` writes into its
-                                                 run); demo-tiny, h2a-boneage and rsna-gpu-512 are
-                                                 made by the documented commands themselves
+                                                 run); demo-tiny, rsna-gpu-512 and h2a-boneage
+                                                 are made by the documented train and export
+                                                 --ship commands themselves
    ============================================  ==========================================
 
-   A path-like token left relative after this fails the test: a documented command never
-   writes into the repository.
-2. Its cost overrides (``RUN``) are appended: argparse keeps the last value of a repeated
-   flag, so e.g. ``--image-size 256 ... --image-size 64`` runs at 64 px (the checks in
-   ``EXPECT`` confirm it took effect).
-3. The commands it builds on run first, once (``PREREQUISITES``): `h2a export --ship`
-   before what uses the shipped run, `h2a adapt` before `--site my-hospital`.
-4. It runs in-process through ``h2a.cli.main`` with ``Docs.env`` (a workspace, models
-   folder and study storage of this module's own; one worker) and must exit 0; a
-   ``--json`` command's stdout must be one JSON document.
+   A path-like token still relative after this fails the test, naming it: a documented
+   command never writes into the repository.
+2. Its cost overrides (``RUN``) are appended. argparse keeps the last value of a repeated
+   flag, so ``--image-size 256 ... --image-size 64`` runs at 64 px; ``EXPECT`` checks that
+   the overrides took effect (the train runs' config.json, the cache's size, demo-data's n).
+3. The documented commands it builds on run first, once (``PREREQUISITES``): `export --ship`
+   before what uses the shipped run, `adapt` before `--site my-hospital`, `study run` before
+   `study show`, `hash-password` (its output exported, ``EXPORTS``) before `serve`.
+4. It runs in-process through ``h2a.cli.main`` in ``Docs.env`` (a workspace, models
+   folder and study storage of the module's own; see there for how a command without
+   --model finds its model) with stdin from ``STDIN`` and output captured. It must exit 0;
+   a ``--json`` command's stdout must be one JSON document; ``EXPECT`` may check more.
 
-A command that cannot run in a test is listed in ``PARSE_ONLY`` with the reason; it is still
-parsed. A documented command in neither table fails ``test_every_documented_command_is_run_or_parse_only``:
-a new command in the docs forces that decision.
+A command that cannot run in a test is in ``PARSE_ONLY`` with the reason (it is still
+parsed). A documented command in neither table fails
+``test_every_documented_command_is_run_or_parse_only``, so a new command in the docs
+forces that decision; so does a table entry no documented command matches any more.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ from pathlib import Path
 
 import pytest
 
-from h2a.cli import build_parser
+from h2a.cli import build_parser, main
 from tests.conftest import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -89,7 +95,7 @@ ALL = [(p.relative_to(REPO).as_posix(), c) for p in DOCS for c in commands(p)]
 
 # ---------------------------------------------------------------------------------------------
 # The tables. Keys of RUN are exact documented commands (whitespace normalised); keys of
-# PARSE_ONLY are exact commands or a command prefix ("study run" covers every `study run ...`).
+# PARSE_ONLY are exact commands or a command prefix ("study stop" covers every `study stop ...`).
 
 SUBSTITUTIONS = {
     "/path/to/rsna-bone-age": "{demo}",
@@ -110,6 +116,17 @@ SUBSTITUTIONS = {
     "models/rsna-gpu-512": "{models}/rsna-gpu-512",
 }
 
+# Documented commands named more than once below.
+SHIP = "export --model models/rsna-boneage-release --ship models/h2a-boneage"
+TRAIN_DEMO = ("train --data workspace/demo/rsna-synthetic-n2000-s0 --out models/demo-tiny --arch tiny_cnn "
+              "--no-pretrained --image-size 96 --epochs 5")
+ADAPT = "adapt --model models/h2a-boneage --data /path/to/site-images --name my-hospital"
+ONNX = "export --model models/h2a-boneage --onnx --json"
+SEX1 = "study run --name sex1 --data ../shared/data/rsna-thumbs-100 --preset sex-input --trial-minutes 10"
+GPU_TRAIN = ("train --data /data/rsna-bone-age --out models/rsna-gpu-512 --split dataset --arch efficientnet_lite0 "
+             "--image-size 512 --resize pad --contrast clahe --epochs 40 --batch-size 64 --lr 1e-3 "
+             "--scheduler cosine --ema 0.999 --workers 8")
+
 # What a training run costs here: tiny_cnn at 64 px, one epoch on 64 images, in-process.
 TINY_TRAIN = "--arch tiny_cnn --no-pretrained --image-size 64 --epochs 1 --max-train-images 64 --workers 0 --amp off"
 
@@ -121,30 +138,26 @@ RUN = {
     "inspect scan1.dcm hand.png --json": "",
     "cache --data /path/to/rsna-bone-age --image-size 256 --resize pad --contrast clahe": "--image-size 64",
     # the GPU recipe's options (--split dataset, pad, CLAHE, cosine, EMA, batch 64) on a CPU-sized model
-    "train --data /data/rsna-bone-age --out models/rsna-gpu-512 --split dataset --arch efficientnet_lite0 "
-    "--image-size 512 --resize pad --contrast clahe --epochs 40 --batch-size 64 --lr 1e-3 --scheduler cosine "
-    "--ema 0.999 --workers 8": TINY_TRAIN,
+    GPU_TRAIN: TINY_TRAIN,
     # one trial per arm (with-sex and without-sex, seed 0) of a few seconds each: a real,
     # finished arm study for `study show` and `study report`
-    "study run --name sex1 --data ../shared/data/rsna-thumbs-100 --preset sex-input --trial-minutes 10":
-        "--trial-minutes 0.05 --trials 2",
+    SEX1: "--trial-minutes 0.05 --trials 2",
     "study show sex1 --json": "",
     "study report sex1": "",
     "hash-password": "",
     # prints the streamlit command line it would exec, after every check `serve` makes
     "serve --host 0.0.0.0 --port 8501": "--dry-run",
-    "train --data workspace/demo/rsna-synthetic-n2000-s0 --out models/demo-tiny --arch tiny_cnn --no-pretrained "
-    "--image-size 96 --epochs 5": TINY_TRAIN,
+    TRAIN_DEMO: TINY_TRAIN,
     "evaluate --model models/demo-tiny --json": "",
     "predict --model models/demo-tiny --sex female hand.png --json": "",
     "models": "",
-    "export --model models/rsna-boneage-release --ship models/h2a-boneage": "",
-    "export --model models/h2a-boneage --onnx --json": "",
+    SHIP: "",
+    ONNX: "",
     "predict hand.png --sex female --backend onnx --json": "",
     "predict --model models/my-run --sex female --dob 2014-05-02 --exam-date 2026-01-15 hand.png scan.dcm --json "
     "--report-dir reports/": "",
     # 2 folds x 1 repeat instead of 5 x 3: the same code path, 7x fewer fits
-    "adapt --model models/h2a-boneage --data /path/to/site-images --name my-hospital": "--folds 2 --repeats 1",
+    ADAPT: "--folds 2 --repeats 1",
     "adapt --model models/h2a-boneage --list": "",
     "predict hand.png --sex male --site my-hospital --json": "",
     "evaluate --model models/h2a-boneage --data /path/to/site-images --site my-hospital": "",
@@ -158,13 +171,6 @@ PARSE_ONLY = {
     "study confirm": "needs the finished rs1 search above, then predicts its best and base trials' held-out "
                      "images with 64 views each (tests/test_study_confirm.py confirms a trained search)",
 }
-
-SHIP = "export --model models/rsna-boneage-release --ship models/h2a-boneage"
-TRAIN_DEMO = ("train --data workspace/demo/rsna-synthetic-n2000-s0 --out models/demo-tiny --arch tiny_cnn "
-              "--no-pretrained --image-size 96 --epochs 5")
-ADAPT = "adapt --model models/h2a-boneage --data /path/to/site-images --name my-hospital"
-ONNX = "export --model models/h2a-boneage --onnx --json"
-SEX1 = "study run --name sex1 --data ../shared/data/rsna-thumbs-100 --preset sex-input --trial-minutes 10"
 
 # Documented command -> the documented commands it builds on (run first, once).
 PREREQUISITES = {
@@ -187,6 +193,11 @@ PREREQUISITES = {
 # Documented command -> the environment variable the docs' shell sets to its output.
 EXPORTS = {"hash-password": "H2A_PASSWORD_HASH"}
 
+# Documented command -> environment of its own, on top of Docs.env. The study's trials are runs
+# in the models folder: in <tmp>/models with the others reached by path, not among the runs
+# a command without --model chooses from (Docs.env), whatever their validation MAE.
+ENV = {SEX1: {"H2A_MODELS_DIR": "{models}"}}
+
 # Documented command -> what it reads on stdin (every other command gets an empty stdin).
 STDIN = {"hash-password": "a password for the docs test\n"}
 
@@ -200,10 +211,12 @@ def _check_train(out_name: str):
     return check
 
 
-def _check_predict(result, docs):
+def _check_predict(result, docs, model: str) -> bool:
     records = result.json if isinstance(result.json, list) else [result.json]
     for r in records:
         assert not r.get("error") and r["bone_age_months"] is not None, r
+        assert r["model_run"] == model, r["model_run"]
+    return True
 
 
 # Documented command -> a further check of what it did (beyond exit 0 and valid JSON).
@@ -216,15 +229,16 @@ EXPECT = {
     "cache --data /path/to/rsna-bone-age --image-size 256 --resize pad --contrast clahe":
         lambda r, d: "x 64x64 uint8" in r.out,
     TRAIN_DEMO: _check_train("demo-tiny"),
-    next(k for k in RUN if k.startswith("train --data /data/rsna-bone-age")): _check_train("rsna-gpu-512"),
-    "predict hand.png --sex female --json": _check_predict,
-    "predict --model models/demo-tiny --sex female hand.png --json": _check_predict,
-    "predict hand.png --sex female --backend onnx --json": _check_predict,
+    GPU_TRAIN: _check_train("rsna-gpu-512"),
+    # without --model: the shipped run (Docs.env)
+    "predict hand.png --sex female --json": lambda r, d: _check_predict(r, d, "h2a-boneage"),
+    "predict --model models/demo-tiny --sex female hand.png --json": lambda r, d: _check_predict(r, d, "demo-tiny"),
+    "predict hand.png --sex female --backend onnx --json": lambda r, d: _check_predict(r, d, "h2a-boneage"),
     "predict hand.png --sex male --site my-hospital --json":
-        lambda r, d: _check_predict(r, d) is None and r.json["site"] == "my-hospital",
+        lambda r, d: _check_predict(r, d, "h2a-boneage") and r.json["site"] == "my-hospital",
     "predict --model models/my-run --sex female --dob 2014-05-02 --exam-date 2026-01-15 hand.png scan.dcm --json "
     "--report-dir reports/":
-        lambda r, d: _check_predict(r, d) is None and len(list((d.tmp / "reports").glob("*.pdf"))) == 2,
+        lambda r, d: _check_predict(r, d, "my-run") and len(list((d.tmp / "reports").glob("*.pdf"))) == 2,
     SHIP: lambda r, d: (d.models / "h2a-boneage" / "model.safetensors").is_file(),
     ONNX: lambda r, d: (d.models / "h2a-boneage" / "model.onnx").is_file(),
     "adapt --model models/h2a-boneage --list": lambda r, d: "my-hospital" in r.out,
@@ -263,7 +277,8 @@ class Result:
     json: object = None
 
     def why(self) -> str:
-        return f"`h2a {shlex.join(self.argv)}` exit {self.rc} in {self.seconds:.1f} s\nstdout:\n{self.out[-3000:]}\nstderr:\n{self.err[-3000:]}"
+        return (f"`h2a {shlex.join(self.argv)}` exit {self.rc} in {self.seconds:.1f} s\n"
+                f"stdout:\n{self.out[-3000:]}\nstderr:\n{self.err[-3000:]}")
 
 
 class Docs:
@@ -305,14 +320,13 @@ class Docs:
             before = self.run(pre)
             assert before.rc == 0, f"`h2a {c}` builds on `h2a {pre}`, which failed:\n{before.why()}"
         argv = self.argv(c)
-        from h2a.cli import main
-
         out, err = io.StringIO(), io.StringIO()
         start = time.monotonic()
         # the whole environment and the working directory come back afterwards, whatever the
         # command set (`serve` exports H2A_DATA_ROOTS for the server it starts)
         saved_env, saved_cwd = dict(os.environ), os.getcwd()
         os.environ.update(self.env)
+        os.environ.update({k: v.format(**self.values) for k, v in ENV.get(c, {}).items()})
         for key in ("H2A_DATA_DIR", "H2A_DATA_ROOTS"):
             os.environ.pop(key, None)
         try:
@@ -351,8 +365,9 @@ def docs(tmp_path_factory, demo_dir, tiny_run, one_torch_thread):
     dicom = make_dicom(root / "scan.dcm", array=np.asarray(Image.open(pngs[1]).convert("L")), bits=8,
                        sex="F", birth_date="20140502", study_date="20260115")
     d = Docs(root, demo_dir, pngs[0], dicom)
-    for name in ("my-run", "rsna-boneage-release"):
-        shutil.copytree(tiny_run, d.models / name, ignore=shutil.ignore_patterns(".lock", "job.json", ".*"))
+    for name in ("my-run", "rsna-boneage-release"):  # as trained: no lock, job, sites or ONNX of other tests
+        shutil.copytree(tiny_run, d.models / name,
+                        ignore=shutil.ignore_patterns(".*", "job.json", "sites", "model.onnx"))
     yield d
     took = sorted(((r.seconds, c) for c, r in d.results.items()), reverse=True)
     print(f"\ndocumented commands: {sum(s for s, _ in took):.1f} s in all; "
@@ -374,9 +389,11 @@ def test_every_documented_command_is_run_or_parse_only():
     assert not undecided, ("documented commands neither run nor parse-only; add each to RUN (with cost "
                            f"overrides) or PARSE_ONLY (with the reason): {undecided}")
     documented = {norm(c) for _, c in ALL}
+    both = [c for c in documented if c in RUN and any(c == k or c.startswith(k + " ") for k in PARSE_ONLY)]
+    assert not both, f"in both RUN and PARSE_ONLY: {both}"
     stale = [k for k in RUN if k not in documented]
     stale += [k for k in PARSE_ONLY if not any(c == k or c.startswith(k + " ") for c in documented)]
-    for table in (PREREQUISITES, EXPECT):
+    for table in (PREREQUISITES, EXPECT, EXPORTS, ENV, STDIN):
         stale += [k for k in table if k not in RUN]
     stale += [p for pres in PREREQUISITES.values() for p in pres if p not in RUN]
     assert not stale, f"entries for commands the docs no longer show: {stale}"

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from h2a.cli.common import CliError, add_procedure_options, print_json
 from h2a.inference.calibration import SEX_LOGIT_SHIFT, calibration_summary
+from h2a.inference.conformal import conformal_from_dict
 from h2a.progress import StderrProgress
 from h2a.inference.evaluate import calibrate_run
 
@@ -36,13 +39,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"images), procedure: {cal['procedure']}")
     if "interval" in cal:
         v = cal["validation_coverage"]
-        print(f"level {100 * cal['interval']['level']:g}%; half-widths (months): "
-              + ", ".join(f"{g} {q:.1f}" for g, q in cal["interval"]["quantiles"].items()))
+        conf = conformal_from_dict(cal["interval"])
+        ages = np.array(HALF_WIDTH_AGES_Y, float) * 12
+        for sex, male in (("girls", False), ("boys", True)):
+            widths = conf.half_width(ages, np.full(len(ages), male))
+            print(f"level {100 * cal['interval']['level']:g}%, {sex}: half-width "
+                  + ", ".join(f"{w:.1f} mo at {a:g} y" for a, w in zip(HALF_WIDTH_AGES_Y, widths)))
         print(f"validation coverage (5-fold cross-fit) {100 * v['coverage']:.1f}%, mean width {v['width_months']:.1f} mo")
     else:
         print(f"temperature {cal['temperature']['temperature']:.3f}; validation ECE "
               f"{cal['validation_ece_uncalibrated']:.3f} -> {cal['validation_ece']:.3f}")
     return 0
+
+
+HALF_WIDTH_AGES_Y = (4, 8, 12, 16)  # predicted ages the summary shows the interval's half-width at
 
 
 def register(sub) -> None:
