@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -184,6 +185,36 @@ def problems(obj: Any) -> list[str]:
 
 
 # -- argparse -------------------------------------------------------------------------
+def coerce_numbers(obj: Any) -> None:
+    """Numpy and integral numbers given for declared fields become plain ``int`` / ``float`` /
+    ``bool`` (in place, frozen dataclasses too), so equal settings compare, hash, serialise
+    and key jobs equally whoever built them (a widget, argparse, a JSON file, numpy)."""
+    for d in declarations(type(obj)):
+        value = getattr(obj, d.name)
+        if isinstance(value, bool):
+            continue
+        if getattr(value, "dtype", None) is not None and value.dtype.kind == "b":  # numpy's bool
+            if d.type is bool:
+                object.__setattr__(obj, d.name, bool(value))
+        elif d.type is int and isinstance(value, numbers.Integral):
+            object.__setattr__(obj, d.name, int(value))
+        elif d.type is float and isinstance(value, numbers.Real):
+            object.__setattr__(obj, d.name, float(value))
+
+
+def declared_kwargs(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments for ``cls`` in JSON-like data: keys it does not declare are
+    ignored (old and new files both load) and an integral float (JSON's 256.0) is taken for an
+    int field."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in d.items() if k in known}
+    for decl in declarations(cls):
+        v = kwargs.get(decl.name)
+        if decl.type is int and isinstance(v, float) and v.is_integer():
+            kwargs[decl.name] = int(v)
+    return kwargs
+
+
 def _converter(d: Declared):
     """argparse ``type`` for a declared number/text: parses, then checks the range, so the
     error names the flag ("argument --lr: must be a number > 0, got -1")."""

@@ -13,11 +13,10 @@ its parser without loading scikit-learn or torch.
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from h2a.options import declarations, option, problems
+from h2a.options import coerce_numbers, declared_kwargs, option, problems
 
 __all__ = ["METRICS", "PRETRAINED_ARCH", "PRETRAINED_PREPROCESS", "ClusterConfig"]
 
@@ -49,15 +48,7 @@ class ClusterConfig:
                        help="random seed of PCA, UMAP and k-means")
 
     def __post_init__(self) -> None:
-        # numpy and integral numbers become plain int/float, so equal settings give equal job keys
-        for d in declarations(type(self)):
-            value = getattr(self, d.name)
-            if isinstance(value, bool):
-                continue
-            if d.type is int and isinstance(value, numbers.Integral):
-                object.__setattr__(self, d.name, int(value))
-            elif d.type is float and isinstance(value, numbers.Real):
-                object.__setattr__(self, d.name, float(value))
+        coerce_numbers(self)  # equal settings give equal job keys
         self.validate()
 
     def validate(self) -> None:
@@ -73,10 +64,4 @@ class ClusterConfig:
     def from_dict(cls, d: dict) -> ClusterConfig:
         """From JSON-like data (a job's params, a study's space); other keys are ignored and an
         integral float (JSON's 2.0) is taken for an int field."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        for decl in declarations(cls):
-            v = kwargs.get(decl.name)
-            if decl.type is int and isinstance(v, float) and v.is_integer():
-                kwargs[decl.name] = int(v)
-        return cls(**kwargs)
+        return cls(**declared_kwargs(cls, d))

@@ -20,14 +20,14 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from h2a.options import declarations, option, problems
+from h2a.options import coerce_numbers, declared_kwargs, option, problems
 from h2a.settings import get_settings
 from h2a.data.imageio import ImageReadError, read_image
 
@@ -138,15 +138,7 @@ class PreprocessConfig:
         return any(getattr(self, name) > 0 for name in PHOTOMETRIC_FIELDS)
 
     def __post_init__(self) -> None:
-        # Coerce ints given for float fields so equal configs hash and serialise equally.
-        for d in declarations(type(self)):
-            value = getattr(self, d.name)
-            if d.type is float and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                object.__setattr__(self, d.name, float(value))
-            elif d.type is int and isinstance(value, np.integer):
-                object.__setattr__(self, d.name, int(value))
-            elif d.type is bool and isinstance(value, np.bool_):
-                object.__setattr__(self, d.name, bool(value))
+        coerce_numbers(self)  # equal configs hash and serialise equally
         self.validate()
 
     # -- validation ---------------------------------------------------------------
@@ -168,14 +160,7 @@ class PreprocessConfig:
         """Build from JSON-like data; unknown keys are ignored so old/new files still load."""
         if not isinstance(d, dict):
             raise ValueError(f"Preprocessing config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        # JSON may carry 256.0 for an int field; accept integral floats only.
-        for decl in declarations(cls):
-            v = kwargs.get(decl.name)
-            if decl.type is int and isinstance(v, float) and v.is_integer():
-                kwargs[decl.name] = int(v)
-        return cls(**kwargs)
+        return cls(**declared_kwargs(cls, d))
 
     def deterministic_dict(self) -> dict:
         """The fields that change ``prepare``'s output (CLAHE params only when used; the
