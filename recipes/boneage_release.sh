@@ -6,9 +6,12 @@
 # The 53 full-resolution ids are left out of training: they fit and judge the `fullres`
 # site profile. Precision: --amp off (float32 channels_last). On an AMX Xeon float32 trains
 # this model 1.6x faster than bf16 autocast (oneDNN's bf16 depthwise backward is slow), and
-# float32 is the same arithmetic on every CPU. 14 epochs: the 10-epoch run reached held-out
-# 8.65 months and the cosine schedule keeps improving past it; 14 take 40 min on a quiet 2-core
-# AVX512-BF16 EPYC (2.5 min an epoch, float32), 1.5-2x that on an AVX2-only CPU.
+# float32 is the same arithmetic on every CPU. 18 epochs with weight EMA (0.999) and the
+# augmentation the quick recipe halved (shift 0.06, rotation 10, zoom 0.1): the quick recipe
+# underfits in 10 epochs, the 14-epoch release with light augmentation stopped improving on
+# validation after epoch 10 (held-out 8.98), and this one reached held-out MAE 8.56 (SE 0.23;
+# docs/experiments.md, 2026-12-07). 18 epochs take 42 min on a quiet 2-core AVX512-BF16 EPYC
+# (140 s an epoch, float32), 1.5-2x that on an AVX2-only CPU.
 #   bash recipes/boneage_release.sh [DATA_DIR] [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
