@@ -137,3 +137,29 @@ def test_no_pages_folder_beside_the_router():
     password form (Streamlit's directory routing; docs/architecture.md says why)."""
     assert not (REPO / "pages").exists()
     assert (REPO / "app_pages").is_dir()
+
+
+def _functions():
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path, node
+
+
+def test_no_function_over_80_lines():
+    long = [f"{p.relative_to(REPO)}:{f.lineno} {f.name} ({f.end_lineno - f.lineno + 1} lines)"
+            for p, f in _functions() if f.end_lineno - f.lineno + 1 > 80]
+    assert not long, long
+
+
+# Imports of H2A modules inside functions hide the layer order; the ones left are commented
+# (scikit-learn / Optuna / fpdf kept out of the CLI's start, the studies facade, the warm-up
+# thread). 223 before the second pass of the house (2026-12-07); the ceiling keeps it down.
+MAX_FUNCTION_IMPORTS = 30
+
+
+def test_h2a_imports_sit_at_the_top_of_the_file():
+    inside = [f"{p.relative_to(REPO)}:{s.lineno}" for p, f in _functions() for s in ast.walk(f)
+              if (isinstance(s, ast.ImportFrom) and (s.module or "").startswith("h2a"))
+              or (isinstance(s, ast.Import) and any(a.name.startswith("h2a") for a in s.names))]
+    assert len(inside) <= MAX_FUNCTION_IMPORTS, inside
