@@ -13,7 +13,7 @@ import streamlit as st
 from h2a.app import population_charts as pc
 from h2a.app.plain import plain, safe_table
 from h2a.app.state import intensity_for, require_dataset, show_thumb
-from h2a.analysis.stats import age_bin_table, split_table
+from h2a.analysis.stats import age_bin_table, format_table, problem_kinds, select_images, split_table
 from h2a.exports import csv_bytes
 
 TABS = ["Bone age by sex", "Splits", "Images", "Gallery", "Problems"]
@@ -50,8 +50,7 @@ def images_tab(ds, frame: pd.DataFrame) -> None:
     left, right = st.columns(2)
     left.plotly_chart(pc.resolution_scatter(sized), width="stretch")
     right.plotly_chart(pc.side_histogram(sized), width="stretch")
-    facts = sized.groupby(["format", "mode", "bit_depth"], dropna=False).size().rename("images").reset_index()
-    st.dataframe(safe_table(facts), hide_index=True)
+    st.dataframe(safe_table(format_table(sized)), hide_index=True)
     st.markdown("**Intensity and contrast** (a random sample, read as 128 px thumbnails)")
     n_sample = st.slider("Sample size", 50, 1000, 200, step=50, key="intensity_n")
     intens = intensity_for(ds, n_sample)
@@ -73,11 +72,7 @@ def gallery_tab(frame: pd.DataFrame) -> None:
     lo_age, hi_age = 0, int(max(240, (with_img["boneage"].max() if with_img["boneage"].notna().any() else 240)))
     age = f2.slider("Bone age (months)", lo_age, hi_age, (lo_age, hi_age), key="gallery_age")
     n_show = f3.selectbox("Images", [12, 24, 48], key="gallery_n")
-    sel = with_img
-    if sex != "all":
-        sel = sel[sel["sex"] == sex]
-    if sel["boneage"].notna().any():
-        sel = sel[sel["boneage"].between(*age) | sel["boneage"].isna()]
+    sel = select_images(with_img, sex, age)
     st.caption(f"{len(sel):,} images match")
     if not len(sel):
         return
@@ -102,9 +97,8 @@ def problems_tab(ds) -> None:
         st.success("No problems found: every row has valid labels and a readable image.")
         return
     probs = ds.problem_frame()
-    kinds = probs["problem"].str.replace(r"[0-9]+", "N", regex=True).str.split(":").str[0]
     st.warning(f"{len(probs)} problems. The good rows are loaded; these rows or files were skipped or have no image.")
-    st.dataframe(safe_table(kinds.value_counts().rename_axis("kind").rename("count").reset_index()), hide_index=True)
+    st.dataframe(safe_table(problem_kinds(probs)), hide_index=True)
     st.dataframe(safe_table(probs), hide_index=True, width="stretch")  # its toolbar exports too
     st.download_button("Download the problem list (CSV)", csv_bytes(probs),
                        file_name=f"{ds.name}-problems.csv", mime="text/csv")

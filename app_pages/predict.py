@@ -9,6 +9,7 @@ from h2a import RESEARCH_NOTE
 from h2a.app import predict_ui as ui
 from h2a.app.plain import cut, plain, safe_table
 from h2a.predict.clinical import MAX_AGE_YEARS, parse_date
+from h2a.predict.inputs import request_row
 from h2a.predict.predictor import DEFAULT_TTA
 from h2a.predict.report import batch_csv
 
@@ -65,15 +66,6 @@ digests = tuple(ui.digest(data) for _, data in files)
 facts = [ui.prefill(d, name, data) for d, (name, data) in zip(digests, files)]
 
 
-def _changed(value, tag_value):
-    """What the user entered, or None when it is the DICOM's own value (so the result says 'from the DICOM')."""
-    if value is None:
-        return None
-    if tag_value is not None and value == tag_value:
-        return None
-    return value
-
-
 if len(files) == 1:
     name, data = files[0]
     f = facts[0]
@@ -103,10 +95,8 @@ if len(files) == 1:
         elif dob and exam and exam < dob:
             st.error("The exam date is before the date of birth.")
         else:
-            st.session_state["predict_request"] = {"digests": digests, "rows": [{
-                "sex": _changed(sex, f.get("sex")), "dob": _changed(dob, parse_date(f.get("dob"))),
-                "exam": _changed(exam, parse_date(f.get("exam_date"))),
-                "age": _changed(age, f.get("age_months"))}]}
+            st.session_state["predict_request"] = {"digests": digests,
+                                                   "rows": [request_row(f, sex, dob, exam, age)]}
 else:
     table = pd.DataFrame({
         "file": [n for n, _ in files],
@@ -131,18 +121,9 @@ else:
             })
         submitted = st.form_submit_button(f"Estimate bone age for {len(files)} files", type="primary")
     if submitted:
-        rows = []
-        for (_, row), f in zip(edited.iterrows(), facts):
-            sex = row["sex"] if isinstance(row["sex"], str) and row["sex"] else fill
-            age = row["age at exam (months)"]
-            rows.append({
-                "sex": _changed(sex, f.get("sex")),
-                "dob": _changed(parse_date(row["date of birth"]) if pd.notna(row["date of birth"]) else None,
-                                parse_date(f.get("dob"))),
-                "exam": _changed(parse_date(row["exam date"]) if pd.notna(row["exam date"]) else None,
-                                 parse_date(f.get("exam_date"))),
-                "age": _changed(float(age) if pd.notna(age) else None, f.get("age_months")),
-            })
+        rows = [request_row(f, row["sex"] if isinstance(row["sex"], str) and row["sex"] else fill,
+                            row["date of birth"], row["exam date"], row["age at exam (months)"])
+                for (_, row), f in zip(edited.iterrows(), facts)]
         st.session_state["predict_request"] = {"digests": digests, "rows": rows}
 
 request = st.session_state.get("predict_request")

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
+from h2a.analysis.stats import select_images
 from h2a.app.charts import intensity_histogram
 from h2a.app.option_widgets import option_widget
 from h2a.app.plain import plain, safe_table
@@ -101,8 +102,7 @@ c1, c2, c3 = st.columns([1, 2, 1])
 sex = c1.selectbox("Random pick: sex", ["any", "female", "male"], key="pp_pick_sex")
 age = c2.slider("Random pick: bone age (months)", 0, 240, (0, 240), key="pp_pick_age")
 if c3.button("Random image", key="pp_random") or "preview_ids" not in st.session_state:
-    pool = usable if sex == "any" else usable[usable["sex"] == sex]
-    pool = pool[pool["boneage"].between(*age) | pool["boneage"].isna()]
+    pool = select_images(usable, sex, age)
     if pool.empty:
         st.warning("No image matches that sex and age range.")
     else:

@@ -139,3 +139,25 @@ def intensity_summary(
             "p05": float(p05), "p95": float(p95), "range": float(p95 - p05),
         })
     return pd.DataFrame(out, columns=INTENSITY_COLUMNS)
+
+
+def select_images(frame: pd.DataFrame, sex: str | None, age_range: tuple[float, float]) -> pd.DataFrame:
+    """The rows of one sex ('female' / 'male'; anything else: both) whose bone age lies in
+    ``age_range`` (months, inclusive). Rows without a bone age are kept: a test list has none,
+    and hiding every image of it would look like an empty dataset. The gallery and the
+    preprocessing preview's random pick filter the same way."""
+    sel = frame[frame["sex"] == sex] if sex in ("female", "male") else frame
+    return sel[sel["boneage"].between(*age_range) | sel["boneage"].isna()]
+
+
+def format_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Images per file format, colour mode and bit depth (unreadable sizes left out)."""
+    sized = frame[frame["width"].notna()]
+    return sized.groupby(["format", "mode", "bit_depth"], dropna=False).size().rename("images").reset_index()
+
+
+def problem_kinds(problems: pd.DataFrame) -> pd.DataFrame:
+    """How many problems of each kind: the message up to its colon, numbers folded to N, so
+    'row 12: bad age' and 'row 40: bad age' count as one kind."""
+    kinds = problems["problem"].str.replace(r"[0-9]+", "N", regex=True).str.split(":").str[0]
+    return kinds.value_counts().rename_axis("kind").rename("count").reset_index()

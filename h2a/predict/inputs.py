@@ -155,3 +155,27 @@ def check_call_inputs(sex: Any, dob: Any, exam_date: Any, age_months: float | No
         check_age_months(age_months, "the age at exam")
     if int(tta) < 1:
         raise ValueError(f"--tta must be at least 1 (1 = no augmentation), got {tta}")
+
+
+# ---------------------------------------------------------------- what a form entered
+
+def entered(value: Any, tag_value: Any) -> Any:
+    """What the user entered, or None when it is the DICOM's own value: the result then says
+    'from the DICOM' rather than 'given'."""
+    if value is None or (tag_value is not None and value == tag_value):
+        return None
+    return value
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN or NaT: a cell the user left empty."""
+    return value is None or str(value) in ("NaT", "nan", "")
+
+
+def request_row(facts: dict, sex: Any, dob: Any, exam: Any, age: Any) -> dict:
+    """One file's request from a form (the Predict page): each value that differs from the
+    file's DICOM header, else None."""
+    return {"sex": entered(sex, facts.get("sex")),
+            "dob": entered(None if _missing(dob) else parse_date(dob), parse_date(facts.get("dob"))),
+            "exam": entered(None if _missing(exam) else parse_date(exam), parse_date(facts.get("exam_date"))),
+            "age": entered(None if _missing(age) else float(age), facts.get("age_months"))}
