@@ -18,12 +18,13 @@ from typing import Any
 
 from h2a.options import coerce_numbers, declared_kwargs, option, problems
 
-__all__ = ["METRICS", "PRETRAINED_ARCH", "PRETRAINED_PREPROCESS", "ClusterConfig"]
+__all__ = ["FOLLOWS_FROM", "METRICS", "PRETRAINED_ARCH", "PRETRAINED_PREPROCESS", "ClusterConfig"]
 
 METRICS = ("euclidean", "cosine", "manhattan", "correlation")
 # What a "pretrained" embedding is, unless told otherwise: the ImageNet backbone, at 128 px
 # (a CPU embeds the RSNA set in minutes; a trained run always embeds with its own settings).
 PRETRAINED_ARCH = "efficientnet_lite0"
+FOLLOWS_FROM = 0.2  # agreement (ARI, eta squared) from which the clusters are said to follow the label ("partly" up)
 PRETRAINED_PREPROCESS = {"size": 128}
 
 

@@ -30,7 +30,6 @@ from h2a.analysis.background import (
     wait_for,
 )
 from h2a.analysis.cluster_config import PRETRAINED_ARCH, ClusterConfig
-from h2a.analysis.clustering import cluster_embeddings, sweep_k
 from h2a.analysis.embeddings import PRETRAINED, compute_embeddings, load_embeddings, source_identity
 from h2a.data.preprocess import PreprocessConfig
 from h2a.exports import csv_bytes
@@ -116,6 +115,8 @@ def _run_clusters(ctx: JobContext) -> dict:
     if len(emb) <= cfg.k:
         raise JobFailed(f"only {len(emb)} decodable images: too few for k = {cfg.k}")
     ctx.set_stage("UMAP and k-means")
+    from h2a.analysis.clustering import cluster_embeddings, sweep_k  # lazy: scikit-learn and UMAP load in the job's process, not the page's
+
     est, frame, scores = cluster_embeddings(emb, cfg, progress=ctx.steps)
     ctx.set_stage("k sweep")
     ks = tuple(x for x in p.get("sweep") or SWEEP_KS if x < len(emb))

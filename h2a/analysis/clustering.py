@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from h2a.analysis.cluster_config import ClusterConfig
+from h2a.analysis.cluster_config import FOLLOWS_FROM, ClusterConfig
 from h2a.progress import ProgressFn, report
 from h2a.settings import get_settings
 
@@ -125,7 +125,6 @@ STRENGTH_LEVELS: tuple[tuple[float, str], ...] = (
     (0.5, "partly"),
     (float("inf"), "largely"),
 )
-FOLLOWS_FROM = 0.2  # from "partly" up, the clusters are said to follow the label
 
 
 def _strength(value: float | None) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from h2a import TASKS
 from h2a.data.preprocess import PreprocessConfig
 from h2a.options import option, problems
-from h2a.run import check_run_name
+from h2a.run import Run, check_run_name
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "step", "exponential", "plateau", "cyclic", "none")
@@ -145,7 +145,7 @@ class TrainConfig:
         if self.task == "sex":
             self.use_sex = False
         found = problems(self)
-        if self.out:
+        if self.out and not Run.at(self.out).has_config:  # a new run; one started before the rule keeps its name
             try:
                 check_run_name(Path(self.out).name)
             except ValueError as exc:

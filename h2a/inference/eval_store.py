@@ -28,7 +28,7 @@ from h2a.inference import evaluate as ev
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the stored layout or the metrics' meaning changes: old files become misses
+FORMAT = 2  # bump when the stored layout or the metrics' meaning changes: old files become misses (2: one seed per image for TTA copies)
 _META = b"h2a_evaluation"
 
 

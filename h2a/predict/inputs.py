@@ -168,8 +168,8 @@ def entered(value: Any, tag_value: Any) -> Any:
 
 
 def _missing(value: Any) -> bool:
-    """None, NaN or NaT: a cell the user left empty."""
-    return value is None or str(value) in ("NaT", "nan", "")
+    """None, NaN, NaT or NA: a cell the user left empty."""
+    return value is None or str(value) in ("NaT", "nan", "<NA>", "")
 
 
 def request_row(facts: dict, sex: Any, dob: Any, exam: Any, age: Any) -> dict:

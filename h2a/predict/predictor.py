@@ -30,6 +30,7 @@ Core module: no streamlit.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import threading
@@ -436,9 +437,6 @@ class Predictor:
     def onnx_runner(self, run: LoadedRun):
         """The ONNX graph of ``run`` as loaded (a site's statistics are in its weights, so a
         site with them gets its own graph, in its folder), exported on first use."""
-        import copy
-
-
         folder = run.site.path if run.site is not None and run.site.bn_stats else run.path
         path = folder / "model.onnx"
         if path not in self._onnx:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from h2a.analysis.clustering import FOLLOWS_FROM
+from h2a.analysis.cluster_config import FOLLOWS_FROM
 from h2a.exports import write_csv
 from h2a.inference.metrics import json_safe
 from h2a.studies import load_study, study_summary
