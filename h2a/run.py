@@ -210,6 +210,15 @@ def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return safe_load(path)
 
 
+def _json_file(filename: str, doc: str) -> property:
+    """A record read fresh on each access: None when it is missing or half written."""
+    return property(lambda self: read_json(self.path / filename), doc=doc)
+
+
+def _file(filename: str, doc: str = "") -> property:
+    return property(lambda self: self.path / filename, doc=doc or f"The folder's {filename}.")
+
+
 @dataclass(frozen=True)
 class JobFolder:
     """A folder a background job writes: ``job.json`` (the process), ``log.txt`` and a live
@@ -226,25 +235,11 @@ class JobFolder:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def progress(self) -> dict | None:
-        return read_json(self.path / PROGRESS)
-
-    @property
-    def job(self) -> dict | None:
-        return read_json(self.path / JOB)
-
-    @property
-    def progress_file(self) -> Path:
-        return self.path / PROGRESS
-
-    @property
-    def job_file(self) -> Path:
-        return self.path / JOB
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / LOG
+    progress = _json_file(PROGRESS, "Live status: stage or epoch, counters, ETA, message (and a run's history).")
+    job = _json_file(JOB, "The background process that writes the folder (PID, process group, start time).")
+    progress_file = _file(PROGRESS)
+    job_file = _file(JOB)
+    log_file = _file(LOG)
 
     def write_progress(self, prog: dict) -> None:
         atomic_write_json(self.path / PROGRESS, prog)
@@ -266,20 +261,13 @@ class Run(JobFolder):
         return cls(resolve_run(name_or_path))
 
     # -- records (dicts, or None when absent) ---------------------------------------------
-    @property
-    def config(self) -> dict | None:
-        """The TrainConfig the run was started with (what ``resume`` re-reads)."""
-        return read_json(self.path / CONFIG)
-
-    @property
-    def meta(self) -> dict | None:
-        """Written once the run finishes: task, architecture, preprocessing, data, splits, metrics."""
-        return read_json(self.path / METADATA)
-
-    @property
-    def calibration(self) -> dict | None:
-        """Temperature / conformal widths fitted on validation (None: an old run, none fitted)."""
-        return read_json(self.path / CALIBRATION)
+    config = _json_file(CONFIG, "The TrainConfig the run was started with (what ``resume`` re-reads).")
+    meta = _json_file(METADATA, "Written once the run finishes: task, architecture, preprocessing, data, splits, "
+                                "metrics.")
+    calibration = _json_file(CALIBRATION, "Temperature / conformal widths fitted on validation (None: an old run, "
+                                          "none fitted).")
+    checkpoint_file = _file(CHECKPOINT)
+    model_file = _file(MODEL, "Where a trained run's best weights go (``weights`` finds a shipped run's too).")
 
     @property
     def splits(self) -> dict[str, list[str]]:
@@ -301,15 +289,6 @@ class Run(JobFolder):
     @property
     def has_config(self) -> bool:
         return (self.path / CONFIG).is_file()
-
-    @property
-    def checkpoint_file(self) -> Path:
-        return self.path / CHECKPOINT
-
-    @property
-    def model_file(self) -> Path:
-        """Where a trained run's best weights go (``weights`` finds a shipped run's too)."""
-        return self.path / MODEL
 
     @property
     def weights(self) -> Path | None:
