@@ -28,9 +28,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -70,13 +71,14 @@ def check_run_name(name: str) -> str:
     return name
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write-then-rename so a reader (or a kill) never sees half a file."""
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write-then-rename (fsynced) so a reader (or a kill) never sees half a file; a failure
+    removes the temp file and names ``path`` in the error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -84,6 +86,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         _name_file(exc, path)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda fh: fh.write(data))
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -115,29 +121,21 @@ def _json_default(obj: Any) -> Any:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    """torch.save write-then-rename (fsynced): a kill or a full disk leaves the previous file.
+    """torch.save write-then-rename: a kill or a full disk leaves the previous file.
 
     Saving through our own file object keeps the OS error: torch reports a failed write
     as an opaque RuntimeError, with the real cause (ENOSPC, EFBIG) only as its context.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            try:
-                torch.save(obj, fh)
-            except RuntimeError as exc:
-                cause = os_error(exc)
-                if cause is not None:
-                    raise cause from exc
-                raise
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        _name_file(exc, path)
-        raise
+    def write(fh: BinaryIO) -> None:
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as exc:
+            cause = os_error(exc)
+            if cause is not None:
+                raise cause from exc
+            raise
+
+    _atomic_write(path, write)
 
 
 def _name_file(exc: BaseException, path: Path) -> None:
