@@ -10,9 +10,11 @@
 # --hand-crop (every image framed on the hand's box; adopted on validation, 9.27 against
 # 9.71). The held-out prediction averages the image, its mirror and 64 seeded augmented
 # copies. The 53 full-resolution ids are left out (they judge the full-resolution site).
-# Time: 10 epochs at 150-300 s on a 2-core Xeon / EPYC (25-50 min), 1.5-2x that on an
-# AVX2-only CPU; --time-budget MIN remains an option (then the figure depends on the speed).
-# Measured (docs/experiments.md): held-out MAE 8.65 with these 10 epochs (2026-12-06).
+# Time: 24 min of training (135-148 s an epoch) + 5-6 min of held-out evaluation on a quiet
+# 2-core AMD EPYC with AVX512-BF16; 1.5-2x that on an AVX2-only CPU. --time-budget MIN
+# remains an option (then the figure depends on the machine's speed that day).
+# Measured twice on that CPU (2026-12-07, docs/experiments.md): bit-identical weights,
+# validation MAE 9.43 both times (best epoch 8), held-out MAE 8.96 (SE 0.23), bias -1.1.
 # The shipped model's longer recipe is recipes/boneage_release.sh.
 #   bash recipes/boneage_cpu.sh [DATA_DIR] [RUN_DIR]
 set -euo pipefail

@@ -102,3 +102,27 @@ def test_model_cards_give_the_measured_figures():
     sex_held = json.loads((SHIPPED / SEX / "holdout.json").read_text())
     assert f"AUC {sex_held['auc']:.3f}" in sex and "calibration error" in sex
     assert np.isfinite(sex_held["ece"])
+
+
+def test_card_tells_both_stages_of_a_warm_started_run(tmp_path):
+    """A release trained in two stages (a warm start at a larger input) says so on its card: the
+    source's epochs, input size and time come from metadata.json, not from the source folder."""
+    from h2a.inference.model_card import card_text
+
+    meta = json.loads((SHIPPED / SEX / "metadata.json").read_text())
+    first = {**meta, "epochs_run": 18, "preprocess": {**meta["preprocess"], "size": 128}, "train_seconds": 2520.0,
+             "warm_start": None}
+    meta.update(epochs_run=4, best_epoch=4, train_seconds=840.0, preprocess={**meta["preprocess"], "size": 160},
+                warm_start={"from": "models/stage-one", "tensors": 300, "of": 300,
+                            "source": {"name": "stage-one", "epochs_run": 18, "image_size": 128,
+                                       "train_seconds": 2520.0, "warm_start": None}})
+    run = tmp_path / "two-stage"
+    run.mkdir()
+    (run / "metadata.json").write_text(json.dumps(meta))
+    card = card_text(run)
+    assert "18 epochs at 128 px (42 min), then 4 epochs at 160 px warm-started from it (14 min)" in card
+    assert "best epoch 4 of the last stage" in card
+    assert "--image-size 128 --epochs 18 then --image-size 160 --epochs 4" in card
+    (run / "metadata.json").write_text(json.dumps(first))  # one stage: no warm-start wording
+    card = card_text(run)
+    assert "18 epochs at 128 px (42 min), best epoch" in card and "warm-started" not in card

@@ -93,6 +93,11 @@ def test_warm_start_and_freeze(tiny_run: Path, demo_dir: Path, workspace: Path) 
                       epochs=1, init_from=str(tiny_run), freeze=2, lr=1e-4), log=lambda m: None)
     ws = meta["warm_start"]
     assert ws["tensors"] == ws["of"] > 10
+    # the source's own training travels with the run (a card describes both stages without it)
+    source = read_json(tiny_run / "metadata.json")
+    assert ws["source"]["epochs_run"] == source["epochs_run"] >= 1
+    assert ws["source"]["image_size"] == source["preprocess"]["size"]
+    assert ws["source"]["train_seconds"] == source["train_seconds"] > 0
     assert meta["frozen_blocks"] == 2
     # starting from a trained model, one gentle epoch stays near its quality
     assert meta["metrics"]["mae"] < read_json(tiny_run / "metadata.json")["metrics"]["mae_baseline_mean"]

@@ -71,9 +71,11 @@ def split_arrays(cache, meta, ids: list[str], task: Task) -> SplitArrays:
     return SplitArrays(rows, kept, male, age, task.target(male, age))
 
 
-def warm_start(model: H2AModel, source: str | Path) -> tuple[int, int]:
+def warm_start(model: H2AModel, source: str | Path) -> dict:
     """Copy every tensor whose name and shape match from an earlier run's best weights (a
-    shipped model's too)."""
+    shipped model's too). Returns metadata.json's ``warm_start`` record, with the source's own
+    training (epochs, input size, time, its own warm start), so a two-stage run describes its
+    whole history even where the source folder is not shipped with it."""
     try:
         run = Run.open(source)
     except FileNotFoundError as exc:
@@ -84,17 +86,27 @@ def warm_start(model: H2AModel, source: str | Path) -> tuple[int, int]:
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)
-    return len(usable), len(own)
+    return {"from": str(source), "tensors": len(usable), "of": len(own), "source": source_summary(run.meta or {})}
 
 
-def build_model(cfg: TrainConfig, ckpt: dict | None, log) -> tuple[nn.Module, tuple[int, int] | None, int]:
-    """The model with its training-time settings; returns (model, warm-start counts, frozen blocks)."""
+def source_summary(meta: dict) -> dict:
+    """What a warm-started run keeps of its source's training (metadata.json fields)."""
+    cfg = meta.get("train_config") or {}
+    return {"name": meta.get("name"), "epochs_run": meta.get("epochs_run"), "best_epoch": meta.get("best_epoch"),
+            "image_size": (meta.get("preprocess") or {}).get("size"), "lr": cfg.get("lr"),
+            "train_seconds": meta.get("train_seconds"), "device": meta.get("device"),
+            "val_mae": (meta.get("metrics") or {}).get("mae"), "val_auc": (meta.get("metrics") or {}).get("auc"),
+            "warm_start": meta.get("warm_start")}
+
+
+def build_model(cfg: TrainConfig, ckpt: dict | None, log) -> tuple[nn.Module, dict | None, int]:
+    """The model with its training-time settings; returns (model, warm-start record, frozen blocks)."""
     model = create_model(cfg.arch, cfg.task, pretrained=cfg.pretrained and ckpt is None, use_sex=cfg.use_sex,
                          width_mult=cfg.width_mult, dropout=cfg.dropout, weights=getattr(cfg, "weights", None))
     warm = None
     if cfg.init_from and ckpt is None:
         warm = warm_start(model, cfg.init_from)
-        log(f"warm start from {cfg.init_from}: {warm[0]}/{warm[1]} tensors loaded")
+        log(f"warm start from {cfg.init_from}: {warm['tensors']}/{warm['of']} tensors loaded")
     set_bn_momentum(model, cfg.bn_momentum)
     if set_drop_path(model, cfg.drop_path) == 0 and cfg.drop_path != TrainConfig.drop_path:
         log(f"--drop-path is ignored: {cfg.arch} has no stochastic depth")

@@ -259,7 +259,7 @@ def run_metadata(eng: Engine, metrics: dict, facts: dict, device: str, mlflow_ru
         "stop_reason": eng.state.stop_reason or "completed all epochs",
         "metrics": metrics,
         "history": history,
-        "warm_start": {"from": cfg.init_from, "tensors": warm[0], "of": warm[1]} if warm else None,
+        "warm_start": warm,
         "frozen_blocks": facts["frozen"],
         "device": device,
         "train_seconds": sum(h["time_s"] for h in history),

@@ -30,11 +30,32 @@ def _f(v, spec: str = ".2f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _stages(meta: dict) -> list[dict]:
+    """The run's training stages, first first: each warm start's source (metadata.json's
+    ``warm_start.source``, recorded at training time) before the run itself."""
+    own = {"epochs_run": meta.get("epochs_run"), "best_epoch": meta.get("best_epoch"),
+           "image_size": (meta.get("preprocess") or {}).get("size"), "train_seconds": meta.get("train_seconds"),
+           "lr": (meta.get("train_config") or {}).get("lr")}
+    stages, warm = [own], meta.get("warm_start") or {}
+    while warm.get("source"):
+        stages.insert(0, warm["source"])
+        warm = warm["source"].get("warm_start") or {}
+    return stages
+
+
+def _stages_text(meta: dict) -> str:
+    """'18 epochs at 128 px (42 min), then 4 epochs at 160 px warm-started from it (14 min)'."""
+    return ", then ".join(f"{st.get('epochs_run')} epochs at {st.get('image_size')} px"
+                          f"{' warm-started from it' if i else ''} ({(st.get('train_seconds') or 0) / 60:.0f} min)"
+                          for i, st in enumerate(_stages(meta)))
+
+
 def _recipe_command(meta: dict) -> str:
     cfg = meta.get("train_config") or {}
     task = meta.get("task", "boneage")
-    epochs = cfg.get("epochs")
-    return (f"bash recipes/{task}_release.sh   # h2a train --task {task} --arch {meta.get('arch')} --epochs {epochs} "
+    stages = " then ".join(f"--image-size {st.get('image_size')} --epochs {st.get('epochs_run')}"
+                           for st in _stages(meta))
+    return (f"bash recipes/{task}_release.sh   # h2a train --task {task} --arch {meta.get('arch')} {stages} "
             f"--seed {cfg.get('seed', 0)} ... (every flag in config.json)")
 
 
@@ -149,8 +170,8 @@ def card_text(run_dir: str | Path, name: str | None = None) -> str:
         + (f" (largest change of the outputs against float32 on {shipped['precision_check']['n_images']} held-out "
            f"images: {shipped['precision_check']['max_abs_change']:.4f} {shipped['precision_check']['unit']}, "
            f"allowed {shipped['precision_check']['tolerance']})" if shipped.get("precision_check") else ""),
-        f"- Trained {meta.get('epochs_run')} epochs (best epoch {meta.get('best_epoch')}), "
-        f"{(meta.get('train_seconds') or 0) / 60:.0f} min on {meta.get('device')}"
+        f"- Trained {_stages_text(meta)}, best epoch {meta.get('best_epoch')}"
+        f"{' of the last stage' if meta.get('warm_start') else ''}, on {meta.get('device')}"
         + (f" ({shipped['trained_on']})" if shipped.get("trained_on") else "") + f"; seed {cfg.get('seed')}",
         f"- Training command: `{_recipe_command(meta)}`", "",
         "## Data and split",
