@@ -363,7 +363,14 @@ def runs_root() -> Path:
 
 def run_status(run_dir: Path) -> dict:
     """progress.json plus a liveness check: a 'running' run whose process is gone is 'stopped'."""
-    prog = read_json(run_dir / PROGRESS) or {}
+    prog = read_json(run_dir / PROGRESS)
+    if prog is None:  # a shipped or copied run keeps metadata.json only: its record says how it went
+        meta = read_json(run_dir / METADATA)
+        if meta is None:
+            return {"status": "unknown"}
+        history = meta.get("history") or []
+        return {"status": "finished", "epoch": meta.get("epochs_run", len(history)),
+                "epochs": meta.get("epochs_run", len(history)), "history": history, "device": meta.get("device", "")}
     status = prog.get("status", "unknown" if not (run_dir / METADATA).exists() else "finished")
     if status in ("running", "starting", "caching"):
         if not writer_alive(run_dir, prog):

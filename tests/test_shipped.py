@@ -126,3 +126,37 @@ def test_card_tells_both_stages_of_a_warm_started_run(tmp_path):
     (run / "metadata.json").write_text(json.dumps(first))  # one stage: no warm-start wording
     card = card_text(run)
     assert "18 epochs at 128 px (42 min), best epoch" in card and "warm-started" not in card
+
+
+def test_a_shipped_run_reads_as_finished_with_its_history():
+    """A shipped folder has metadata.json and no progress.json: its status, epochs and curves
+    come from the metadata (the pages showed 'unknown, epoch 0/1' before)."""
+    from h2a.run import run_status
+
+    meta = json.loads((SHIPPED / SEX / "metadata.json").read_text())
+    status = run_status(SHIPPED / SEX)
+    assert status["status"] == "finished"
+    assert status["epoch"] == status["epochs"] == meta["epochs_run"] == len(status["history"]) >= 1
+    assert "val_auc" in status["history"][-1]
+
+
+def test_training_page_opens_the_shipped_model_on_a_fresh_clone(shipped_only, monkeypatch):
+    """The run picker of the task pages resolves a shipped model's own folder (not the models
+    folder, where it is not) and marks it."""
+    from streamlit.testing.v1 import AppTest
+
+    from h2a.app.plain import plain
+
+    monkeypatch.delenv("H2A_DATA_DIR", raising=False)
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+    at.run()
+    at.switch_page("app_pages/training.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    pick = at.selectbox(key="boneage_pick")
+    assert pick.value == BONEAGE and f"{BONEAGE} · shipped with H2A" in pick.options
+    text = "\n".join(m.value for m in at.markdown)
+    assert f"**{plain(BONEAGE)}**" in text and "finished" in text and "unknown" not in text
+    epochs = json.loads((SHIPPED / BONEAGE / "metadata.json").read_text())["epochs_run"]
+    assert any(f"epoch {epochs}/{epochs}" in p.proto.text for p in at.get("progress"))
+    assert at.get("plotly_chart")  # the training curves, from the metadata's history

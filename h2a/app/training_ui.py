@@ -255,14 +255,14 @@ def show_run(run_dir: Path, task: str) -> None:
     _monitor()
 
 
-def runs_table(task: str) -> pd.DataFrame:
-    runs = list_runs(task=task)
+def runs_table(runs: list) -> pd.DataFrame:
+    """One row per run of ``list_runs(task=...)``."""
     rows = []
     for r in runs:
         rows.append({
             "run": r.name, "status": r.status, "arch": r.arch,
             "epoch": f"{r.epoch or 0}/{r.epochs or '?'}",
-            get_task(task).headline_label: r.headline,
+            get_task(r.task).headline_label: r.headline,
             "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
         })
     return pd.DataFrame(rows)
@@ -274,19 +274,23 @@ def new_run_and_pick(task: str, ds, empty_hint: str) -> tuple[Path, pd.DataFrame
     Stops the page with ``empty_hint`` while the task has no run; returns the picked run's
     folder and the runs table."""
     device_banner()
-    table = runs_table(task)
-    with st.expander(f"New {TASK_WORDS[task]} run", expanded=table.empty):
+    runs = list_runs(task=task)
+    with st.expander(f"New {TASK_WORDS[task]} run", expanded=not runs):
         started = train_form(task, ds.root, ds.synthetic)
         if started is not None:
             st.session_state[f"{task}_run"] = str(started)
             st.session_state[f"{task}_pick"] = started.name  # show the new run, not the last one picked
-            table = runs_table(task)
+            runs = list_runs(task=task)
+    table = runs_table(runs)
     if table.empty:
         st.info(empty_hint)
         st.stop()
     names = table["run"].tolist()
     current = st.session_state.get(f"{task}_run")
     current_name = Path(current).name if current else names[0]
+    shipped = {r.name for r in runs if r.shipped}
     pick = st.selectbox("Run", names, index=names.index(current_name) if current_name in names else 0,
-                        key=f"{task}_pick")
-    return get_settings().models_dir / pick, table
+                        key=f"{task}_pick",
+                        format_func=lambda n: f"{n} · shipped with H2A" if n in shipped else n)
+    # the listed run's own folder: a shipped model lives outside the models folder
+    return next((r.path for r in runs if r.name == pick), get_settings().models_dir / pick), table
