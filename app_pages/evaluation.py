@@ -7,7 +7,7 @@ import streamlit as st
 from h2a.app import eval_charts as ec
 from h2a.app.cam_ui import cam_of_file, heatmap_caption
 from h2a.app.plain import plain, safe_table
-from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, run_data_fingerprint
+from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, split_source
 from h2a.app.robustness_ui import robustness_section
 from h2a.app.sites_ui import sites_section
 from h2a.app.state import dataset_at, require_dataset, show_thumb
@@ -47,13 +47,12 @@ views = int(c2.number_input("Augmented copies", 0, 32, 0, key="eval_views",
 
 def _evaluate(name: str):
     """The run's evaluation, or its Pending background job (never computed in this rerun)."""
-    data = str(ds.root) if source == "active" else None
     split = "all" if source == "active" else source
     path = by_name[name].path
     sizes = (Run.at(path).meta or {}).get("split_sizes", {})
     n_hint = int(ds.meta["boneage"].notna().sum()) if source == "active" else sizes.get(source)
-    fingerprint = ds.fingerprint if source == "active" else run_data_fingerprint(path)
     try:
+        data, fingerprint = (str(ds.root), ds.fingerprint) if source == "active" else split_source(path, source, ds)
         return evaluation_or_pending(path, data, fingerprint, split, tta, views, n_hint=n_hint)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         st.error(f"{plain(name)}: {plain(exc, 600)}")
@@ -114,15 +113,16 @@ if meta.get("history"):
     st.plotly_chart(curves(meta["history"], "boneage", "Training curves"), width="stretch")
 
 # ------------------------------------------------------------------ robustness
-robustness_section(by_name[focus].path, str(ds.root) if source == "active" else None,
+robustness_section(by_name[focus].path,
+                   str(ds.root) if source == "active" else split_source(by_name[focus].path, source, ds)[0],
                    "all" if source == "active" else source)
 
 # ------------------------------------------------------------------ worst cases + CAM
 st.subheader("Worst cases")
 try:
-    own = ds if source == "active" else dataset_at(meta["dataset"]["path"])
-except DatasetError as exc:  # the run's folder moved: say so, keep the figures above
-    st.warning(f"The run's dataset folder cannot be read ({plain(exc, 600)}); no images to show.")
+    own = dataset_at(metrics["data"])  # the folder the figures came from
+except DatasetError as exc:  # it moved since: say so, keep the figures above
+    st.warning(f"The evaluated dataset folder cannot be read ({plain(exc, 600)}); no images to show.")
     st.stop()
 worst = preds.head(12)
 cols = st.columns(6)

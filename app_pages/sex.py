@@ -6,7 +6,7 @@ from h2a.app import sex_charts as sc
 from h2a.app.cam_ui import cam_of_file
 from h2a.app.plain import plain
 from h2a.app.cluster_ui import bands_for, bootstrap_for
-from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, run_data_fingerprint
+from h2a.app.runs_ui import Pending, evaluation_or_pending, pending_status, split_source
 from h2a.app.state import dataset_at, require_dataset
 from h2a.app.training_ui import curves, new_run_and_pick, show_run
 from h2a.inference.cam import overlay
@@ -44,10 +44,9 @@ source = c1.radio("Evaluate on", options, horizontal=True, key="sex_source",
                                "active": f"all images of {plain(ds.name)} with a known sex"}.get)
 tta = c2.checkbox("Flip test-time augmentation", key="sex_tta")
 try:  # never computed in this rerun: a first evaluation runs in the background
+    data, fingerprint = (str(ds.root), ds.fingerprint) if source == "active" else split_source(run_dir, source, ds)
     answer = evaluation_or_pending(
-        run_dir, str(ds.root) if source == "active" else None,
-        ds.fingerprint if source == "active" else run_data_fingerprint(run_dir),
-        "all" if source == "active" else source, tta,
+        run_dir, data, fingerprint, "all" if source == "active" else source, tta,
         n_hint=int(ds.meta["male"].notna().sum()) if source == "active" else sizes.get(source))
 except (ValueError, FileNotFoundError, KeyError) as exc:
     st.error(f"{plain(run_dir.name)}: {plain(exc, 600)}")
@@ -100,14 +99,11 @@ st.caption("The heat map (Grad-CAM) marks the regions that push the model toward
 c1, c2 = st.columns([1, 3])
 n_cases = c1.slider("Cases per row", 2, 8, 4, key="sex_cases")
 alpha = c2.slider("Heat-map opacity", 0.0, 1.0, 0.45, key="sex_alpha")
-if source == "active":
-    own = ds
-else:
-    try:
-        own = dataset_at(meta["dataset"]["path"])
-    except Exception as exc:  # noqa: BLE001 - the run's folder moved: say so, keep the rest of the page
-        st.warning(f"The run's dataset folder cannot be read ({plain(exc, 600)}); no images to show.")
-        st.stop()
+try:  # the folder the figures came from
+    own = dataset_at(metrics["data"])
+except Exception as exc:  # noqa: BLE001 - the folder moved since: say so, keep the rest of the page
+    st.warning(f"The evaluated dataset folder cannot be read ({plain(exc, 600)}); no images to show.")
+    st.stop()
 right_cases, wrong_cases = confident_cases(preds, n_cases)
 for title, cases in (("Confidently right", right_cases), ("Confidently wrong", wrong_cases)):
     st.markdown(f"**{title}**")

@@ -152,3 +152,29 @@ def test_evaluation_page_renders_before_the_first_evaluation(monkeypatch, store,
     table = next(df.value for df in at.dataframe if "MAE (mo)" in df.value.columns)
     assert table["MAE (mo)"].iloc[0] == pytest.approx(round(real.metrics["mae"], 2))
     assert len(calls) == 1 and list(store.glob("*.parquet")), "computed once and stored"
+
+
+def test_a_run_whose_folder_is_elsewhere_is_evaluated_on_a_copy_of_its_images(tiny_run, demo_dir, tmp_path) -> None:
+    """A shipped model on another machine: its recorded dataset path is not there. Its split is
+    read from the active dataset when that holds every id of it (a copy of the same images),
+    and otherwise the page is told what to do, not only that a path is missing."""
+    import json
+    from types import SimpleNamespace
+
+    from h2a.app.runs_ui import split_source
+    from h2a.data.datasets import load_dataset
+
+    active = load_dataset(demo_dir)
+    assert split_source(tiny_run, "validation", active) == (None, active.fingerprint)  # its own folder is here
+
+    moved = tmp_path / "moved-run"
+    shutil.copytree(tiny_run, moved)
+    meta = json.loads((moved / "metadata.json").read_text())
+    meta["dataset"]["path"] = str(tmp_path / "no-such-folder" / "rsna-thumbs-100")
+    (moved / "metadata.json").write_text(json.dumps(meta))
+    assert split_source(moved, "validation", active) == (str(active.root), active.fingerprint)
+
+    other = SimpleNamespace(name="my-images", root=tmp_path, fingerprint="x",
+                            meta=pd.DataFrame({"id": ["a", "b"]}))
+    with pytest.raises(FileNotFoundError, match="not on this machine.*does not hold its .* validation images"):
+        split_source(moved, "validation", other)

@@ -223,6 +223,26 @@ def pending_status(jobs: list[Pending]) -> None:
                "later visits, sessions and server restarts show it at once.")
 
 
+def split_source(run_dir: str | Path, split: str, active) -> tuple[str | None, str]:
+    """Where a run's validation or held-out images are read from, and that data's fingerprint.
+
+    The run's own folder when this machine has it (None); else the active dataset when it
+    holds every id of the split (the same images copied elsewhere: a shipped model's RSNA
+    thumbnails on another machine); else FileNotFoundError saying what to do, so a page shows
+    a way forward instead of a missing path."""
+    meta = Run.at(run_dir).meta or {}
+    info = meta.get("dataset") or {}
+    if info.get("path") and Path(info["path"]).is_dir():
+        return None, run_data_fingerprint(run_dir)
+    wanted = {str(i) for i in (meta.get("splits") or {}).get(split, [])}
+    if wanted and wanted <= set(active.meta["id"].astype(str)):
+        return str(active.root), active.fingerprint
+    raise FileNotFoundError(
+        f"the run's own images ({info.get('name') or 'its dataset'}, recorded at {info.get('path')}) are not on "
+        f"this machine, and {active.name} does not hold its {len(wanted)} {split} images: choose your copy of "
+        f"{info.get('name') or 'them'} in the sidebar (Another folder), or evaluate on all images of {active.name}")
+
+
 def run_data_fingerprint(run_dir: str | Path) -> str:
     """Fingerprint of a run's own dataset as it is now (the one recorded at training when
     the folder cannot be read): the data part of an evaluation's key."""
