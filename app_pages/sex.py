@@ -65,7 +65,9 @@ ci = bootstrap_for(tuple(y.tolist()), tuple(p.tolist()))
 
 # ------------------------------------------------------------------ the answer
 st.subheader("The answer")
-st.info(summary(metrics, ci) + (" (Synthetic demo data, not patients.)" if ds.synthetic else ""),
+# the evaluated images' kind: the run's own split may be real RSNA images while the demo is active
+synthetic = ds.synthetic if source == "active" else bool((meta.get("dataset") or {}).get("synthetic"))
+st.info(summary(metrics, ci) + (" (Synthetic demo data, not patients.)" if synthetic else ""),
         icon=":material/lightbulb:")
 cols = st.columns(5)
 auc_text = "n/a" if ci["auc"] is None else f"{ci['auc']:.3f}"
