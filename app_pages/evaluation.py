@@ -45,6 +45,9 @@ views = int(c2.number_input("Augmented copies", 0, 32, 0, key="eval_views",
                                  "8 copies 9.3, 16 copies 9.2 months."))
 
 
+data_of: dict[str, str | None] = {}  # where each run's figures were read from (None: its own folder)
+
+
 def _evaluate(name: str):
     """The run's evaluation, or its Pending background job (never computed in this rerun)."""
     split = "all" if source == "active" else source
@@ -53,6 +56,7 @@ def _evaluate(name: str):
     n_hint = int(ds.meta["boneage"].notna().sum()) if source == "active" else sizes.get(source)
     try:
         data, fingerprint = (str(ds.root), ds.fingerprint) if source == "active" else split_source(path, source, ds)
+        data_of[name] = data
         return evaluation_or_pending(path, data, fingerprint, split, tta, views, n_hint=n_hint)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         st.error(f"{plain(name)}: {plain(exc, 600)}")
@@ -113,9 +117,7 @@ if meta.get("history"):
     st.plotly_chart(curves(meta["history"], "boneage", "Training curves"), width="stretch")
 
 # ------------------------------------------------------------------ robustness
-robustness_section(by_name[focus].path,
-                   str(ds.root) if source == "active" else split_source(by_name[focus].path, source, ds)[0],
-                   "all" if source == "active" else source)
+robustness_section(by_name[focus].path, data_of[focus], "all" if source == "active" else source)
 
 # ------------------------------------------------------------------ worst cases + CAM
 st.subheader("Worst cases")

@@ -361,11 +361,22 @@ def runs_root() -> Path:
     return get_settings().models_dir
 
 
-def run_status(run_dir: Path) -> dict:
-    """progress.json plus a liveness check: a 'running' run whose process is gone is 'stopped'."""
+def training_summary(meta: dict) -> dict:
+    """A run's training in brief, from its metadata.json: what a warm-started run keeps of its
+    source (``warm_start.source``) and what a model card lists as one stage."""
+    cfg, metrics = meta.get("train_config") or {}, meta.get("metrics") or {}
+    return {"name": meta.get("name"), "epochs_run": meta.get("epochs_run"), "best_epoch": meta.get("best_epoch"),
+            "image_size": (meta.get("preprocess") or {}).get("size"), "lr": cfg.get("lr"),
+            "train_seconds": meta.get("train_seconds"), "device": meta.get("device"),
+            "val_mae": metrics.get("mae"), "val_auc": metrics.get("auc"), "warm_start": meta.get("warm_start")}
+
+
+def run_status(run_dir: Path, meta: dict | None = None) -> dict:
+    """progress.json plus a liveness check: a 'running' run whose process is gone is 'stopped'.
+    ``meta``: the run's metadata when the caller has read it already."""
     prog = read_json(run_dir / PROGRESS)
     if prog is None:  # a shipped or copied run keeps metadata.json only: its record says how it went
-        meta = read_json(run_dir / METADATA)
+        meta = meta or read_json(run_dir / METADATA)
         if meta is None:
             return {"status": "unknown"}
         history = meta.get("history") or []
@@ -395,7 +406,7 @@ def writer_alive(run_dir: Path, prog: dict | None = None) -> bool:
 def summarize(run_dir: Path) -> RunSummary:
     meta = read_json(run_dir / METADATA) or {}
     cfg = read_json(run_dir / CONFIG) or {}
-    prog = run_status(run_dir)
+    prog = run_status(run_dir, meta)
     try:
         updated = max(p.stat().st_mtime for p in run_dir.iterdir())
     except ValueError:

@@ -28,7 +28,7 @@ from h2a.engine.jobs import (
     saved_config,
     start_training,
 )
-from h2a.run import FINAL_STATES, check_run_name, default_run_name, list_runs, run_status
+from h2a.run import FINAL_STATES, RunSummary, check_run_name, default_run_name, list_runs, run_status
 from h2a.inference.tasks import get_task
 from h2a.models import list_models, model_info
 from h2a.options import declaration, declarations
@@ -255,7 +255,7 @@ def show_run(run_dir: Path, task: str) -> None:
     _monitor()
 
 
-def runs_table(runs: list) -> pd.DataFrame:
+def runs_table(runs: list[RunSummary]) -> pd.DataFrame:
     """One row per run of ``list_runs(task=...)``."""
     rows = []
     for r in runs:

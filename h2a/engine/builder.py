@@ -33,7 +33,7 @@ from h2a.engine.config import TrainConfig, TrainingError
 from h2a.engine.distributed import all_reduce_max, barrier
 from h2a.engine.loop import Engine, SplitArrays
 from h2a.engine.optim import Schedule, make_ema, make_optimizer
-from h2a.run import Run, load_weights
+from h2a.run import Run, load_weights, training_summary
 from h2a.engine.splits import make_splits
 from h2a.engine.state import TrainState
 from h2a.inference.tasks import Task, get_task
@@ -86,17 +86,7 @@ def warm_start(model: H2AModel, source: str | Path) -> dict:
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)
-    return {"from": str(source), "tensors": len(usable), "of": len(own), "source": source_summary(run.meta or {})}
-
-
-def source_summary(meta: dict) -> dict:
-    """What a warm-started run keeps of its source's training (metadata.json fields)."""
-    cfg = meta.get("train_config") or {}
-    return {"name": meta.get("name"), "epochs_run": meta.get("epochs_run"), "best_epoch": meta.get("best_epoch"),
-            "image_size": (meta.get("preprocess") or {}).get("size"), "lr": cfg.get("lr"),
-            "train_seconds": meta.get("train_seconds"), "device": meta.get("device"),
-            "val_mae": (meta.get("metrics") or {}).get("mae"), "val_auc": (meta.get("metrics") or {}).get("auc"),
-            "warm_start": meta.get("warm_start")}
+    return {"from": str(source), "tensors": len(usable), "of": len(own), "source": training_summary(run.meta or {})}
 
 
 def build_model(cfg: TrainConfig, ckpt: dict | None, log) -> tuple[nn.Module, dict | None, int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from h2a import RESEARCH_NOTE
-from h2a.run import Run
+from h2a.run import Run, training_summary
 from h2a.inference.site_profile import list_sites, read_site
 
 __all__ = ["CARD", "card_text", "write_card"]
@@ -33,10 +33,7 @@ def _f(v, spec: str = ".2f") -> str:
 def _stages(meta: dict) -> list[dict]:
     """The run's training stages, first first: each warm start's source (metadata.json's
     ``warm_start.source``, recorded at training time) before the run itself."""
-    own = {"epochs_run": meta.get("epochs_run"), "best_epoch": meta.get("best_epoch"),
-           "image_size": (meta.get("preprocess") or {}).get("size"), "train_seconds": meta.get("train_seconds"),
-           "lr": (meta.get("train_config") or {}).get("lr")}
-    stages, warm = [own], meta.get("warm_start") or {}
+    stages, warm = [training_summary(meta)], meta.get("warm_start") or {}
     while warm.get("source"):
         stages.insert(0, warm["source"])
         warm = warm["source"].get("warm_start") or {}
